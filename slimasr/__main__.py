@@ -1,0 +1,3 @@
+from slimasr.cli import main
+
+raise SystemExit(main())
