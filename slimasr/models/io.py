@@ -1,0 +1,118 @@
+"""The model directory: ``config.json`` + ``model.safetensors``. Nothing is ever pickled.
+
+    save_model(model, "exp/teacher", extra={"tokenizer": {...}, "features": {...}})
+    model = load_model("exp/teacher")          # exact (possibly pruned) shapes, strict weights
+
+``config.json`` holds ``format``, ``format_version``, ``architecture`` (registry name),
+``vocab_size``, ``model`` (the family's dataclass config, which records every per-layer width)
+and whatever ``extra`` added (tokenizer, feature config, provenance, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from slimasr.config import config_to_dict
+from slimasr.errors import ConfigError, DataError
+from slimasr.io import atomic_path, read_json, write_json_atomic
+from slimasr.models.common import AcousticModel
+from slimasr.models.registry import build_model, list_models
+
+CONFIG_NAME = "config.json"  # architecture + config + extras
+WEIGHTS_NAME = "model.safetensors"  # state dict
+FORMAT_NAME = "slimasr-model"  # value of config.json's "format"
+FORMAT_VERSION = 1  # bump when config.json's layout changes
+RESERVED_KEYS = ("format", "format_version", "architecture", "vocab_size", "model")
+MAX_LISTED = 3  # how many mismatching weight names an error message lists
+
+
+def save_model(model: AcousticModel, out_dir: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``out_dir/model.safetensors`` then ``out_dir/config.json``, each atomically.
+
+    Other files in ``out_dir`` (tokenizer, metrics) are left alone. Returns ``out_dir``.
+    """
+    if not isinstance(model, AcousticModel) or not model.arch:
+        raise TypeError(f"save_model needs a registered slimasr model, got {type(model).__name__}")
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & set(RESERVED_KEYS))
+    if clash:
+        raise ValueError(f"extra may not set reserved config.json key(s): {', '.join(clash)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(out_dir / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "architecture": model.arch})
+    config = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "architecture": model.arch,
+              "vocab_size": model.vocab_size, "model": config_to_dict(model.config)}
+    config.update(config_to_dict(extra))
+    write_json_atomic(out_dir / CONFIG_NAME, config)
+    return out_dir
+
+
+def read_model_config(model_dir: str | Path) -> dict:
+    """config.json of a model directory, checked for the keys load_model needs."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise DataError(model_dir, "model directory not found")
+    path = model_dir / CONFIG_NAME
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(path, "expected a JSON object")
+    if data.get("format") != FORMAT_NAME:
+        raise DataError(path, f"not a slimasr model config (format is {data.get('format')!r})")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise DataError(path, f"unsupported format_version {data.get('format_version')!r} "
+                              f"(this slimasr reads {FORMAT_VERSION})")
+    if data.get("architecture") not in list_models():
+        raise DataError(path, f"unknown architecture {data.get('architecture')!r} "
+                              f"(known: {', '.join(list_models())})")
+    if not isinstance(data.get("model"), dict):
+        raise DataError(path, "'model' must be an object of config fields")
+    return data
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> AcousticModel:
+    """Rebuild the model described by ``model_dir/config.json`` and load its weights strictly.
+
+    Returns the model in eval mode on ``device``. Any bad or missing file -> one-line DataError.
+    """
+    model_dir = Path(model_dir)
+    data = read_model_config(model_dir)
+    try:
+        model = build_model(data["architecture"], data["model"], vocab_size=data.get("vocab_size"))
+    except ConfigError as e:
+        raise DataError(model_dir / CONFIG_NAME, str(e)) from None
+    _load_weights(model, model_dir / WEIGHTS_NAME)
+    return model.to(device).eval()
+
+
+def _load_weights(model: AcousticModel, path: Path) -> None:
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises several types for a corrupt file; all mean "unreadable"
+        raise DataError(path, f"not a readable safetensors file ({e})") from None
+    problem = _state_mismatch(model.state_dict(), tensors)
+    if problem:
+        raise DataError(path, f"weights do not match {CONFIG_NAME}: {problem}")
+    model.load_state_dict(tensors, strict=True)
+
+
+def _state_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
+    """'' when names and shapes agree, else a short description of the differences."""
+    parts = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [f"{k} {tuple(found[k].shape)} vs {tuple(expected[k].shape)} expected"
+             for k in sorted(set(expected) & set(found)) if found[k].shape != expected[k].shape]
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if names:
+            more = f" (+{len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else ""
+            parts.append(f"{label}: {', '.join(names[:MAX_LISTED])}{more}")
+    return "; ".join(parts)
+
