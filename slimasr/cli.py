@@ -5,7 +5,6 @@ write results. Every verb's work lives in a library function that can be called 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import Callable, Sequence
@@ -118,6 +117,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    if result is not None:
-        print(json.dumps(result, indent=2))
+    if isinstance(result, dict):
+        print_summary(result)
     return 0
+
+
+def print_summary(result: dict) -> None:
+    """A short human summary of a result dict: its scalar fields and a per-split table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    scalars = {k: v for k, v in result.items() if isinstance(v, (str, int, float, bool))}
+    for key, value in scalars.items():
+        console.print(f"{key}: {value}")
+    splits = result.get("splits")
+    if isinstance(splits, dict) and splits:
+        table = Table("split", "utterances", "hours", "speakers/voices")
+        for name, info in splits.items():
+            count = info.get("utterances", info.get("num_cuts", ""))
+            speakers = info.get("voices", info.get("num_speakers", ""))
+            table.add_row(name, str(count), f"{info.get('hours', 0):.2f}", str(speakers))
+        console.print(table)
+    skipped = result.get("skipped")
+    if isinstance(skipped, dict) and any(skipped.values()):
+        console.print("skipped: " + ", ".join(f"{k}={v}" for k, v in skipped.items() if v))

@@ -1,9 +1,11 @@
 """eSpeak NG speech synthesis through ctypes, from the ``espeakng-loader`` wheel.
 
-eSpeak NG keeps global state and is not thread-safe: use one :class:`ESpeak` per process (the
-corpus synthesizer runs several processes, each with its own library). No Python binding on PyPI
-drives the library in-process with per-utterance voice, rate and pitch and returns the samples,
-so the few C calls needed are declared here by hand.
+eSpeak NG keeps global state and is not thread-safe: the corpus synthesizer runs several
+processes, each with its own library (a lock guards it within a process). The state it keeps
+between utterances also makes output depend on history, so the library is reloaded before every
+utterance (see :class:`ESpeak`). No Python binding on PyPI drives the library in-process with
+per-utterance voice, rate and pitch and returns the samples, so the few C calls needed are
+declared here by hand.
 
 A voice is ``"BASE+VARIANT"``, e.g. ``"en-us+m3"``: BASE is an English accent
 (:data:`ENGLISH_BASES`), VARIANT a file in ``espeak-ng-data/voices/!v`` (:func:`list_variants`).
@@ -12,7 +14,8 @@ A voice is ``"BASE+VARIANT"``, e.g. ``"en-us+m3"``: BASE is an English accent
 from __future__ import annotations
 
 import ctypes
-import os
+import threading
+import _ctypes
 from pathlib import Path
 
 import espeakng_loader
@@ -30,9 +33,18 @@ ENGLISH_BASES: tuple[str, ...] = (
     "en-gb-x-gbcwmd",  # West Midlands
 )
 
-# Variants left out of every corpus, with the reason (measured with tools/ listen-free checks in
-# the docstring of this module's test file: duration, energy and voicing against the median voice).
-EXCLUDED_VARIANTS: dict[str, str] = {}
+# Variants left out of every corpus, and why. Listen-free check (tests/data/test_espeak.py): one
+# sentence per variant on en-us at rate 170, pitch 50; the share of 40 ms frames that are voiced
+# (normalized autocorrelation > 0.5 at a 60-400 Hz lag) is about 0.6 for the median variant and
+# 0.22-0.26 for the rough or buzzy but voiced ones (croak, grandpa, klatt, klatt2,
+# robosoft), which stay. Durations of all kept variants are within 0.7-1.5x the median.
+EXCLUDED_VARIANTS: dict[str, str] = {
+    "whisper": "whispered: no voicing at all (voiced share 0.03)",
+    "whisperf": "whispered: no voicing at all (voiced share 0.00)",
+    "caleb": "whispered: its voice file sets voicing 0 and breath 100",
+    "Demonic": "deliberately distorted: echo and formant settings far outside eSpeak's usual "
+    "ranges, spectral centroid 2.4x the median variant's",
+}
 
 # Constants of speak_lib.h (eSpeak NG 1.52).
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -41,7 +53,7 @@ _ESPEAK_RATE, _ESPEAK_VOLUME, _ESPEAK_PITCH, _ESPEAK_RANGE = 1, 2, 3, 4
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _EE_OK = 0
-_VOLUME = 100  # eSpeak's default amplitude (0-200); loudness is randomized later, in float
+_VOLUME = 40  # amplitude 0-200, default 100: at 100, 29 of 400 sampled voices clip; at 40, none
 
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
@@ -65,7 +77,12 @@ def list_english_voices() -> list[str]:
 
 
 class ESpeak:
-    """The eSpeak NG library of this process. Create one per process; eSpeak is not thread-safe.
+    """The eSpeak NG library of this process; eSpeak is not thread-safe, so use processes.
+
+    eSpeak carries hidden state from one utterance to the next (pitch flutter index, waveform
+    phase, echo buffer), so the same call gives slightly different audio depending on what was
+    spoken before. To make every utterance a pure function of its arguments, the library is
+    unloaded and loaded afresh (``dlclose``/``dlopen``, about 1 ms) before each utterance.
 
     >>> audio = ESpeak().synthesize("turn on the lights", "en-us+m3", rate=170, pitch=50)
     >>> audio.dtype, audio.ndim  # int16 samples at ESpeak.sample_rate
@@ -73,38 +90,43 @@ class ESpeak:
     """
 
     sample_rate: int = 22050  # Hz; what eSpeak NG produces (checked against espeak_Initialize)
-    _lib: ctypes.CDLL | None = None  # the process-wide library, initialized once
-    _pid: int | None = None  # process that initialized it (a forked child must not reuse it)
 
     def __init__(self) -> None:
-        if ESpeak._lib is None or ESpeak._pid != os.getpid():
-            ESpeak._lib = _load_library(ESpeak.sample_rate)
-            ESpeak._pid = os.getpid()
-        self._lib = ESpeak._lib
+        self._variants = set(list_variants()) | set(EXCLUDED_VARIANTS)
 
     def synthesize(
-        self, text: str, voice: str, rate: int, pitch: int, pitch_range: int = 50
+        self, text: str, voice: str, rate: int, pitch: int, pitch_range: int = 50, seed: int = 0
     ) -> np.ndarray:
         """Speak ``text``; return int16 samples ``(num_samples,)`` at :attr:`sample_rate`.
 
-        rate: words per minute (80-450); pitch: base pitch 0-100; pitch_range: intonation 0-100.
+        voice: "BASE+VARIANT" or "BASE"; rate: words per minute (80-450); pitch: base pitch
+        0-100; pitch_range: intonation 0-100; seed: eSpeak's own random generator (breath noise
+        of some variants). Deterministic: the audio depends on the arguments only.
         """
-        lib = self._lib
-        _check(lib.espeak_SetVoiceByName(voice.encode("utf-8")), f"voice {voice!r} not found")
-        for param, value in ((_ESPEAK_RATE, rate), (_ESPEAK_PITCH, pitch), (_ESPEAK_RANGE, pitch_range),
-                             (_ESPEAK_VOLUME, _VOLUME)):
-            _check(lib.espeak_SetParameter(param, int(value), 0), f"bad parameter {param}={value}")
-        _COLLECTED.clear()
-        data = text.encode("utf-8") + b"\0"
-        _check(
-            lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None),
-            f"synthesis failed for {text!r}",
-        )
-        audio = np.concatenate(_COLLECTED) if _COLLECTED else np.zeros(0, dtype=np.int16)
-        _COLLECTED.clear()
-        return audio
+        _, _, variant = voice.partition("+")
+        if variant and variant not in self._variants:  # eSpeak would silently ignore it
+            raise ValueError(f"eSpeak NG voice variant {variant!r} not in {data_path()}")
+        with _LOCK:
+            lib = _fresh_library()
+            lib.espeak_ng_SetRandSeed(seed)
+            _LIBC.srand(seed & 0xFFFFFFFF)  # the speechPlayer ("klatt 6") variants use rand()
+            _check(lib.espeak_SetVoiceByName(voice.encode("utf-8")), f"voice {voice!r} not found")
+            params = {_ESPEAK_RATE: rate, _ESPEAK_PITCH: pitch, _ESPEAK_RANGE: pitch_range,
+                      _ESPEAK_VOLUME: _VOLUME}  # fmt: skip
+            for param, value in params.items():
+                _check(lib.espeak_SetParameter(param, int(value), 0), f"bad parameter {value}")
+            data = text.encode("utf-8") + b"\0"
+            _COLLECTED.clear()
+            code = lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+            _check(code, f"synthesis failed for {text!r}")
+            chunks = list(_COLLECTED)
+            _COLLECTED.clear()
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
 
+_LIBC = ctypes.CDLL(None)  # the C library this process runs on (for srand)
+_LOCK = threading.Lock()  # one utterance at a time in this process
+_LIB: ctypes.CDLL | None = None  # the loaded library, None when unloaded
 _COLLECTED: list[np.ndarray] = []  # chunks of the utterance being synthesized (one per process)
 
 
@@ -114,6 +136,17 @@ def _on_samples(wav: ctypes.POINTER(ctypes.c_short), num_samples: int, events: i
     if wav and num_samples > 0:
         _COLLECTED.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
     return 0
+
+
+def _fresh_library() -> ctypes.CDLL:
+    """Unload eSpeak if this process used it, then load and initialize a clean copy."""
+    global _LIB
+    if _LIB is not None:  # also right in a forked child: it unloads the child's copy only
+        _LIB.espeak_Terminate()
+        _ctypes.dlclose(_LIB._handle)  # the next dlopen maps fresh static data
+        _LIB = None
+    _LIB = _load_library(ESpeak.sample_rate)
+    return _LIB
 
 
 def _load_library(expected_rate: int) -> ctypes.CDLL:
@@ -128,7 +161,11 @@ def _load_library(expected_rate: int) -> ctypes.CDLL:
         ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
         ctypes.c_uint, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p,
     ]  # fmt: skip
-    for fn in (lib.espeak_SetVoiceByName, lib.espeak_SetParameter, lib.espeak_Synth):
+    lib.espeak_Terminate.argtypes = []
+    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+    lib.espeak_ng_SetRandSeed.restype = None
+    for fn in (lib.espeak_SetVoiceByName, lib.espeak_SetParameter, lib.espeak_Synth,
+               lib.espeak_Terminate):  # fmt: skip
         fn.restype = ctypes.c_int
     rate = lib.espeak_Initialize(
         _AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, str(data_path()).encode("utf-8"), 0
