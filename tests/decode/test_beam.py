@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-pytest.importorskip("pyctcdecode")
+import pyctcdecode  # noqa: F401  (a core dependency: its absence must fail, not skip)
 
 import slimasr.decode.lm as lm_module  # noqa: E402
 from slimasr.decode import (  # noqa: E402
