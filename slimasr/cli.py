@@ -14,15 +14,9 @@ from slimasr.errors import SlimasrError
 
 # Verbs that later work fills; until then they answer clearly instead of failing obscurely.
 PLANNED_VERBS = {
-    "train": "train a CTC model (teacher or baseline)",
     "distill": "knowledge distillation from a teacher into a small student",
     "prune": "structured / unstructured pruning with fine-tuning",
-    "evaluate": "WER, CER, params, MACs, latency and RTF of a model",
     "export": "export to ONNX (optionally int8) with a parity check",
-    "transcribe": "recognize audio files, or stream them chunk by chunk",
-    "run": "run a whole pipeline recipe (YAML)",
-    "demo": "the bundled recipe on the embedded corpus",
-    "report": "comparison table and plots of several models",
 }
 
 
@@ -49,6 +43,91 @@ def _corpus_import(args: argparse.Namespace) -> dict:
         return importers.import_timit(args.src, args.out, overwrite=args.overwrite, show_progress=show)
     return importers.import_jsonl(args.src, args.out, split=args.split, overwrite=args.overwrite,
                                   show_progress=show)
+
+
+def _train(args: argparse.Namespace) -> dict:
+    from slimasr.train import train_model
+
+    return train_model(args.config, args.data, args.out, resume=args.resume, overrides=args.overrides)
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
+    from slimasr.config import load_config
+    from slimasr.evaluate.run import EvalConfig, evaluate_model
+
+    overrides = list(args.overrides)
+    if args.beam:
+        overrides.append("decode.method=beam")
+    if args.lm:
+        overrides += ["decode.method=beam", f"decode.lm_path={args.lm}"]
+    cfg = load_config(EvalConfig, None, overrides)
+    result = evaluate_model(args.model, args.data, cfg, json_out=args.json, show_progress=not args.quiet)
+    _print_worst(args.model)
+    return result
+
+
+def _print_worst(model_dir: str) -> None:
+    from pathlib import Path
+
+    from slimasr.evaluate.run import WORST_FILE
+    from slimasr.io import read_json
+
+    path = Path(model_dir) / WORST_FILE
+    for row in read_json(path)[:5] if path.is_file() else []:
+        print(f"  {row['errors']} errors  {row['id']}\n    ref: {row['ref']}\n    hyp: {row['hyp']}")
+
+
+def _report(args: argparse.Namespace) -> dict:
+    from slimasr.evaluate.report import collect_rows, markdown_table, write_report
+
+    rows = collect_rows(args.models)
+    paths = write_report(rows, args.out)
+    print(markdown_table(rows))
+    return {name: str(path) for name, path in paths.items()}
+
+
+def _run(args: argparse.Namespace) -> dict:
+    from slimasr.pipeline import run_pipeline
+
+    return run_pipeline(args.recipe, args.overrides, experiment=args.experiment)
+
+
+def _demo(args: argparse.Namespace) -> dict:
+    from slimasr.pipeline import run_pipeline
+
+    recipe = "demo_quick" if args.quick else "demo"
+    return run_pipeline(recipe, args.overrides, experiment=args.experiment)
+
+
+def _lm(args: argparse.Namespace) -> dict:
+    from slimasr.data.manifests import read_split
+    from slimasr.decode import build_ngram_lm
+    from slimasr.text import normalize_text
+
+    texts = (normalize_text(s.text or "") for c in read_split(args.data, args.split) for s in c.supervisions)
+    model = build_ngram_lm(texts, args.out, order=args.order)
+    return {"lm": args.out, "order": args.order, **{f"{n + 1}-grams": len(g) for n, g in enumerate(model.ngrams)}}
+
+
+def _transcribe(args: argparse.Namespace) -> dict:
+    import torch
+
+    from slimasr.data.audio import load_audio
+    from slimasr.decode import DecodeConfig, make_decoder
+    from slimasr.frontend import Frontend
+    from slimasr.models import load_model
+
+    if args.stream:
+        raise NotAvailable("slimasr transcribe --stream: not yet available in this version")
+    model, frontend = load_model(args.model), Frontend.load(args.model)
+    cfg = DecodeConfig(method="beam", lm_path=args.lm) if args.lm else DecodeConfig()
+    decoder = make_decoder(frontend.tokenizer.tokens, cfg)
+    for path in args.audio:
+        x, x_lens = frontend.batch([load_audio(path)])
+        with torch.inference_mode():
+            log_probs, lens = model(x, x_lens)
+        print(f"{path}\t{decoder.decode_batch(log_probs, lens)[0]}")
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +163,55 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--overwrite", action="store_true", help="replace a complete data directory in --out")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=_corpus_import)
+
+    train = verbs.add_parser("train", help="train a CTC model (teacher or baseline)")
+    train.add_argument("--config", required=True, help="training recipe YAML (recipes/train_*.yaml)")
+    train.add_argument("--data", required=True, help="data directory (corpus synth / corpus import)")
+    train.add_argument("--out", required=True, help="model directory to write")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. train.epochs=5")
+    train.set_defaults(func=_train)
+
+    ev = verbs.add_parser("evaluate", help="WER, CER, params, MACs, latency and RTF of a model")
+    ev.add_argument("--model", required=True, help="model directory")
+    ev.add_argument("--data", required=True, help="lhotse cuts manifest or NeMo-style JSONL manifest")
+    ev.add_argument("--json", default=None, help="also write the metrics to this file")
+    ev.add_argument("--beam", action="store_true", help="prefix beam search instead of greedy")
+    ev.add_argument("--lm", default=None, help="ARPA n-gram LM for beam search (slimasr lm)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="EvalConfig overrides, e.g. decode.beam.alpha=0.8")
+    ev.set_defaults(func=_evaluate)
+
+    rep = verbs.add_parser("report", help="comparison table and plot of several evaluated models")
+    rep.add_argument("models", nargs="+", help="model directories (the first is the reference)")
+    rep.add_argument("--out", default="report", help="output prefix: writes OUT.md, OUT.json, OUT.png")
+    rep.set_defaults(func=_report)
+
+    run = verbs.add_parser("run", help="run a pipeline recipe; finished stages are skipped")
+    run.add_argument("recipe", help="pipeline recipe YAML (or a bundled name: demo)")
+    run.add_argument("--experiment", default=None, help="experiment folder (default: the recipe's)")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    run.set_defaults(func=_run)
+
+    demo = verbs.add_parser("demo", help="the bundled recipe on the embedded corpus, ending with a report")
+    demo.add_argument("--quick", action="store_true", help="a tiny version (seconds; a smoke test)")
+    demo.add_argument("--experiment", default=None, help="experiment folder (default exp/demo)")
+    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    demo.set_defaults(func=_demo)
+
+    lm = verbs.add_parser("lm", help="build a word n-gram LM (ARPA) from a corpus's training text")
+    lm.add_argument("--data", required=True, help="data directory")
+    lm.add_argument("--out", required=True, help="ARPA file to write")
+    lm.add_argument("--split", default="train", help="split whose transcripts to use (default train)")
+    lm.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    lm.set_defaults(func=_lm)
+
+    tr = verbs.add_parser("transcribe", help="recognize audio files with a model")
+    tr.add_argument("--model", required=True, help="model directory")
+    tr.add_argument("audio", nargs="+", help="audio files (any rate; resampled to 16 kHz)")
+    tr.add_argument("--lm", default=None, help="ARPA n-gram LM: beam search with it")
+    tr.add_argument("--stream", action="store_true", help="chunk-by-chunk streaming (not yet available)")
+    tr.set_defaults(func=_transcribe)
 
     for verb, help_text in PLANNED_VERBS.items():
         p = verbs.add_parser(verb, help=f"{help_text} (not yet available)", add_help=True)

@@ -7,6 +7,8 @@ empty transcript yields an empty target (length 0) and is not skipped here.
 
 from __future__ import annotations
 
+from itertools import islice
+
 import copy
 import warnings
 from typing import Any, Callable, Iterator, Protocol
@@ -215,6 +217,8 @@ def make_dataloader(
     sampler. Exact with ``num_workers=0``; with workers the sampler runs ahead by the prefetched
     batches, which a resume then skips (as in lhotse/icefall).
     """
+    # lhotse refuses more buckets than cuts: a tiny split (a smoke test, a small dev set) gets fewer.
+    num_buckets = max(1, min(num_buckets, sum(1 for _ in islice(cuts, num_buckets))))
     with warnings.catch_warnings():  # eager CutSets work too, only without the memory saving
         warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
         sampler: Any = DynamicBucketingSampler(

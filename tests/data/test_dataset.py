@@ -223,3 +223,9 @@ def test_sampler_state_resumes_at_same_batch(manifest: Path, sort_first_epoch: b
     loader2, sampler2 = make_dataloader(CutSet.from_jsonl_lazy(manifest), _dataset(), **kw)
     sampler2.load_state_dict(state)
     assert [b["cut_ids"] for b in loader2] == rest
+
+
+def test_split_with_fewer_cuts_than_buckets_still_batches(cuts: CutSet) -> None:
+    few = cuts.subset(first=3).to_eager()
+    loader, _ = make_dataloader(few, _dataset(), num_buckets=10, shuffle=False)
+    assert sorted(i for b in _epoch(loader) for i in b["ids"]) == sorted(c.id for c in few)

@@ -1,0 +1,122 @@
+"""Compare models side by side: a table (Markdown + JSON) and a WER-against-cost plot.
+
+    rows = collect_rows(["exp/demo/teacher", "exp/demo/student"])
+    write_report(rows, "exp/demo/report")   # report.md, report.json, report.png
+
+Each row comes from the ``metrics.json`` that ``evaluate`` left in a model directory; the first
+model is the reference the ratios (size, MACs, speed-up) are computed against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from slimasr.errors import DataError
+from slimasr.io import atomic_path, read_json, write_json_atomic, write_text_atomic
+
+METRICS_FILE = "metrics.json"  # written by evaluate into the model directory
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # key of the metrics row
+    title: str  # column heading
+    fmt: str  # format spec of the value
+
+
+COLUMNS = (
+    Column("wer", "WER %", ".2f"),
+    Column("cer", "CER %", ".2f"),
+    Column("sentence_accuracy", "sent. acc. %", ".1f"),
+    Column("params", "params", ",d"),
+    Column("size_ratio", "size x", ".2f"),
+    Column("macs_per_second_audio", "MMACs/s audio", ".1f"),
+    Column("macs_ratio", "MACs x", ".2f"),
+    Column("latency_ms_p50", "latency p50 ms", ".1f"),
+    Column("speedup", "speed-up", ".2f"),
+    Column("rtf", "RTF", ".4f"),
+    Column("model_bytes", "MB", ".2f"),
+)
+
+
+def collect_rows(model_dirs: Sequence[str | Path]) -> list[dict]:
+    """One row per model directory (its metrics.json), with ratios against the first one."""
+    rows = []
+    for model_dir in model_dirs:
+        path = Path(model_dir) / METRICS_FILE
+        if not path.is_file():
+            raise DataError(path, "no evaluation results; run `slimasr evaluate` on this model first")
+        metrics = read_json(path)
+        rows.append({"model": Path(model_dir).name, "model_dir": str(model_dir), **metrics})
+    if rows:
+        base = rows[0]
+        for row in rows:
+            row["size_ratio"] = _div(row.get("params"), base.get("params"))
+            row["macs_ratio"] = _div(row.get("macs_per_second_audio"), base.get("macs_per_second_audio"))
+            row["speedup"] = _div(base.get("latency_ms_p50"), row.get("latency_ms_p50"))
+    return rows
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """The rows as a Markdown table (``size x`` and ``MACs x`` are fractions of the first model)."""
+    head = "| model | " + " | ".join(c.title for c in COLUMNS) + " |"
+    rule = "|---|" + "---|" * len(COLUMNS)
+    lines = [head, rule]
+    for row in rows:
+        cells = [_cell(row, c) for c in COLUMNS]
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_wer_vs_macs(rows: Sequence[dict], out_png: str | Path) -> None:
+    """Scatter of WER against MACs per second of audio, one labelled point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for row in rows:
+        x, y = row.get("macs_per_second_audio"), row.get("wer")
+        if x is None or y is None:
+            continue
+        ax.scatter([x / 1e6], [y], s=40)
+        ax.annotate(row["model"], (x / 1e6, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("MMACs per second of audio")
+    ax.set_ylabel("WER (%)")
+    ax.set_title("Word error rate against compute")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_report(rows: Sequence[dict], out_prefix: str | Path) -> dict[str, Path]:
+    """Write ``PREFIX.md``, ``PREFIX.json`` and ``PREFIX.png``; return their paths."""
+    prefix = Path(out_prefix)
+    paths = {ext: prefix.with_name(prefix.name + f".{ext}") for ext in ("md", "json", "png")}
+    write_text_atomic(paths["md"], markdown_table(rows))
+    write_json_atomic(paths["json"], list(rows))
+    plot_wer_vs_macs(rows, paths["png"])
+    return paths
+
+
+def _div(num, den) -> float | None:
+    """``num / den``, or None when either is missing or zero."""
+    if not num or not den:
+        return None
+    return num / den
+
+
+def _cell(row: dict, column: Column) -> str:
+    value = row.get(column.key)
+    if value is None:
+        return "—"
+    if column.key == "macs_per_second_audio":
+        value = value / 1e6
+    elif column.key == "model_bytes":
+        value = value / 1e6
+    return format(value, column.fmt)
