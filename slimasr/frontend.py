@@ -4,7 +4,9 @@ A model directory holds, besides ``config.json`` and ``model.safetensors``::
 
     tokenizer.json (+ tokenizer.model)   the output units (slimasr.text)
     cmvn.json                            global mean/std of the training features
-    config.json["frontend"]              {"features": FeatureConfig, "normalizer": NormalizerConfig}
+    config.json: "features"              FeatureConfig (log-mel settings)
+                 "normalizer"            NormalizerConfig (transcript cleanup)
+                 "cmvn"                  name of the CMVN file (absent: no CMVN)
 
     frontend = Frontend.load(model_dir)
     x, x_lens = frontend.batch([audio_1, audio_2])   # (N, T, F) normalized log-mels, (N,)
@@ -25,7 +27,6 @@ from slimasr.errors import DataError
 from slimasr.text import NormalizerConfig, Tokenizer, load_tokenizer, normalize_text
 
 CMVN_FILE = "cmvn.json"
-FRONTEND_KEY = "frontend"  # key of config.json holding the feature and normalizer configs
 
 
 @dataclass
@@ -51,8 +52,11 @@ class Frontend:
         return x, lens
 
     def config_entry(self) -> dict[str, Any]:
-        """What goes under ``config.json["frontend"]``."""
-        return {"features": config_to_dict(self.features), "normalizer": config_to_dict(self.normalizer)}
+        """The keys this front end adds to a model's ``config.json`` (``save_model(extra=...)``)."""
+        entry = {"features": config_to_dict(self.features), "normalizer": config_to_dict(self.normalizer)}
+        if self.cmvn is not None:
+            entry["cmvn"] = CMVN_FILE
+        return entry
 
     def save(self, model_dir: str | Path) -> None:
         """Write the tokenizer and CMVN files (the config entry is saved with the model)."""
@@ -65,15 +69,13 @@ class Frontend:
         from slimasr.models.io import read_model_config
 
         model_dir = Path(model_dir)
-        entry = read_model_config(model_dir).get(FRONTEND_KEY)
-        if not isinstance(entry, dict):
-            raise DataError(model_dir / "config.json", f"no `{FRONTEND_KEY}` entry (features, normalizer)")
-        cmvn_path = model_dir / CMVN_FILE
+        config = read_model_config(model_dir)
+        cmvn_name = config.get("cmvn")
         return cls(
             tokenizer=load_tokenizer(model_dir),
-            features=_build(FeatureConfig, entry.get("features", {}), model_dir),
-            cmvn=GlobalCmvn.load(cmvn_path) if cmvn_path.is_file() else None,
-            normalizer=_build(NormalizerConfig, entry.get("normalizer", {}), model_dir),
+            features=_build(FeatureConfig, config.get("features") or {}, model_dir),
+            cmvn=GlobalCmvn.load(model_dir / cmvn_name) if cmvn_name else None,
+            normalizer=_build(NormalizerConfig, config.get("normalizer") or {}, model_dir),
         )
 
 

@@ -1,0 +1,100 @@
+"""Benchmark: a teacher of each family on the embedded corpus, trained until dev WER stops improving.
+
+    python bench/train_teachers.py --data data/smarthome --out exp/bench_teachers \
+        --families crnn conformer dnn --minutes 45
+
+For each family: train with the bundled recipe (early stopping on dev WER, a wall-clock budget),
+evaluate on the test split (voices never heard in training) with greedy decoding and with beam
+search + a trigram LM built from the training text, and write one JSON per family to
+bench/results/teacher_{family}.json plus bench/results/teachers.md (the README table).
+Numbers are whatever this machine measures; nothing is hard-coded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from slimasr.decode import build_ngram_lm
+from slimasr.evaluate.run import EvalConfig, evaluate_model
+from slimasr.config import from_dict
+from slimasr.data.manifests import read_split
+from slimasr.io import write_json_atomic, write_text_atomic
+from slimasr.text import normalize_text
+from slimasr.train import train_model
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def train_and_measure(family: str, data: Path, out: Path, minutes: float, patience: int, lm: Path) -> dict:
+    recipe = ROOT / "recipes" / f"train_{family}_teacher.yaml"
+    model_dir = out / f"{family}_teacher"
+    start = time.perf_counter()
+    training = train_model(recipe, data, model_dir, resume=(model_dir / "checkpoints" / "last").is_dir(),
+                           overrides=[f"train.max_minutes={minutes}", f"train.early_stop_patience={patience}"])
+    wall = time.perf_counter() - start
+    test = data / "test_cuts.jsonl.gz"
+    train_cuts = str(data / "train_cuts.jsonl.gz")
+    greedy = evaluate_model(model_dir, test, from_dict(EvalConfig, {"intent_reference": train_cuts}),
+                            show_progress=False)
+    beam = evaluate_model(model_dir, test, from_dict(EvalConfig, {
+        "decode": {"method": "beam", "lm_path": str(lm)}, "lexicon_reference": train_cuts,
+        "intent_reference": train_cuts}), show_progress=False)
+    return {
+        "family": family,
+        "recipe": str(recipe.relative_to(ROOT)),
+        "train_seconds": training.get("train_seconds"),
+        "wall_seconds": wall,
+        "epochs": training.get("epochs"),
+        "stop_reason": training.get("stop_reason"),
+        "dev_wer": training.get("dev_wer"),
+        "test_wer_greedy": greedy["wer"],
+        "test_cer_greedy": greedy["cer"],
+        "test_wer_lm": beam["wer"],
+        "test_intent_accuracy_lm": beam.get("intent_accuracy"),
+        **{k: greedy[k] for k in ("params", "macs_per_second_audio", "latency_ms_p50", "latency_ms_p90",
+                                  "rtf", "model_bytes")},
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| family | params | MMACs/s | train min | epochs | test WER greedy | test WER +LM | latency p50 ms (1 thread, 3 s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['family']} | {r['params'] / 1e6:.2f}M | {r['macs_per_second_audio'] / 1e6:.0f} | "
+                     f"{r['train_seconds'] / 60:.1f} | {r['epochs']} | {r['test_wer_greedy']:.2f}% | "
+                     f"{r['test_wer_lm']:.2f}% | {r['latency_ms_p50']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=Path("exp/bench_teachers"))
+    ap.add_argument("--families", nargs="+", default=["crnn", "conformer", "dnn"])
+    ap.add_argument("--minutes", type=float, default=45.0, help="training budget per family")
+    ap.add_argument("--patience", type=int, default=3, help="epochs without a better dev WER")
+    args = ap.parse_args()
+    lm = args.out / "lm_3gram.arpa"
+    if not lm.is_file():
+        texts = (normalize_text(s.text or "") for c in read_split(args.data, "train") for s in c.supervisions)
+        build_ngram_lm(texts, lm, order=3)
+    rows = []
+    for family in args.families:
+        row = train_and_measure(family, args.data, args.out, args.minutes, args.patience, lm)
+        write_json_atomic(RESULTS / f"teacher_{family}.json", row)
+        rows.append(row)
+        print(json.dumps(row, indent=1))
+    write_text_atomic(RESULTS / "teachers.md", markdown(rows))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

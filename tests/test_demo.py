@@ -1,0 +1,28 @@
+"""`slimasr demo --quick`: every stage of the pipeline on a tiny corpus, end to end (smoke test)."""
+
+from __future__ import annotations
+
+import json
+
+from slimasr.cli import main
+from slimasr.pipeline import run_pipeline
+
+DESIGN_KEYS = {"wer", "cer", "sentence_accuracy", "num_utterances", "params", "nonzero_params",
+               "macs_per_second_audio", "latency_ms_p50", "latency_ms_p90", "rtf", "model_bytes"}
+
+
+def test_quick_demo_runs_every_stage_and_resumes(tmp_path):
+    exp = tmp_path / "exp"
+    assert main(["demo", "--quick", "--experiment", str(exp)]) == 0
+    metrics = json.loads((exp / "teacher" / "metrics.json").read_text())
+    assert DESIGN_KEYS <= set(metrics)
+    assert metrics["num_utterances"] == 8 and metrics["params"] > 0 and metrics["rtf"] > 0
+    report = (exp / "report.md").read_text()
+    assert report.startswith("| model | WER %") and "| teacher |" in report
+    assert (exp / "report.png").stat().st_size > 0
+    # A second run finds every stage complete (the report is always rewritten).
+    again = run_pipeline("demo_quick", experiment=exp)["stages"]
+    assert again == {"corpus:data": "skipped", "train:teacher": "skipped",
+                     "evaluate:teacher": "skipped", "report:report": "ran"}
+    state = json.loads((exp / "pipeline.json").read_text())
+    assert set(state) == {"corpus:data", "train:teacher", "evaluate:teacher", "report:report"}
