@@ -32,12 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-def train_and_measure(family: str, data: Path, out: Path, minutes: float, patience: int, lm: Path) -> dict:
+def train_and_measure(family: str, data: Path, out: Path, minutes: float, patience: int, lm: Path,
+                      overrides: list[str]) -> dict:
     recipe = ROOT / "recipes" / f"train_{family}_teacher.yaml"
     model_dir = out / f"{family}_teacher"
     start = time.perf_counter()
     training = train_model(recipe, data, model_dir, resume=(model_dir / "checkpoints" / "last").is_dir(),
-                           overrides=[f"train.max_minutes={minutes}", f"train.early_stop_patience={patience}"])
+                           overrides=[f"train.max_minutes={minutes}", f"train.early_stop_patience={patience}", *overrides])
     wall = time.perf_counter() - start
     test = data / "test_cuts.jsonl.gz"
     train_cuts = str(data / "train_cuts.jsonl.gz")
@@ -49,6 +50,7 @@ def train_and_measure(family: str, data: Path, out: Path, minutes: float, patien
     return {
         "family": family,
         "recipe": str(recipe.relative_to(ROOT)),
+        "overrides": overrides,
         "train_seconds": training.get("train_seconds"),
         "wall_seconds": wall,
         "epochs": training.get("epochs"),
@@ -81,6 +83,7 @@ def main() -> None:
     ap.add_argument("--families", nargs="+", default=["crnn", "conformer", "dnn"])
     ap.add_argument("--minutes", type=float, default=45.0, help="training budget per family")
     ap.add_argument("--patience", type=int, default=3, help="epochs without a better dev WER")
+    ap.add_argument("--override", action="append", default=[], help="recipe KEY=VALUE (repeatable)")
     args = ap.parse_args()
     lm = args.out / "lm_3gram.arpa"
     if not lm.is_file():
@@ -88,7 +91,7 @@ def main() -> None:
         build_ngram_lm(texts, lm, order=3)
     rows = []
     for family in args.families:
-        row = train_and_measure(family, args.data, args.out, args.minutes, args.patience, lm)
+        row = train_and_measure(family, args.data, args.out, args.minutes, args.patience, lm, args.override)
         write_json_atomic(RESULTS / f"teacher_{family}.json", row)
         rows.append(row)
         print(json.dumps(row, indent=1))

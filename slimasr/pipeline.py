@@ -59,6 +59,7 @@ class EvaluateStage:
     latency_threads: int = 1  # torch threads while timing batch-1 latency
     max_utterances: int | None = None  # evaluate only the first N utterances (None: all)
     intents: bool = True  # score intents against the corpus's labelled training sentences
+    lm_order: int | None = None  # beam search with an n-gram LM of the corpus's training text
 
 
 @dataclass
@@ -218,12 +219,28 @@ def _run_evaluate(stage: Stage, exp: Path) -> None:
     spec: EvaluateStage = stage.spec
     data = _data_of(exp, spec.data)
     train_cuts = data / "train_cuts.jsonl.gz"
-    cfg = from_dict(EvalConfig, {"decode": spec.decode, "latency_threads": spec.latency_threads,
+    decode = dict(spec.decode)
+    if spec.lm_order is not None:
+        decode.update(method="beam", lm_path=str(_corpus_lm(data, exp, spec.lm_order)))
+    cfg = from_dict(EvalConfig, {"decode": decode, "latency_threads": spec.latency_threads,
                                  "max_utterances": spec.max_utterances,
                                  "intent_reference": str(train_cuts) if spec.intents else None,
                                  "lexicon_reference": str(train_cuts)})
     for model in spec.models:
         evaluate_model(exp / model, data / f"{spec.split}_cuts.jsonl.gz", cfg)
+
+
+def _corpus_lm(data: Path, exp: Path, order: int) -> Path:
+    """An ARPA n-gram of the corpus's normalized training text (built once per experiment)."""
+    from slimasr.data.manifests import read_split
+    from slimasr.decode import build_ngram_lm
+    from slimasr.text import normalize_text
+
+    path = exp / f"lm_{order}gram.arpa"
+    if not path.is_file():
+        texts = (normalize_text(s.text or "") for c in read_split(data, "train") for s in c.supervisions)
+        build_ngram_lm(texts, path, order=order)
+    return path
 
 
 @register_stage("report", ReportStage, lambda stage, exp: False)

@@ -86,6 +86,8 @@ def plot_wer_vs_macs(rows: Sequence[dict], out_png: str | Path) -> None:
         ax.annotate(row["model"], (x / 1e6, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel("MMACs per second of audio")
     ax.set_ylabel("WER (%)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)  # both from zero, so distances between models are not exaggerated
     ax.set_title("Word error rate against compute")
     ax.grid(alpha=0.3)
     fig.tight_layout()
