@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slimasr.errors import DataError
+from slimasr.evaluate.report import collect_rows, markdown_table, write_report
+
+
+def write_metrics(model_dir, **metrics):
+    model_dir.mkdir(parents=True)
+    (model_dir / "metrics.json").write_text(json.dumps(metrics))
+    return model_dir
+
+
+def test_rows_compare_every_model_with_the_first(tmp_path):
+    big = write_metrics(tmp_path / "teacher", wer=10.0, params=8_000_000, macs_per_second_audio=200e6,
+                        latency_ms_p50=40.0)
+    small = write_metrics(tmp_path / "student", wer=12.5, params=2_000_000, macs_per_second_audio=50e6,
+                          latency_ms_p50=10.0)
+    rows = collect_rows([big, small])
+    assert [r["model"] for r in rows] == ["teacher", "student"]
+    assert rows[1]["size_ratio"] == 0.25 and rows[1]["macs_ratio"] == 0.25 and rows[1]["speedup"] == 4.0
+    assert rows[0]["size_ratio"] == rows[0]["speedup"] == 1.0
+    table = markdown_table(rows).splitlines()
+    assert table[0].startswith("| model | WER % |")
+    assert table[3].startswith("| student | 12.50 | — |")  # missing CER shows as a dash
+    assert "| 2,000,000 | 0.25 | 50.0 | 0.25 | 10.0 | 4.00 |" in table[3]
+
+
+def test_report_files_are_written(tmp_path):
+    model = write_metrics(tmp_path / "m", wer=5.0, params=10, macs_per_second_audio=1e6, latency_ms_p50=1.0)
+    paths = write_report(collect_rows([model]), tmp_path / "out" / "report")
+    assert json.loads(paths["json"].read_text())[0]["wer"] == 5.0
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["md"].read_text().count("\n") == 3
+
+
+def test_unevaluated_model_is_a_one_line_error(tmp_path):
+    (tmp_path / "m").mkdir()
+    with pytest.raises(DataError, match=r"metrics.json: no evaluation results"):
+        collect_rows([tmp_path / "m"])
