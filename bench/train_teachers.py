@@ -95,8 +95,10 @@ def main() -> None:
         write_json_atomic(RESULTS / f"teacher_{family}.json", row)
         rows.append(row)
         print(json.dumps(row, indent=1))
-    write_text_atomic(RESULTS / "teachers.md", markdown(rows))
-    print(markdown(rows))
+    # The table covers every family measured so far (one JSON each), not only this invocation's.
+    everything = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("teacher_*.json"))]
+    write_text_atomic(RESULTS / "teachers.md", markdown(everything))
+    print(markdown(everything))
 
 
 if __name__ == "__main__":
