@@ -31,6 +31,7 @@ from slimasr.evaluate.metrics import ErrorRateStats
 from slimasr.frontend import Frontend
 from slimasr.io import atomic_path, write_json_atomic
 from slimasr.progress import progress_bar
+from slimasr.train.prepare import transcript
 
 METRICS_FILE = "metrics.json"
 UTTERANCES_FILE = "eval_utterances.jsonl"
@@ -86,7 +87,7 @@ def evaluate_model(model_dir: str | Path, manifest: str | Path, config: EvalConf
     with progress_bar(transient=True, disable=not show_progress) as bar:
         task = bar.add_task("recognizing", total=_count(cuts) if show_progress else None)
         for batch_cuts, hyps in recognize(model, frontend, cuts, decoder, config.max_duration, device):
-            refs = [" ".join(s.text or "" for s in c.supervisions) for c in batch_cuts]
+            refs = [transcript(c) for c in batch_cuts]
             intents = [_intent_of_cut(c) for c in batch_cuts]
             stats.append([c.id for c in batch_cuts], hyps, refs,
                          intents if any(i is not None for i in intents) else None)
@@ -144,7 +145,7 @@ def _intent_classifier(manifest: str | None, normalize: Callable[[str], str]):
     for cut in load_cuts(manifest):
         intent = _intent_of_cut(cut)
         if intent is not None:
-            labelled.setdefault(normalize(" ".join(s.text or "" for s in cut.supervisions)), intent)
+            labelled.setdefault(normalize(transcript(cut)), intent)
     sentences = list(labelled)
 
     def intent_of(text: str) -> str | None:
