@@ -62,8 +62,16 @@ def train_and_measure(family: str, data: Path, out: Path, minutes: float, patien
         "test_intent_accuracy_lm": beam.get("intent_accuracy"),
         **{k: greedy[k] for k in ("params", "macs_per_second_audio", "latency_ms_p50", "latency_ms_p90",
                                   "rtf", "model_bytes")},
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": f"{platform.processor() or platform.machine()}, {_train_threads(overrides)} torch threads",
     }
+
+
+def _train_threads(overrides: list[str]) -> int:
+    """Threads the training ran with: a train.num_threads override, else torch's default."""
+    for item in overrides:
+        if item.startswith("train.num_threads="):
+            return int(item.split("=", 1)[1])
+    return torch.get_num_threads()
 
 
 def markdown(rows: list[dict]) -> str:

@@ -57,6 +57,12 @@ class AcousticModel(nn.Module):
         """(N,) int64 input frame counts -> (N,) int64 output frame counts."""
         raise NotImplementedError
 
+    def forward_hidden(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """``forward``'s (log_probs, out_lens) plus the hidden states, each (N, T', D_i) at the
+        output frame rate: index 0 is the front end's output, index i the output of layer/block
+        i-1 (hidden-layer distillation matches these)."""
+        raise NotImplementedError
+
 
 def lengths_to_mask(lens: Tensor, max_len: int | None = None) -> Tensor:
     """(N,) lengths -> (N, T) bool mask, True on valid frames; T = ``max_len`` or max(lens)."""

@@ -243,10 +243,18 @@ class Conformer(AcousticModel):
 
     def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """x: (N, T, F), x_lens: (N,) -> log_probs (N, T', V), out_lens (N,)."""
+        log_probs, lens, _ = self.forward_hidden(x, x_lens)
+        return log_probs, lens
+
+    def forward_hidden(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """``forward`` plus the hidden states: [input projection output (N, T', D), then each
+        block's output (N, T', D)]."""
         check_inputs(x, x_lens, self.config.num_features)
         h, lens = self.subsample(mask_time(x, x_lens), x_lens)  # (N, T', C*F')
         h = self.dropout(self.input_proj(h))  # (N, T', D)
+        hidden = [h]
         mask = lengths_to_mask(lens, h.shape[1])
         for block in self.blocks:
             h = block(h, mask)
-        return self.head(h).log_softmax(dim=-1), lens
+            hidden.append(h)
+        return self.head(h).log_softmax(dim=-1), lens, hidden

@@ -128,8 +128,17 @@ class Crnn(AcousticModel):
 
     def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """x: (N, T, F), x_lens: (N,) -> log_probs (N, T', V), out_lens (N,)."""
+        log_probs, lens, _ = self.forward_hidden(x, x_lens)
+        return log_probs, lens
+
+    def forward_hidden(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """``forward`` plus the hidden states: [subsampling output (N, T', C*F'), then each
+        recurrent layer's output (N, T', dirs*H_i)] (before dropout; padding unspecified)."""
         check_inputs(x, x_lens, self.config.num_features)
         h, lens = self.subsample(mask_time(x, x_lens), x_lens)  # (N, T', C*F')
+        hidden = [h]
         for rnn in self.rnns:
-            h = self.dropout(rnn(h, lens))
-        return self.head(h).log_softmax(dim=-1), lens
+            h = rnn(h, lens)
+            hidden.append(h)
+            h = self.dropout(h)
+        return self.head(h).log_softmax(dim=-1), lens, hidden

@@ -78,9 +78,18 @@ class Dnn(AcousticModel):
 
     def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """x: (N, T, F), x_lens: (N,) -> log_probs (N, T', V), out_lens (N,)."""
+        log_probs, lens, _ = self.forward_hidden(x, x_lens)
+        return log_probs, lens
+
+    def forward_hidden(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """``forward`` plus the hidden states: [stacked input frames (N, T', (l+1+r)*F), then each
+        hidden layer's activation (N, T', H_i)] (before dropout)."""
         cfg = self.config
         check_inputs(x, x_lens, cfg.num_features)
         h = stack_frames(mask_time(x, x_lens), cfg.context_left, cfg.context_right, cfg.stride)
+        hidden = [h]
         for layer, act in zip(self.layers, self.acts):
-            h = self.dropout(act(layer(h)))
-        return self.head(h).log_softmax(dim=-1), self.output_lengths(x_lens)
+            h = act(layer(h))
+            hidden.append(h)
+            h = self.dropout(h)
+        return self.head(h).log_softmax(dim=-1), self.output_lengths(x_lens), hidden

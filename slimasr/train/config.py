@@ -92,6 +92,9 @@ class TrainConfig:
     checkpoint_every_steps: int = 200  # also at every epoch end; into OUT/checkpoints/last
     log_every_steps: int = 10  # a row of OUT/train_log.csv (and TensorBoard) every N steps
     early_stop_patience: int | None = None  # stop after N epochs without a better dev WER
+    # Patience only counts once the best dev WER is below this: a CTC model first sits on an
+    # all-blank plateau near 100% WER for a while, and stopping there ends runs that would learn.
+    early_stop_below_wer: float = 95.0
     dev_max_cuts: int | None = None  # validate on the first N dev cuts (None: all)
     # Data preparation.
     precompute_features: bool = True  # fbank once per data dir (off anyway under waveform augment)

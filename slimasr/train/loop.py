@@ -528,7 +528,7 @@ class Trainer:
 
     def end_epoch(self, metrics: dict, partial: bool) -> None:
         """Record the validation, keep the best weights, move to the next epoch, checkpoint."""
-        st = self.state
+        st, cfg = self.state, self.cfg
         losses = distributed.all_reduce_sum(st.epoch_loss, self.info)
         row = {"epoch": st.epoch, "step": st.step, "seconds": round(self.seconds(), 2),
                "partial_epoch": partial, "lr": self.schedule.lr(max(st.step - 1, 0)),
@@ -540,7 +540,7 @@ class Trainer:
             if self.info.is_main:
                 with atomic_dir(self.out_dir / CHECKPOINTS / BEST) as tmp:
                     save_model(self.model, tmp)
-        else:
+        elif st.best_wer < cfg.early_stop_below_wer:
             st.bad_epochs += 1
         if not partial:
             st.epoch, st.sampler, st.epoch_loss = st.epoch + 1, None, [0.0, 0.0]

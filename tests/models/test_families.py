@@ -166,3 +166,19 @@ def test_batch_norm_training_statistics_ignore_padding(key):
         b, _ = model(padded, torch.tensor([14, 9]))
     for i, n in enumerate(lens.tolist()):
         torch.testing.assert_close(a[i, :n], b[i, :n], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("key", sorted(TINY))
+def test_forward_hidden_returns_every_layer_at_the_output_rate(key):
+    model = tiny(key).eval()
+    x, lens = torch.randn(2, 23, FEATS), torch.tensor([23, 17])
+    with torch.no_grad():
+        log_probs, out_lens = model(x, lens)
+        hp, hl, hidden = model.forward_hidden(x, lens)
+    torch.testing.assert_close(hp, log_probs)
+    assert hl.tolist() == out_lens.tolist()
+    cfg = model.config
+    depth = len(getattr(cfg, "rnn_hidden_sizes", None) or getattr(cfg, "hidden_sizes", None)
+                or range(cfg.num_blocks))
+    assert len(hidden) == depth + 1  # front end + every layer/block
+    assert all(h.shape[:2] == log_probs.shape[:2] for h in hidden)

@@ -131,7 +131,12 @@ def test_output_folder_is_never_overwritten(trained, tmp_path) -> None:
 
 def test_early_stopping_and_time_budget(trained, tmp_path) -> None:
     data = trained[0]
-    stuck = train_model(tiny_recipe(lr=1e-7, epochs=10, early_stop_patience=2), data,
+    # On the all-blank plateau (100% WER) patience does not count: all 4 epochs run.
+    plateau = train_model(tiny_recipe(lr=1e-7, epochs=4, early_stop_patience=2), data,
+                          tmp_path / "plateau", show_progress=False)
+    assert plateau["stop_reason"] == "epochs" and plateau["epochs"] == 4
+    stuck = train_model(tiny_recipe(lr=1e-7, epochs=10, early_stop_patience=2,
+                                    early_stop_below_wer=101.0), data,
                         tmp_path / "stuck", show_progress=False)
     assert stuck["stop_reason"] == "early_stop" and stuck["epochs"] == 3  # 1 best + 2 worse
     assert stuck["best_epoch"] == 0 and [r["dev_wer"] for r in stuck["history"]] == [100.0] * 3
