@@ -14,7 +14,6 @@ from slimasr.errors import SlimasrError
 
 # Verbs that later work fills; until then they answer clearly instead of failing obscurely.
 PLANNED_VERBS = {
-    "distill": "knowledge distillation from a teacher into a small student",
     "prune": "structured / unstructured pruning with fine-tuning",
     "export": "export to ONNX (optionally int8) with a parity check",
 }
@@ -49,6 +48,24 @@ def _train(args: argparse.Namespace) -> dict:
     from slimasr.train import train_model
 
     return train_model(args.config, args.data, args.out, resume=args.resume, overrides=args.overrides)
+
+
+def _distill(args: argparse.Namespace) -> dict:
+    from slimasr.distill import distill_model
+
+    overrides = [f"teacher.path={args.teacher}", *args.overrides]
+    student = args.student
+    if student in ("teacher", "from-teacher"):
+        overrides.insert(0, "student.init=teacher")
+    elif student:
+        overrides.insert(0, f"model.preset={student}")
+    if args.unlabelled:
+        import json
+
+        overrides.append(f"unlabelled={json.dumps(args.unlabelled)}")  # a YAML (JSON) list
+    result = distill_model(args.config, args.data, args.out, resume=args.resume, overrides=overrides)
+    result.pop("history", None)
+    return result
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
@@ -171,6 +188,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. train.epochs=5")
     train.set_defaults(func=_train)
+
+    dist = verbs.add_parser("distill", help="knowledge distillation from a teacher into a small student")
+    dist.add_argument("--teacher", required=True,
+                      help="teacher model directory (slimasr, or a local HF Wav2Vec2/HuBERT CTC folder)")
+    dist.add_argument("--student", default=None,
+                      help="student model preset (file or bundled name, e.g. crnn_student), or "
+                           "'teacher' to cut the student down from the teacher (student.layers/width)")
+    dist.add_argument("--config", default=None,
+                      help="distillation recipe YAML (recipes/distill_*.yaml); default: all defaults")
+    dist.add_argument("--data", required=True, help="data directory (train/dev splits)")
+    dist.add_argument("--out", required=True, help="student model directory to write")
+    dist.add_argument("--unlabelled", action="append", default=[],
+                      help="cuts manifest of audio without transcripts (repeatable)")
+    dist.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
+    dist.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                      help="recipe overrides, e.g. loss.kd_weight=0.5 loss.temperature=2")
+    dist.set_defaults(func=_distill)
 
     ev = verbs.add_parser("evaluate", help="WER, CER, params, MACs, latency and RTF of a model")
     ev.add_argument("--model", required=True, help="model directory")

@@ -127,14 +127,14 @@ class TrainRecipe:
 
 
 def load_recipe(source: str | Path | Mapping | TrainRecipe | None = None,
-                overrides: Sequence[str] = ()) -> TrainRecipe:
+                overrides: Sequence[str] = (), cls: type = TrainRecipe) -> Any:
     """A recipe from a YAML/JSON file, a mapping or a recipe, with ``key=value`` overrides
     (``train.lr=3e-4``, ``model.config.rnn_hidden_sizes=[256]``).
 
     A relative ``model.preset`` path in a file is made absolute against that file's folder when
     it exists there, so the recipe works from any working directory.
     """
-    if isinstance(source, TrainRecipe):
+    if isinstance(source, TrainRecipe):  # (``cls``: a TrainRecipe subclass, e.g. DistillRecipe)
         from slimasr.config import config_to_dict
 
         source = config_to_dict(source)
@@ -145,7 +145,7 @@ def load_recipe(source: str | Path | Mapping | TrainRecipe | None = None,
     elif source is not None:
         data = source
     try:
-        recipe = from_dict(TrainRecipe, merge(data, parse_overrides(overrides)))
+        recipe = from_dict(cls, merge(data, parse_overrides(overrides)))
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}" if isinstance(source, (str, Path)) else str(e)) from None
     preset = recipe.model.preset

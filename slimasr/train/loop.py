@@ -207,8 +207,10 @@ class PreparedData:
 
 
 def _prepare_data(recipe: TrainRecipe, data_dir: Path, out_dir: Path, resume: bool,
-                  info: DistInfo, show_progress: bool) -> PreparedData:
-    """Rank 0 computes features, tokenizer and CMVN; then every rank reads them."""
+                  info: DistInfo, show_progress: bool, reuse_assets: bool | None = None) -> PreparedData:
+    """Rank 0 computes features, tokenizer and CMVN; then every rank reads them.
+    ``reuse_assets``: keep a tokenizer/CMVN already in ``out_dir`` (default: when resuming;
+    distillation copies the teacher's there first)."""
     cfg, normalize = recipe.train, make_normalizer(recipe.normalizer)
     cache = feature_cache_dir(data_dir, recipe.features, cfg.feature_dir)
     precompute_train = cfg.precompute_features and not recipe.augment.on_waveform
@@ -224,7 +226,8 @@ def _prepare_data(recipe: TrainRecipe, data_dir: Path, out_dir: Path, resume: bo
     if info.is_main:
         train, _ = splits()
         prepare_assets(train, out_dir, recipe.tokenizer.kind, recipe.tokenizer.vocab_size,
-                       normalize, recipe.features, cfg.cmvn_max_cuts, reuse=resume,
+                       normalize, recipe.features, cfg.cmvn_max_cuts,
+                       reuse=resume if reuse_assets is None else reuse_assets,
                        show_progress=show)
         (out_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -422,6 +425,18 @@ class Trainer:
         self.console.print(f"resumed from {path}: epoch {self.state.epoch}, step {self.state.step}",
                            markup=False)
 
+    # -- hooks (a distillation trainer overrides these) ------------------------------------------
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        """The scalar objective of one training batch: CTC on the batch's targets."""
+        return compute_loss(self.ddp, batch, self.info.device, self.cfg.ctc_reduction,
+                            self.autocast())
+
+    def export_model(self) -> AcousticModel:
+        """The model saved as ``checkpoints/best`` and as the result (``self.model`` may wrap it
+        with training-only parts, such as distillation projections)."""
+        return self.model
+
     # -- the loop ------------------------------------------------------------------------------
 
     def seconds(self) -> float:
@@ -486,8 +501,7 @@ class Trainer:
         """One update. Returns the gradient norm, or None when the batch was skipped because its
         loss or gradients are not finite (on any rank): then no weight or optimizer state moves."""
         lr = self.schedule.apply(self.optimizer, self.state.step, self.time_fraction())
-        loss = compute_loss(self.ddp, batch, self.info.device, self.cfg.ctc_reduction,
-                            self.autocast())
+        loss = self.loss(batch)
         if distributed.any_rank(not bool(torch.isfinite(loss)), self.info):
             self.state.skipped["nonfinite_loss"] += 1
             if self.info.distributed:
@@ -539,7 +553,7 @@ class Trainer:
                 metrics["dev_wer"], st.epoch, st.step, 0)
             if self.info.is_main:
                 with atomic_dir(self.out_dir / CHECKPOINTS / BEST) as tmp:
-                    save_model(self.model, tmp)
+                    save_model(self.export_model(), tmp)
         elif st.best_wer < cfg.early_stop_below_wer:
             st.bad_epochs += 1
         if not partial:
@@ -646,7 +660,7 @@ class Trainer:
             "train_cuts": self.num_train_cuts, "train_hours": round(data.train_seconds_audio / 3600, 4),
             "dev_utterances": best["dev_utterances"],
             "skipped_batches": dict(st.skipped), "skipped_cuts": data.report,
-            "params": sum(p.numel() for p in self.model.parameters()),
+            "params": sum(p.numel() for p in self.export_model().parameters()),
             "device": str(self.info.device), "precision": self.precision,
             "history": st.history,
         }
@@ -666,7 +680,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
 
 
 def _finalize(trainer: Trainer, recipe: TrainRecipe, data_dir: Path, out_dir: Path,
-              metrics: dict, dev_cuts: Any) -> None:
+              metrics: dict, dev_cuts: Any, step: str = "train", provenance: dict | None = None) -> None:
     """Write the best weights as the model directory with training.json, then reload and check."""
     best = load_model(out_dir / CHECKPOINTS / BEST)
     frontend = Frontend(trainer.tokenizer, recipe.features,
@@ -676,11 +690,12 @@ def _finalize(trainer: Trainer, recipe: TrainRecipe, data_dir: Path, out_dir: Pa
         "tokenizer": {"kind": trainer.tokenizer.kind, "vocab_size": trainer.tokenizer.vocab_size},
         "augment": config_to_dict(recipe.augment),
         "provenance": {
-            "step": "train", "data_dir": str(data_dir.resolve()), "recipe": config_to_dict(recipe),
+            "step": step, "data_dir": str(data_dir.resolve()), "recipe": config_to_dict(recipe),
             "epochs": metrics["epochs"], "steps": metrics["steps"],
             "train_seconds": metrics["train_seconds"], "best_dev_wer": metrics["dev_wer"],
             "best_epoch": metrics["best_epoch"], "world_size": metrics["world_size"],
             "slimasr_version": __version__, "torch_version": torch.__version__,
+            **(provenance or {}),
         },
     }
     save_model(best, out_dir, extra)

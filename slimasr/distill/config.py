@@ -1,0 +1,111 @@
+"""The distillation recipe: a training recipe (the student's model, data handling and optimizer)
+plus where the teacher is, how the student is created, and the weights of every loss.
+
+    teacher: {path: exp/teacher}          # a slimasr model dir, or a local HF Wav2Vec2/HuBERT CTC dir
+    student: {init: teacher, layers: 2, width: 0.5}   # or init: scratch with model.preset
+    loss: {ctc_weight: 0.5, kd_weight: 0.5, temperature: 2.0}
+    model: {preset: crnn_student}         # the student when init is scratch
+    train: {epochs: 30}
+
+Every loss weight, temperature and threshold lives here with its default; the loss functions in
+``slimasr.distill.losses`` take them as arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Mapping, Sequence
+
+from slimasr.errors import ConfigError
+from slimasr.train.config import TrainRecipe, load_recipe
+
+
+@dataclass
+class TeacherConfig:
+    path: str | None = None  # model directory: slimasr (config.json + model.safetensors) or HF CTC
+    kind: Literal["auto", "slimasr", "hf"] = "auto"  # auto: HF when config.json names *ForCTC
+    # Compute the teacher's frame posteriors once (top-k per frame) into OUT/teacher_cache/ instead
+    # of running the teacher on every batch. Hidden-layer matching always runs the teacher online.
+    cache: bool = True
+    top_k: int = 8  # posteriors kept per frame in the cache (the rest share the remaining mass)
+    batch_size: int = 16  # utterances per teacher forward pass when filling the cache
+    device: str = "auto"  # where the teacher runs ("auto": the training device)
+
+
+@dataclass
+class StudentConfig:
+    """How the student starts. ``scratch``: a fresh model from the recipe's ``model`` section.
+    ``teacher``: a copy of the teacher (slimasr teachers only) cut down to ``layers`` layers
+    (spread over the depth, first and last kept) and/or ``width`` of its units in every prunable
+    group (the units with the largest weight magnitude)."""
+
+    init: Literal["scratch", "teacher"] = "scratch"
+    layers: int | None = None  # recurrent layers / hidden layers / blocks kept (None: all)
+    width: float | None = None  # fraction of units kept per group, 0 < width <= 1 (None: all)
+    round_to: int = 8  # kept unit counts are rounded to a multiple of this (at least one)
+
+
+@dataclass
+class LossConfig:
+    """The objective: ctc_weight * CTC(reference) + kd_weight * KD + hidden_weight * hidden
+    + pseudo_weight * CTC(teacher transcript). FINDINGS' prototype used KD/CTC 0.5/0.5, T=2."""
+
+    ctc_weight: float = 1.0  # CTC on the reference transcript (unlabelled cuts have none)
+    kd_weight: float = 0.0  # frame-level KL(teacher || student) on T-softened CTC posteriors
+    temperature: float = 2.0  # softening of both distributions; the KL is scaled by T^2
+    blank_weight: float = 1.0  # weight of frames where the teacher is confident blank (1: no change)
+    blank_threshold: float = 0.9  # teacher blank probability from which a frame counts as blank
+    hidden_weight: float = 0.0  # hidden-layer matching through learned projections
+    # (student index, teacher index) pairs of forward_hidden states (0 = front end, i = layer i);
+    # empty: every student layer to the teacher layer at the same relative depth.
+    hidden_pairs: list[list[int]] = field(default_factory=list)
+    hidden_kind: Literal["l1_cos", "mse"] = "l1_cos"  # DistilHuBERT's L1 - log sigmoid(cos), or MSE
+    cos_weight: float = 1.0  # weight of the cosine part of l1_cos
+    pseudo_weight: float = 0.0  # CTC on the teacher's transcript (sequence-level KD)
+    pseudo_decode: Literal["greedy", "beam"] = "greedy"  # how the teacher transcribes
+    pseudo_lm: str | None = None  # ARPA n-gram for beam pseudo-labels (None: beam without LM)
+    pseudo_max_wer: float = 20.0  # drop pseudo-labels farther than this WER (%) from the reference
+
+    def __post_init__(self) -> None:
+        weights = (self.ctc_weight, self.kd_weight, self.hidden_weight, self.pseudo_weight)
+        if min(weights) < 0 or sum(weights) == 0:
+            raise ConfigError("loss: weights must be >= 0 and at least one > 0")
+        if self.temperature <= 0:
+            raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
+class DistillRecipe(TrainRecipe):
+    """A training recipe plus the teacher, the student's creation and the losses."""
+
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    # Cut manifests of audio without transcripts: the teacher's transcripts become their targets.
+    unlabelled: list[str] = field(default_factory=list)
+
+
+def load_distill_recipe(source: str | Path | Mapping | DistillRecipe | None = None,
+                        overrides: Sequence[str] = ()) -> DistillRecipe:
+    """Like ``slimasr.train.config.load_recipe``; relative paths in a file (model.preset,
+    teacher.path, unlabelled, loss.pseudo_lm) resolve against its folder when they exist there."""
+    recipe = load_recipe(source, overrides, cls=DistillRecipe)
+    base = Path(source).resolve().parent if isinstance(source, (str, Path)) else None
+    if base is not None:
+        recipe.teacher.path = _near(base, recipe.teacher.path)
+        recipe.loss.pseudo_lm = _near(base, recipe.loss.pseudo_lm)
+        recipe.unlabelled = [_near(base, p) or p for p in recipe.unlabelled]
+    s = recipe.student
+    if s.width is not None and not 0 < s.width <= 1:
+        raise ConfigError(f"student.width must be in (0, 1], got {s.width}")
+    if s.layers is not None and s.layers < 1:
+        raise ConfigError(f"student.layers must be >= 1, got {s.layers}")
+    return recipe
+
+
+def _near(base: Path, value: str | None) -> str | None:
+    """``value`` made absolute against ``base`` when it names something there."""
+    if value and not Path(value).is_absolute() and (base / value).exists():
+        return str(base / value)
+    return value

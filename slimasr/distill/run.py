@@ -1,0 +1,363 @@
+"""``slimasr distill``: train a student with a teacher's help.
+
+The student is trained by the ordinary training loop (``slimasr.train.loop.Trainer``: schedule,
+checkpoints, resume, early stopping, DDP) with a different objective; the projections of
+hidden-layer matching live beside the student during training and are dropped from the saved
+model. With a slimasr teacher the student shares the teacher's tokenizer, features, CMVN and
+normalizer (frame-level losses need one vocabulary and the same input).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from lhotse import CutSet, SupervisionSegment
+from lhotse.dataset import SimpleCutSampler
+from rich.console import Console
+from torch import nn
+
+from slimasr.config import config_to_dict, from_dict
+from slimasr.data.dataset import AsrDataset
+from slimasr.data.features import FeatureConfig
+from slimasr.data.manifests import load_cuts
+from slimasr.decode import DecodeConfig
+from slimasr.distill import losses
+from slimasr.distill.config import DistillRecipe, load_distill_recipe
+from slimasr.distill.student import student_from_config, student_from_teacher
+from slimasr.distill.teacher import (
+    CACHE_DIR,
+    TeacherCache,
+    cache_is_complete,
+    copy_frontend,
+    fill_cache,
+    hf_batches,
+    load_teacher,
+)
+from slimasr.errors import ConfigError
+from slimasr.io import atomic_dir
+from slimasr.models import AcousticModel, load_model, save_model
+from slimasr.text import NormalizerConfig
+from slimasr.train import distributed
+from slimasr.train.config import resolve_model
+from slimasr.train.loop import (
+    Trainer,
+    _check_out_dir,
+    _filter,
+    _finalize,
+    _prepare_data,
+    seed_everything,
+)
+from slimasr.train.prepare import transcript
+
+PSEUDO_KEY = "pseudo_label"  # supervision.custom flag of an unlabelled cut's teacher transcript
+TEACHER_BATCH_SECONDS = 60.0  # audio per teacher batch when filling the cache (slimasr teacher)
+STUDENT_INIT = "student_init"  # OUT/student_init: the created student, reloaded before training
+
+
+def distill_model(recipe: DistillRecipe | str | Path, data_dir: str | Path, out_dir: str | Path,
+                  resume: bool = False, overrides: Sequence[str] = (),
+                  show_progress: bool = True) -> dict:
+    """Distill ``recipe.teacher.path`` into a student trained on ``data_dir`` (train/dev splits),
+    saved as the model directory ``out_dir``. Returns training.json's content (+ ``teacher``)."""
+    recipe = load_distill_recipe(recipe, overrides)
+    if not recipe.teacher.path:
+        raise ConfigError("teacher.path: give the teacher's model directory (--teacher)")
+    threads = torch.get_num_threads()
+    info = distributed.setup(recipe.train.device)
+    try:
+        return _distill(recipe, Path(data_dir), Path(out_dir), resume, info, show_progress)
+    finally:
+        distributed.cleanup(info)
+        torch.set_num_threads(threads)
+
+
+def _distill(recipe: DistillRecipe, data_dir: Path, out_dir: Path, resume: bool, info: Any,
+             show_progress: bool) -> dict:
+    cfg = recipe.train
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    console = Console(stderr=True, quiet=not (show_progress and info.is_main))
+    device = info.device if recipe.teacher.device == "auto" else torch.device(recipe.teacher.device)
+    teacher = load_teacher(recipe.teacher.path, recipe.teacher.kind, device)
+    if teacher.kind == "slimasr":
+        _adopt_frontend(recipe, teacher)
+    elif recipe.student.init == "teacher":
+        raise ConfigError("student.init: teacher needs a slimasr teacher (this one is Hugging Face)")
+    resume = _check_out_dir(out_dir, recipe, resume, console)
+    if teacher.kind == "slimasr" and info.is_main:
+        copy_frontend(teacher, out_dir)
+    distributed.barrier(info)
+    data = _prepare_data(recipe, data_dir, out_dir, resume, info, show_progress,
+                         reuse_assets=resume or teacher.kind == "slimasr")
+    seed_everything(cfg.seed)
+    student = _make_student(recipe, teacher, data.tokenizer.vocab_size)
+    cache = None
+    if _needs_cache(recipe, teacher):
+        cache = _teacher_cache(recipe, teacher, data, data_dir, out_dir, info, show_progress)
+        data.train = _with_unlabelled(data.train, recipe, cache, data.normalize)
+    if info.is_main:
+        _check_student(student, out_dir / STUDENT_INIT, data, recipe)
+    distributed.barrier(info)
+    student = student.to(info.device)
+    train_cuts, dev_cuts = _filter(data, student, recipe, console)
+    pairs, projector = _hidden_setup(recipe, student, teacher)
+    refs, unlabelled = {}, set()
+    for cut in train_cuts:
+        refs[cut.id] = data.normalize(transcript(cut))
+        if any((s.custom or {}).get(PSEUDO_KEY) for s in cut.supervisions):
+            unlabelled.add(cut.id)
+    model = DistillModel(student, projector).to(info.device)
+    trainer = DistillTrainer(model, recipe, info, data.tokenizer, data.normalize, out_dir, console,
+                             show_progress, teacher=teacher, cache=cache, pairs=pairs,
+                             refs=refs, unlabelled=unlabelled)
+    loaders = trainer.loaders(train_cuts, dev_cuts, data.cmvn)
+    trainer.start(resume)
+    trainer.fit(*loaders)
+    result = {"world_size": info.world_size, **trainer.summary(data),
+              "teacher": str(recipe.teacher.path), "loss": config_to_dict(recipe.loss),
+              "pseudo_labels_kept": trainer.pseudo_kept}
+    if info.is_main:
+        _finalize(trainer, recipe, data_dir, out_dir, result, dev_cuts, step="distill",
+                  provenance={"teacher": str(recipe.teacher.path),
+                              "student_init": config_to_dict(recipe.student)})
+    distributed.barrier(info)
+    return {**result, "model_dir": str(out_dir)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup
+
+
+def _adopt_frontend(recipe: DistillRecipe, teacher: Any) -> None:
+    """The student reads the teacher's features and writes the teacher's tokens."""
+    fe = teacher.frontend
+    recipe.features = from_dict(FeatureConfig, config_to_dict(fe.features))
+    recipe.normalizer = from_dict(NormalizerConfig, config_to_dict(fe.normalizer))
+    recipe.tokenizer.kind = fe.tokenizer.kind
+    recipe.tokenizer.vocab_size = fe.tokenizer.vocab_size
+
+
+def _make_student(recipe: DistillRecipe, teacher: Any, vocab_size: int) -> AcousticModel:
+    s = recipe.student
+    if s.init == "teacher":
+        return student_from_teacher(teacher.model, s.layers, s.width, s.round_to)
+    name, model_cfg = resolve_model(recipe.model)
+    return student_from_config(name, model_cfg, vocab_size)
+
+
+def _check_student(student: AcousticModel, folder: Path, data: Any, recipe: DistillRecipe) -> None:
+    """Save the created student, reload it and run it once: a broken student fails here, in
+    seconds, not after the first epoch."""
+    with atomic_dir(folder) as tmp:
+        save_model(student, tmp)
+    reloaded = load_model(folder).eval()
+    dataset = AsrDataset(data.tokenizer, data.normalize, recipe.features, data.cmvn, None, train=False)
+    batch = dataset[data.dev.subset(first=2).to_eager()]
+    with torch.no_grad():
+        log_probs, _ = reloaded(batch["features"], batch["feature_lens"])
+    if not torch.isfinite(log_probs).all():
+        raise RuntimeError(f"{folder}: the created student gives non-finite outputs")
+
+
+def _needs_cache(recipe: DistillRecipe, teacher: Any) -> bool:
+    loss = recipe.loss
+    frame = loss.kd_weight > 0 and (recipe.teacher.cache or teacher.kind == "hf")
+    return frame or loss.pseudo_weight > 0 or bool(recipe.unlabelled)
+
+
+def _teacher_cache(recipe: DistillRecipe, teacher: Any, data: Any, data_dir: Path, out_dir: Path,
+                   info: Any, show_progress: bool) -> TeacherCache:
+    """Teacher posteriors and transcripts of every training (and unlabelled) cut, computed once."""
+    folder = out_dir / CACHE_DIR
+    unlabelled = [load_cuts(p) for p in recipe.unlabelled]
+    cuts = data.train if not unlabelled else CutSet.from_cuts(
+        [*data.train, *(c for cs in unlabelled for c in cs)])
+    stamp = _cache_stamp(recipe, data_dir, data.tokenizer.tokens)
+    if info.is_main and not cache_is_complete(folder, stamp):
+        total = sum(1 for _ in cuts)
+        decode = DecodeConfig(method=recipe.loss.pseudo_decode, lm_path=recipe.loss.pseudo_lm)
+        texts = (data.normalize(transcript(c)) for c in data.train)
+        if teacher.kind == "slimasr":
+            dataset = AsrDataset(data.tokenizer, data.normalize, recipe.features, data.cmvn, None,
+                                 train=False)
+            sampler = SimpleCutSampler(cuts, max_duration=TEACHER_BATCH_SECONDS)
+            batches = (dataset[b] for b in sampler)
+        else:
+            batches = hf_batches(cuts, recipe.teacher.batch_size)
+        fill_cache(teacher, batches, folder, stamp, recipe.teacher.top_k, data.tokenizer.tokens,
+                   decode, texts, total, show_progress and info.is_main)
+    distributed.barrier(info)
+    return TeacherCache.load(folder)
+
+
+def _cache_stamp(recipe: DistillRecipe, data_dir: Path, tokens: Sequence[str]) -> dict:
+    teacher = Path(recipe.teacher.path)
+    weights = sorted(teacher.glob("*.safetensors"))
+    signature = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
+    return {"teacher": str(teacher.resolve()), "weights": signature, "data": str(data_dir.resolve()),
+            "unlabelled": list(recipe.unlabelled), "top_k": recipe.teacher.top_k,
+            "decode": recipe.loss.pseudo_decode, "lm": recipe.loss.pseudo_lm,
+            "tokens": hashlib.sha256("\n".join(tokens).encode()).hexdigest()}
+
+
+def _with_unlabelled(train: CutSet, recipe: DistillRecipe, cache: TeacherCache,
+                     normalize: Any) -> CutSet:
+    """The training cuts plus every unlabelled cut whose teacher transcript is not empty, with
+    that transcript as its (flagged) supervision."""
+    if not recipe.unlabelled:
+        return train
+    extra = []
+    for path in recipe.unlabelled:
+        for cut in load_cuts(path):
+            text = cache.transcripts.get(cut.id, "")
+            if not text:
+                continue
+            sup = SupervisionSegment(id=f"{cut.id}-pseudo", recording_id=cut.recording_id,
+                                     start=0.0, duration=cut.duration, text=text,
+                                     custom={PSEUDO_KEY: True})
+            extra.append(cut.with_supervisions([sup]) if hasattr(cut, "with_supervisions")
+                         else _replace_supervisions(cut, sup))
+    return CutSet.from_cuts([*train, *extra])
+
+
+def _replace_supervisions(cut: Any, sup: SupervisionSegment) -> Any:
+    from dataclasses import replace
+
+    return replace(cut, supervisions=[sup])
+
+
+def _hidden_setup(recipe: DistillRecipe, student: AcousticModel, teacher: Any
+                  ) -> tuple[list[tuple[int, int]], nn.Module | None]:
+    """The (student, teacher) hidden-state pairs and their projections (None without matching)."""
+    if recipe.loss.hidden_weight == 0:
+        return [], None
+    if teacher.kind != "slimasr":
+        raise ConfigError("loss.hidden_weight: hidden-layer matching needs a slimasr teacher")
+    x = torch.zeros(1, 64, recipe.features.num_mel_bins)
+    lens = torch.tensor([64])
+    with torch.no_grad():
+        s_hidden = student.eval().forward_hidden(x, lens)[2]
+        t_hidden = teacher.forward_features(x, lens, hidden=True)[2]
+    student.train()
+    pairs = [tuple(p) for p in recipe.loss.hidden_pairs] or [
+        (i, round(i * (len(t_hidden) - 1) / (len(s_hidden) - 1))) for i in range(1, len(s_hidden))]
+    for s, t in pairs:
+        if not (0 <= s < len(s_hidden) and 0 <= t < len(t_hidden)):
+            raise ConfigError(f"loss.hidden_pairs: ({s}, {t}) out of range (student has "
+                              f"{len(s_hidden)} hidden states, teacher {len(t_hidden)})")
+    dims = [(s_hidden[s].shape[-1], t_hidden[t].shape[-1]) for s, t in pairs]
+    return pairs, losses.HiddenProjector(dims)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+class DistillModel(nn.Module):
+    """The student plus training-only projections. ``forward`` is the student's; with
+    ``hidden=True`` it also returns the student's hidden states."""
+
+    def __init__(self, student: AcousticModel, projector: nn.Module | None):
+        super().__init__()
+        self.student = student
+        self.projector = projector
+
+    def forward(self, x: torch.Tensor, x_lens: torch.Tensor, hidden: bool = False) -> Any:
+        if hidden:
+            return self.student.forward_hidden(x, x_lens)
+        return self.student(x, x_lens)
+
+
+class DistillTrainer(Trainer):
+    """The training loop with the distillation objective (see ``LossConfig``)."""
+
+    def __init__(self, model: DistillModel, recipe: DistillRecipe, *args: Any, teacher: Any,
+                 cache: TeacherCache | None, pairs: list[tuple[int, int]], refs: dict[str, str],
+                 unlabelled: set[str]):
+        super().__init__(model, recipe, *args)
+        self.loss_cfg = recipe.loss
+        self.teacher, self.cache, self.pairs = teacher, cache, pairs
+        self.pseudo_ok: dict[str, bool] = {}
+        self.pseudo_kept = None
+        self.unlabelled = unlabelled  # cut ids whose target is the teacher's transcript
+        if cache is not None and recipe.loss.pseudo_weight > 0:
+            ids = [i for i in refs if i in cache.transcripts]
+            keep = losses.pseudo_label_keep([cache.transcripts[i] for i in ids],
+                                            [refs[i] for i in ids], recipe.loss.pseudo_max_wer / 100.0)
+            self.pseudo_ok = dict(zip(ids, keep))
+            self.pseudo_kept = {"kept": int(sum(keep)), "of": len(keep)}
+
+    def export_model(self) -> AcousticModel:
+        return self.model.student
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        w, dev = self.loss_cfg, self.info.device
+        x, x_lens = batch["features"].to(dev), batch["feature_lens"].to(dev)
+        targets, target_lens = batch["targets"].to(dev), batch["target_lens"].to(dev)
+        ids = batch["cut_ids"]
+        online = (w.kd_weight > 0 and self.cache_posteriors() is None) or w.hidden_weight > 0
+        with self.autocast():
+            log_probs, lens, hidden = self.ddp(x, x_lens, hidden=True)
+            t_logp, t_lens, t_hidden = (self.teacher.forward_features(x, x_lens, hidden=w.hidden_weight > 0)
+                                        if online else (None, None, []))
+        log_probs = log_probs.float()
+        total = torch.zeros((), device=dev)
+        labelled = torch.tensor([not self._pseudo(i) for i in ids], dtype=torch.float32, device=dev)
+        if w.ctc_weight > 0:
+            total = total + w.ctc_weight * losses.ctc_term(
+                log_probs, lens, targets, target_lens, self.cfg.ctc_reduction, labelled)
+        if w.kd_weight > 0:
+            if self.cache_posteriors() is not None:
+                t_logp, t_lens = self.cache.dense(ids, max(int(self.cache.logp[i].shape[0]) for i in ids))
+            t_logp, t_lens = t_logp.float().to(dev), t_lens.to(dev)
+            if t_logp.shape[1] != log_probs.shape[1] or not torch.equal(t_lens, lens):
+                t_logp = losses.align_log_probs(t_logp, t_lens, lens, log_probs.shape[1])
+            total = total + w.kd_weight * losses.kd_kl(
+                log_probs, t_logp, lens, w.temperature, w.blank_weight, w.blank_threshold)
+        if w.hidden_weight > 0:
+            total = total + w.hidden_weight * self._hidden_term(hidden, t_hidden, t_lens, lens)
+        if w.pseudo_weight > 0:
+            total = total + w.pseudo_weight * self._pseudo_term(log_probs, lens, ids, batch)
+        return total
+
+    def cache_posteriors(self) -> TeacherCache | None:
+        """The cache when it holds frame posteriors and is meant to replace the online teacher."""
+        if self.cache is None or self.cache.vocab_size is None:
+            return None
+        return self.cache if (self.recipe.teacher.cache or self.teacher.kind == "hf") else None
+
+    def _pseudo(self, cut_id: str) -> bool:
+        """Whether the cut is unlabelled audio (its target is the teacher's transcript)."""
+        return cut_id in self.unlabelled
+
+    def _hidden_term(self, hidden: list[torch.Tensor], t_hidden: list[torch.Tensor],
+                     t_lens: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        projector = self.model.projector
+        terms = []
+        for k, (s, t) in enumerate(self.pairs):
+            target = t_hidden[t].float()
+            if target.shape[1] != hidden[s].shape[1] or not torch.equal(t_lens, lens):
+                target = losses.align_time(target, t_lens, lens, hidden[s].shape[1])
+            projected = projector.proj[k](hidden[s].float())
+            terms.append(losses.hidden_loss(projected, target.detach(), lens,
+                                            self.loss_cfg.hidden_kind, self.loss_cfg.cos_weight))
+        return torch.stack(terms).mean()
+
+    def _pseudo_term(self, log_probs: torch.Tensor, lens: torch.Tensor, ids: list[str],
+                     batch: dict) -> torch.Tensor:
+        """CTC on the teacher's transcripts of the batch's cuts that pass the WER filter (an
+        unlabelled cut's target already is its teacher transcript)."""
+        texts, weights = [], []
+        for i, cut_id in enumerate(ids):
+            unlabelled = self._pseudo(cut_id)
+            text = batch["texts"][i] if unlabelled else self.cache.transcripts.get(cut_id, "")
+            ok = bool(text) and (unlabelled or self.pseudo_ok.get(cut_id, False))
+            texts.append(text if ok else batch["texts"][i])  # a dropped cut keeps a valid target
+            weights.append(1.0 if ok else 0.0)
+        targets, target_lens = self.dev_set._targets(texts)
+        dev = log_probs.device
+        return losses.ctc_term(log_probs, lens, targets.to(dev), target_lens.to(dev),
+                               self.cfg.ctc_reduction, torch.tensor(weights, device=dev))

@@ -1,0 +1,200 @@
+"""Teachers and the teacher cache.
+
+A teacher is a slimasr model directory (it reads the same log-mel features as the student, which
+then shares its tokenizer, features, CMVN and normalizer) or a local Hugging Face
+Wav2Vec2ForCTC / HubertForCTC directory (it reads waveforms; its vocabulary is mapped onto the
+student's characters where they share symbols, else only its transcripts are used).
+
+The cache (``OUT/teacher_cache/``) holds, per training cut, the teacher's top-k log-posteriors
+per frame (fp16 values, int16 ids, in the student's vocabulary) and its transcript, so training
+epochs do not run the teacher. ``meta.json`` is written last: its presence means complete.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from slimasr.decode import DecodeConfig, corpus_vocabulary, make_decoder
+from slimasr.errors import DataError
+from slimasr.frontend import Frontend
+from slimasr.io import atomic_path, read_json, write_json_atomic
+from slimasr.models import load_model
+from slimasr.models.io import read_model_config
+from slimasr.progress import progress_bar
+from slimasr.text.tokenizer import TOKENIZER_JSON
+
+CACHE_DIR = "teacher_cache"
+POSTERIORS = "posteriors.safetensors"
+TRANSCRIPTS = "transcripts.json"
+META = "meta.json"
+MIN_PROB = 1e-8  # floor of the probability given to tokens outside a cached top-k
+
+
+def teacher_kind(path: str | Path) -> str:
+    """"hf" for a Hugging Face *ForCTC directory, "slimasr" for a slimasr model directory."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise DataError(path, "not a model directory (no config.json)")
+    config = read_json(path / "config.json")
+    if any(str(a).endswith("ForCTC") for a in config.get("architectures") or []):
+        return "hf"
+    if "architecture" in config:
+        return "slimasr"
+    raise DataError(path / "config.json", "neither a slimasr model nor a Hugging Face *ForCTC model")
+
+
+class SlimasrTeacher:
+    """A slimasr model directory as a teacher: reads the student's (= its own) features."""
+
+    kind = "slimasr"
+
+    def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu"):
+        self.model_dir = Path(model_dir)
+        self.model = load_model(model_dir, device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.frontend = Frontend.load(model_dir)
+        self.tokens = list(self.frontend.tokenizer.tokens)
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def forward_features(self, x: torch.Tensor, lens: torch.Tensor, hidden: bool = False
+                         ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """x: (N, T, F) features, lens: (N,) -> log_probs (N, T', V), (N,), hidden states."""
+        self.model.eval()
+        x, lens = x.to(self.device), lens.to(self.device)
+        if hidden:
+            return self.model.forward_hidden(x, lens)
+        log_probs, out_lens = self.model(x, lens)
+        return log_probs, out_lens, []
+
+
+def load_teacher(path: str | Path, kind: str = "auto", device: str | torch.device = "cpu") -> Any:
+    """A :class:`SlimasrTeacher` or an ``HfCtcTeacher`` for ``path``."""
+    kind = teacher_kind(path) if kind == "auto" else kind
+    if kind == "hf":
+        from slimasr.distill.hf_teacher import HfCtcTeacher  # noqa: PLC0415 - needs transformers
+
+        return HfCtcTeacher(path, device)
+    read_model_config(path)  # one-line error for a broken directory
+    return SlimasrTeacher(path, device)
+
+
+def copy_frontend(teacher: SlimasrTeacher, out_dir: Path) -> None:
+    """Put the teacher's tokenizer and CMVN into the student's directory (it shares them)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not (out_dir / TOKENIZER_JSON).is_file():
+        teacher.frontend.save(out_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+
+
+@dataclass
+class TeacherCache:
+    """Cached teacher outputs: top-k log-posteriors per cut (student vocabulary) and transcripts."""
+
+    logp: dict[str, torch.Tensor]  # cut id -> (T, k) float16
+    ids: dict[str, torch.Tensor]  # cut id -> (T, k) int16
+    transcripts: dict[str, str]  # cut id -> the teacher's transcript (normalized)
+    vocab_size: int | None  # student vocabulary size (None: no frame posteriors, transcripts only)
+
+    def dense(self, cut_ids: Sequence[str], num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, num_frames, V)`` log-posteriors (top-k; the rest of the mass spread evenly over
+        the other tokens) and ``(N,)`` teacher frame counts, for a batch of cuts."""
+        if self.vocab_size is None:
+            raise RuntimeError("the teacher cache holds transcripts only (vocabularies differ)")
+        v = self.vocab_size
+        out = torch.full((len(cut_ids), num_frames, v), math.log(1.0 / v))
+        lens = torch.zeros(len(cut_ids), dtype=torch.int64)
+        for i, cut_id in enumerate(cut_ids):
+            logp, ids = self.logp[cut_id].float(), self.ids[cut_id].long()
+            t, k = logp.shape
+            rest = (1.0 - logp.exp().sum(-1, keepdim=True)).clamp(min=MIN_PROB) / max(v - k, 1)
+            frame = rest.log().expand(t, v).clone()
+            frame.scatter_(1, ids, logp)
+            out[i, :t] = frame.log_softmax(-1)
+            lens[i] = t
+        return out, lens
+
+    @classmethod
+    def load(cls, folder: Path) -> "TeacherCache":
+        meta = read_json(folder / META)
+        tensors = load_file(str(folder / POSTERIORS)) if meta["vocab_size"] else {}
+        logp = {k[: -len(".logp")]: t for k, t in tensors.items() if k.endswith(".logp")}
+        ids = {k[: -len(".ids")]: t for k, t in tensors.items() if k.endswith(".ids")}
+        return cls(logp, ids, read_json(folder / TRANSCRIPTS), meta["vocab_size"])
+
+
+def cache_is_complete(folder: Path, stamp: dict) -> bool:
+    return (folder / META).is_file() and read_json(folder / META).get("stamp") == stamp
+
+
+def fill_cache(teacher: Any, batches: Iterable[dict], folder: Path, stamp: dict, top_k: int,
+               student_tokens: Sequence[str], decode: DecodeConfig, lexicon_texts: Iterable[str],
+               total: int, show_progress: bool = True) -> TeacherCache:
+    """Run the teacher once over ``batches`` and write the cache atomically.
+
+    Batches are ``AsrDataset`` batches (slimasr teacher: their features) or
+    ``{"cut_ids", "waves"}`` (HF teacher). Transcripts use ``decode`` (greedy or beam + LM) in
+    the student's vocabulary."""
+    index = None
+    if teacher.kind == "hf":
+        index = teacher.vocab_map(list(student_tokens))
+    frame_level = teacher.kind == "slimasr" or index is not None
+    decoder = make_decoder(list(student_tokens), decode,
+                           lexicon=corpus_vocabulary(lexicon_texts) if decode.method == "beam" else None)
+    tensors: dict[str, torch.Tensor] = {}
+    transcripts: dict[str, str] = {}
+    with progress_bar(disable=not show_progress) as bar:
+        task = bar.add_task("teacher outputs", total=total)
+        for batch in batches:
+            if teacher.kind == "slimasr":
+                logp, lens, _ = teacher.forward_features(batch["features"], batch["feature_lens"])
+            else:
+                logp, lens, _ = teacher.forward(batch["waves"])
+                if index is not None:
+                    logp = teacher.map_log_probs(logp, index)
+            logp, lens = logp.float().cpu(), lens.cpu()
+            # Without a shared vocabulary only the teacher's own greedy transcripts can be used.
+            texts = decoder.decode_batch(logp, lens) if frame_level else teacher.transcribe(batch["waves"])
+            for i, cut_id in enumerate(batch["cut_ids"]):
+                transcripts[cut_id] = " ".join(texts[i].split())
+                if frame_level:
+                    k = min(top_k, logp.shape[-1])
+                    values, ids = logp[i, : int(lens[i])].topk(k, dim=-1)
+                    tensors[f"{cut_id}.logp"] = values.half().contiguous()
+                    tensors[f"{cut_id}.ids"] = ids.to(torch.int16).contiguous()
+            bar.update(task, advance=len(batch["cut_ids"]))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / META).unlink(missing_ok=True)
+    if frame_level:
+        with atomic_path(folder / POSTERIORS) as tmp:
+            save_file(tensors, str(tmp))
+    write_json_atomic(folder / TRANSCRIPTS, transcripts)
+    vocab = len(student_tokens) if frame_level else None
+    write_json_atomic(folder / META, {"stamp": stamp, "vocab_size": vocab, "cuts": len(transcripts),
+                                      "top_k": top_k})
+    return TeacherCache.load(folder)
+
+
+def hf_batches(cuts: Any, batch_size: int) -> Iterable[dict]:
+    """``{"cut_ids", "waves"}`` batches of 16 kHz mono waveforms for an HF teacher."""
+    ids: list[str] = []
+    waves: list[np.ndarray] = []
+    for cut in cuts:
+        ids.append(cut.id)
+        waves.append(cut.resample(16000).load_audio()[0].astype(np.float32))
+        if len(ids) == batch_size:
+            yield {"cut_ids": ids, "waves": waves}
+            ids, waves = [], []
+    if ids:
+        yield {"cut_ids": ids, "waves": waves}

@@ -1,0 +1,268 @@
+"""How many, and which, units to remove to meet a cost target.
+
+    target = PruneTarget(kind="macs", fraction=0.5)         # remove half the MACs
+    keep = plan(model, scores, target)                      # {group name: unit indices to keep}
+    small = prune_model(model, keep)                        # model_cost(small) <= 0.5 * original
+
+Scopes:
+- ``global``: every unit of every prunable group is ranked together by its *normalised* score,
+  the score divided by its group's mean score. Raw scores are not comparable across groups: a
+  norm grows with the number of weights a unit owns (an LSTM unit owns ~8x the weights of a
+  neuron), Taylor and activation values scale with each layer's activation and gradient sizes.
+  Dividing by the group mean keeps the order inside each group and makes "how far below its
+  group's typical unit" the global currency. The k lowest-ranked units are removed; k is
+  binary-searched so that the pruned model just meets the target.
+- ``layer``: the same fraction of every group; that fraction is binary-searched.
+
+Widths are rounded *up* (fewer units removed) to a legal width: a multiple of ``round_to``, the
+group's ``min_size``, or its full width, never removing more than ``max_group_fraction`` of a
+group. Every candidate is measured for real (``prune_model`` then ``model_cost``): couplings make
+cost non-linear in the widths (an LSTM layer's input columns shrink with the previous layer).
+Cost only falls as units go, so the search finds the smallest candidate that meets the target; the
+next-smaller candidate (k - 1 units, or the previous fraction) differs by one rounding step in one
+group (global) or in the groups changing at that fraction (layer) and is above the target.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Mapping
+
+import torch
+from torch import Tensor
+
+from slimasr.evaluate.cost import count_macs, count_params, example_input
+from slimasr.models.common import AcousticModel
+from slimasr.prune.groups import Group, prunable_groups
+from slimasr.prune.surgery import prune_model
+
+EPS = 1e-9  # float slack when turning fractions into unit counts
+MEAN_FLOOR = 1e-12  # a group whose mean score is below this is not rescaled (all-zero scores)
+
+Widths = dict[str, int]  # group name -> units kept
+
+
+@dataclass
+class PruneTarget:
+    kind: Literal["macs", "params"] = "macs"  # what to reduce
+    fraction: float = 0.5  # share to REMOVE (0 < f < 1): 0.5 = half the MACs
+    scope: Literal["global", "layer"] = "global"  # global ranking of normalised scores, or one fraction per group
+    round_to: int = 8  # kept widths are multiples of this (or the full width / min_size)
+    protect: list[str] = field(default_factory=list)  # group names never pruned (e.g. the first conv)
+    max_group_fraction: float = 0.9  # never remove more than this share of one group
+    seconds: float = 1.0  # audio MACs are counted on (100 frames/s); params ignore it
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("macs", "params"):
+            raise ValueError(f"prune target kind must be 'macs' or 'params', got {self.kind!r}")
+        if self.scope not in ("global", "layer"):
+            raise ValueError(f"prune target scope must be 'global' or 'layer', got {self.scope!r}")
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"prune target fraction must be in (0, 1), got {self.fraction}")
+        if not 0.0 < self.max_group_fraction <= 1.0:
+            raise ValueError(f"max_group_fraction must be in (0, 1], got {self.max_group_fraction}")
+        if self.round_to < 1 or self.seconds <= 0:
+            raise ValueError("round_to must be >= 1 and seconds > 0")
+
+
+def model_cost(model: AcousticModel, kind: str, seconds: float = 1.0) -> int:
+    """MACs of one forward pass over ``seconds`` of audio (batch 1, ``count_macs``, eval mode) or
+    the number of parameters."""
+    if kind == "params":
+        return count_params(model)
+    if kind != "macs":
+        raise ValueError(f"cost kind must be 'macs' or 'params', got {kind!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        return count_macs(model, *example_input(model, seconds, model.config.num_features))
+    finally:
+        model.train(was_training)
+
+
+def plan(model: AcousticModel, scores: Mapping[str, Tensor], target: PruneTarget) -> dict[str, list[int]]:
+    """Keep-lists (highest-scored units, ascending indices) for ``prune_model`` whose pruned model
+    costs at most ``(1 - target.fraction)`` of ``model``'s cost, as close to it as rounding allows.
+
+    scores: group name -> (size,) scores (higher = more important); groups without scores and
+    ``target.protect`` are never pruned. Only groups that lose units appear in the result.
+    ValueError when the target cannot be met within the constraints.
+    """
+    groups = _prunable(model, scores, target.protect)
+    widths = {g.name: legal_widths(g, target.round_to, target.max_group_fraction) for g in groups}
+    original = model_cost(model, target.kind, target.seconds)
+    budget = (1.0 - target.fraction) * original
+    if target.scope == "global":
+        candidates = _global_candidates(groups, scores, widths)
+    else:
+        candidates = _layer_candidates(groups, widths)
+    measure = _measurer(model, target)
+    best = _first_within(candidates, measure, budget)
+    if best is None:
+        full = candidates(candidates.count - 1)
+        achieved = 1.0 - measure(full) / original
+        raise ValueError(f"cannot remove {target.fraction:.1%} of the {target.kind} within the "
+                         f"constraints (at most {achieved:.1%}: check protect, round_to, "
+                         f"max_group_fraction)")
+    return keep_lists(groups, scores, best)
+
+
+def plan_from_ratios(model: AcousticModel, scores: Mapping[str, Tensor], ratios: Mapping[str, float],
+                     round_to: int = 1) -> dict[str, list[int]]:
+    """Keep-lists removing ``ratios[g]`` of each named group's units, lowest scores first.
+
+    The removed count is ``ratio * size`` rounded half up; the kept width is then rounded to the
+    nearest multiple of ``round_to`` (ties keep more), never below ``min_size`` nor above the full
+    width. No ``max_group_fraction`` applies here. Groups that keep every unit are left out.
+    """
+    by_name = {g.name: g for g in prunable_groups(model)}
+    chosen = []
+    kept: Widths = {}
+    for name, ratio in ratios.items():
+        if name not in by_name:
+            raise ValueError(f"unknown group {name!r}")
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"group {name}: ratio must be in [0, 1], got {ratio}")
+        g = by_name[name]
+        _check_scores(g, scores)
+        chosen.append(g)
+        kept[name] = _rounded_width(g, g.size - math.floor(ratio * g.size + 0.5 + EPS), round_to)
+    return keep_lists(chosen, scores, kept)
+
+
+def legal_widths(group: Group, round_to: int, max_fraction: float = 1.0) -> list[int]:
+    """Ascending kept widths allowed for ``group``: multiples of ``round_to`` and ``min_size``
+    that remove at most ``max_fraction`` of its units, and its full width (always last)."""
+    lowest = max(group.min_size, group.size - math.floor(max_fraction * group.size + EPS))
+    allowed = {w for w in range(lowest, group.size) if w % round_to == 0 or w == group.min_size}
+    return sorted(allowed) + [group.size]
+
+
+def keep_lists(groups: list[Group], scores: Mapping[str, Tensor], widths: Mapping[str, int]
+               ) -> dict[str, list[int]]:
+    """For each group narrower than its size in ``widths``: its ``widths[name]`` highest-scored
+    units, ascending (ties keep the lower index)."""
+    out = {}
+    for g in groups:
+        n = widths.get(g.name, g.size)
+        if n < g.size:
+            order = _descending(scores[g.name])
+            out[g.name] = sorted(order[:n].tolist())
+    return out
+
+
+# ---- candidates: a monotone sequence of width assignments, index 0 = nothing removed ----------
+
+class _Candidates:
+    """``count`` width assignments, each removing at least as much as the one before."""
+
+    def __init__(self, count: int, widths_at: Callable[[int], Widths]):
+        self.count = count
+        self.widths_at = widths_at
+
+    def __call__(self, i: int) -> Widths:
+        return self.widths_at(i)
+
+
+def _global_candidates(groups: list[Group], scores: Mapping[str, Tensor],
+                       widths: Mapping[str, list[int]]) -> _Candidates:
+    """Candidate k removes the k lowest units of the global ranking of normalised scores (then
+    rounds each group's width up to a legal one)."""
+    ranked = []  # (normalised score, group position, unit) for every unit of a prunable group
+    for gi, g in enumerate(groups):
+        s = scores[g.name].detach().double().cpu()
+        mean = float(s.mean())
+        norm = s / mean if mean > MEAN_FLOOR else s
+        ranked += [(float(v), gi, j) for j, v in enumerate(norm)]
+    ranked.sort()
+    owner = [groups[gi].name for _, gi, _ in ranked]
+
+    def widths_at(k: int) -> Widths:
+        removed = {g.name: 0 for g in groups}
+        for name in owner[:k]:
+            removed[name] += 1
+        return {g.name: _round_up(widths[g.name], g.size - removed[g.name]) for g in groups}
+    return _Candidates(len(ranked) + 1, widths_at)
+
+
+def _layer_candidates(groups: list[Group], widths: Mapping[str, list[int]]) -> _Candidates:
+    """Candidate i applies the i-th smallest fraction at which some group's legal width changes
+    (fraction 0 first) to every group, rounding widths up."""
+    fractions = sorted({0.0} | {(g.size - w) / g.size for g in groups for w in widths[g.name]})
+
+    def widths_at(i: int) -> Widths:
+        f = fractions[i]
+        return {g.name: _round_up(widths[g.name], math.ceil(g.size * (1.0 - f) - EPS)) for g in groups}
+    return _Candidates(len(fractions), widths_at)
+
+
+def _first_within(candidates: _Candidates, measure: Callable[[Widths], float], budget: float
+                  ) -> Widths | None:
+    """The first candidate whose cost is <= budget (binary search; cost falls along the list)."""
+    lo, hi = 0, candidates.count - 1
+    if measure(candidates(hi)) > budget:
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if measure(candidates(mid)) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return candidates(lo)
+
+
+def _measurer(model: AcousticModel, target: PruneTarget) -> Callable[[Widths], float]:
+    """Cost of ``model`` pruned to the given widths (which units does not matter for the cost);
+    memoised within one planning call only."""
+    seen: dict[tuple, float] = {}
+    by_name = {g.name: g for g in prunable_groups(model)}
+
+    def measure(widths: Widths) -> float:
+        key = tuple(sorted(widths.items()))
+        if key not in seen:
+            keep = {n: list(range(w)) for n, w in widths.items() if w < by_name[n].size}
+            seen[key] = model_cost(prune_model(model, keep), target.kind, target.seconds)
+        return seen[key]
+    return measure
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+def _prunable(model: AcousticModel, scores: Mapping[str, Tensor], protect: list[str]) -> list[Group]:
+    """Scored, unprotected groups, in forward order; ValueError on unknown names or bad scores."""
+    groups = prunable_groups(model)
+    names = {g.name for g in groups}
+    for name in [*scores, *protect]:
+        if name not in names:
+            raise ValueError(f"unknown group {name!r} (known: {', '.join(sorted(names))})")
+    chosen = [g for g in groups if g.name in scores and g.name not in protect]
+    for g in chosen:
+        _check_scores(g, scores)
+    return chosen
+
+
+def _check_scores(group: Group, scores: Mapping[str, Tensor]) -> None:
+    s = scores.get(group.name)
+    if s is None or tuple(s.shape) != (group.size,) or not bool(torch.isfinite(s).all()):
+        raise ValueError(f"group {group.name}: needs {group.size} finite scores")
+
+
+def _descending(s: Tensor) -> Tensor:
+    """Unit indices from highest to lowest score, ties by ascending index."""
+    return torch.sort(-s.detach().double().cpu(), stable=True).indices
+
+
+def _round_up(allowed: list[int], width: int) -> int:
+    """The smallest allowed width >= ``width`` (``allowed`` ascending, ending at the full width)."""
+    return allowed[min(bisect.bisect_left(allowed, width), len(allowed) - 1)]
+
+
+def _rounded_width(group: Group, width: int, round_to: int) -> int:
+    """``width`` rounded to the nearest multiple of ``round_to`` (ties up), in [min_size, size];
+    ``min_size`` and the full width stay as they are."""
+    if width <= group.min_size or width >= group.size:
+        return min(group.size, max(group.min_size, width))
+    nearest = round_to * math.floor(width / round_to + 0.5)
+    return min(group.size, max(group.min_size, nearest))

@@ -1,0 +1,132 @@
+"""End-to-end distillation on the tiny tone corpus: a tiny teacher, then students."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from lhotse import CutSet
+from safetensors.torch import load_file
+
+from slimasr.cli import main
+from slimasr.distill import distill_model
+from slimasr.distill.teacher import CACHE_DIR, SlimasrTeacher, TeacherCache
+from slimasr.models import load_model
+from slimasr.train import train_model
+from tests.train.helpers import make_corpus, tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("distill")
+    data = make_corpus(root / "data", n_train=20)
+    result = train_model(tiny_recipe(), data, root / "teacher", show_progress=False)
+    assert result["dev_wer"] < 20.0  # a teacher worth distilling
+    return data, root / "teacher"
+
+
+def student_recipe(teacher_dir: Path, **loss: object) -> dict:
+    recipe = tiny_recipe(epochs=4)
+    recipe["model"]["config"]["rnn_hidden_sizes"] = [16]
+    return {**recipe, "teacher": {"path": str(teacher_dir)}, "loss": loss}
+
+
+def test_distilled_student_learns_and_is_saved_without_projections(teacher, tmp_path) -> None:
+    data, teacher_dir = teacher
+    out = tmp_path / "student"
+    result = distill_model(student_recipe(teacher_dir, ctc_weight=0.5, kd_weight=0.5,
+                                          hidden_weight=0.3, pseudo_weight=0.2),
+                           data, out, show_progress=False)
+    losses = [r["train_loss"] for r in result["history"]]
+    assert losses[-1] < losses[0]
+    saved = load_file(str(out / "model.safetensors"))
+    assert not any(k.startswith(("projector", "student.")) for k in saved)
+    model = load_model(out)
+    assert model.config.rnn_hidden_sizes == [16]
+    assert result["params"] == sum(p.numel() for p in model.parameters())
+    config = json.loads((out / "config.json").read_text())
+    assert config["provenance"]["step"] == "distill"
+    assert config["provenance"]["teacher"] == str(teacher_dir)
+    # The student shares the teacher's front end (tokenizer, CMVN).
+    assert (out / "tokenizer.json").read_text() == (teacher_dir / "tokenizer.json").read_text()
+    assert (out / "cmvn.json").read_text() == (teacher_dir / "cmvn.json").read_text()
+    assert result["pseudo_labels_kept"]["of"] == 20
+
+
+def test_cache_holds_the_teachers_posteriors(teacher, tmp_path) -> None:
+    data, teacher_dir = teacher
+    out = tmp_path / "student"
+    distill_model({**student_recipe(teacher_dir, ctc_weight=0.0, kd_weight=1.0),
+                   "teacher": {"path": str(teacher_dir), "top_k": 64}},
+                  data, out, show_progress=False, overrides=["train.epochs=1"])
+    cache = TeacherCache.load(out / CACHE_DIR)
+    assert len(cache.transcripts) == 20
+    # With k >= V the cache is the teacher's exact distribution (fp16).
+    t = SlimasrTeacher(teacher_dir)
+    from slimasr.data.dataset import AsrDataset
+    from slimasr.data.manifests import read_split
+
+    cuts = read_split(data, "train").subset(first=2).to_eager()
+    ds = AsrDataset(t.frontend.tokenizer, t.frontend.normalize, t.frontend.features,
+                    t.frontend.cmvn, None, train=False)
+    batch = ds[cuts]
+    logp, lens, _ = t.forward_features(batch["features"], batch["feature_lens"])
+    dense, dense_lens = cache.dense(batch["cut_ids"], logp.shape[1])
+    assert dense_lens.tolist() == lens.tolist()
+    for i, n in enumerate(lens.tolist()):
+        torch.testing.assert_close(dense[i, :n], logp[i, :n], atol=2e-2, rtol=0)
+
+
+def test_student_cut_down_from_the_teacher_keeps_its_weights(teacher, tmp_path) -> None:
+    data, teacher_dir = teacher
+    out = tmp_path / "student"
+    recipe = {**student_recipe(teacher_dir, ctc_weight=1.0, kd_weight=1.0),
+              "student": {"init": "teacher", "layers": 1, "width": 0.5, "round_to": 8}}
+    # (the tiny teacher has one recurrent layer of 32: half of it is 16)
+    distill_model(recipe, data, out, show_progress=False, overrides=["train.epochs=1"])
+    init = load_model(out / "student_init")
+    assert init.config.rnn_hidden_sizes == [16]
+    t = load_model(teacher_dir)
+    # The first conv layer's kept channels are copies of teacher channels.
+    tw, sw = t.subsample.convs[0].weight, init.subsample.convs[0].weight
+    assert all(any(torch.equal(row, trow) for trow in tw) for row in sw)
+
+
+def test_unlabelled_audio_gets_teacher_transcripts(teacher, tmp_path) -> None:
+    data, teacher_dir = teacher
+    from slimasr.data.manifests import read_split
+
+    cuts = read_split(data, "dev").subset(first=5).to_eager()
+    unl = CutSet.from_cuts(c.with_id(f"unl-{c.id}").drop_supervisions() if hasattr(c, "drop_supervisions")
+                           else c for c in cuts)
+    manifest = tmp_path / "unl_cuts.jsonl.gz"
+    unl.to_file(manifest)
+    out = tmp_path / "student"
+    result = distill_model({**student_recipe(teacher_dir, ctc_weight=1.0, pseudo_weight=1.0),
+                            "unlabelled": [str(manifest)]},
+                           data, out, show_progress=False, overrides=["train.epochs=1"])
+    cache = TeacherCache.load(out / CACHE_DIR)
+    assert {f"unl-{c.id}" for c in cuts} <= set(cache.transcripts)
+    assert result["train_cuts"] > 20  # unlabelled cuts with a transcript joined the training set
+
+
+def test_cli_names_a_missing_teacher(tmp_path, capsys) -> None:
+    code = main(["distill", "--teacher", str(tmp_path / "nope"), "--data", str(tmp_path),
+                 "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "nope" in err[0] and "config.json" in err[0]
+
+
+def test_online_teacher_at_another_frame_rate(teacher, tmp_path) -> None:
+    """A x4 student learns from the x2 teacher run online (no cache): posteriors are pooled."""
+    data, teacher_dir = teacher
+    recipe = student_recipe(teacher_dir, ctc_weight=0.5, kd_weight=0.5, hidden_weight=0.5)
+    recipe["model"]["config"]["subsampling_strides"] = [[2, 2], [2, 2]]
+    recipe["teacher"]["cache"] = False
+    result = distill_model(recipe, data, tmp_path / "student", show_progress=False)
+    assert not (tmp_path / "student" / CACHE_DIR).exists()
+    assert load_model(tmp_path / "student").subsampling == 4
+    losses = [r["train_loss"] for r in result["history"]]
+    assert losses[-1] < losses[0]
