@@ -51,6 +51,15 @@ class TrainStage:
 
 
 @dataclass
+class DistillStage:
+    name: str = "student"  # model folder under the experiment
+    teacher: str = "teacher"  # the teacher: a model stage's name, or a model directory
+    recipe: str = "distill_crnn_student.yaml"  # distillation recipe, relative to the pipeline recipe
+    overrides: list[str] = field(default_factory=list)  # KEY=VALUE changes to the recipe
+    data: str = "data"  # name of the corpus stage to train on
+
+
+@dataclass
 class EvaluateStage:
     models: list[str] = field(default_factory=list)  # model stage names to evaluate
     split: str = "test"  # which split of the corpus
@@ -206,6 +215,18 @@ def _run_train(stage: Stage, exp: Path) -> None:
     resume = (out / "checkpoints" / "last").is_dir()
     train_model(resolve(stage, spec.recipe), _data_of(exp, spec.data), out, resume=resume,
                 overrides=spec.overrides)
+
+
+@register_stage("distill", DistillStage, _model_done)
+def _run_distill(stage: Stage, exp: Path) -> None:
+    from slimasr.distill import distill_model
+
+    spec: DistillStage = stage.spec
+    out = exp / spec.name
+    teacher = exp / spec.teacher if (exp / spec.teacher).is_dir() else Path(spec.teacher)
+    resume = (out / "checkpoints" / "last").is_dir()
+    distill_model(resolve(stage, spec.recipe), _data_of(exp, spec.data), out, resume=resume,
+                  overrides=[f"teacher.path={teacher}", *spec.overrides])
 
 
 def _eval_done(stage: Stage, exp: Path) -> bool:

@@ -1,0 +1,122 @@
+"""Benchmark: a student with at most a quarter of the teacher's parameters, trained from scratch,
+with each distillation loss alone, and with combinations, all with the same epochs and data.
+
+    python bench/distill_students.py --teacher exp/bench_teachers/crnn_teacher \
+        --data data/smarthome --out exp/bench_distill --epochs 30 --variants scratch kd hidden
+
+Each variant runs ``distill_model`` with recipes/distill_crnn_student.yaml plus its overrides, is
+evaluated on the test split (voices never heard in training) greedily and with beam search + the
+corpus trigram, and writes bench/results/distill/<variant>.json; bench/results/distill.md is the
+table of every variant measured so far (and the teacher). One torch thread per run, so two
+variants can run side by side on two cores. Nothing is hard-coded: numbers are measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+from slimasr.config import from_dict
+from slimasr.decode import build_ngram_lm
+from slimasr.data.manifests import read_split
+from slimasr.distill import distill_model
+from slimasr.evaluate.run import EvalConfig, evaluate_model
+from slimasr.io import read_json, write_json_atomic, write_text_atomic
+from slimasr.text import normalize_text
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "distill"
+RECIPE = ROOT / "recipes" / "distill_crnn_student.yaml"
+SCRATCH = ["student.init=scratch"]
+NO_KD = ["loss.ctc_weight=1.0", "loss.kd_weight=0.0"]
+
+# name -> (what it tests, recipe overrides)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "scratch": ("no teacher: CTC only, random init", [*SCRATCH, *NO_KD]),
+    "kd": ("CTC 0.5 + frame KD 0.5 (T=2)", SCRATCH),
+    "kd_blank": ("CTC 0.5 + frame KD 0.5, teacher-blank frames weighted 0.3", [
+        *SCRATCH, "loss.blank_weight=0.3"]),
+    "hidden": ("CTC 1 + hidden-layer matching 1 (L1+cos)", [
+        *SCRATCH, *NO_KD, "loss.hidden_weight=1.0"]),
+    "pseudo": ("CTC 0.5 + CTC on teacher transcripts 0.5 (WER filter 20%)", [
+        *SCRATCH, "loss.ctc_weight=0.5", "loss.kd_weight=0.0", "loss.pseudo_weight=0.5"]),
+    "init": ("initialised from the teacher (2 of 3 layers, half the units), CTC only", NO_KD),
+    "init_kd": ("initialised from the teacher + CTC 0.5 + frame KD 0.5", []),
+    "init_kd_hidden": ("initialised from the teacher + CTC 0.5 + KD 0.5 + hidden 0.5", [
+        "loss.hidden_weight=0.5"]),
+}
+
+
+def run_variant(name: str, teacher: Path, data: Path, out: Path, epochs: int, lm: Path,
+                extra: list[str]) -> dict:
+    what, overrides = VARIANTS[name]
+    model_dir = out / name
+    start = time.perf_counter()
+    training = distill_model(RECIPE, data, model_dir, resume=(model_dir / "checkpoints" / "last").is_dir(),
+                             overrides=[f"teacher.path={teacher}", f"train.epochs={epochs}",
+                                        "train.num_threads=1", *overrides, *extra],
+                             show_progress=False)
+    wall = time.perf_counter() - start
+    test, train_cuts = data / "test_cuts.jsonl.gz", str(data / "train_cuts.jsonl.gz")
+    greedy = evaluate_model(model_dir, test, from_dict(EvalConfig, {"intent_reference": train_cuts}),
+                            show_progress=False)
+    beam = evaluate_model(model_dir, test, from_dict(EvalConfig, {
+        "decode": {"method": "beam", "lm_path": str(lm)}, "lexicon_reference": train_cuts,
+        "intent_reference": train_cuts}), show_progress=False)
+    return {
+        "variant": name, "what": what, "overrides": overrides + extra, "epochs": training["epochs"],
+        "train_seconds": training["train_seconds"], "wall_seconds": wall,
+        "dev_wer": training["dev_wer"], "test_wer_greedy": greedy["wer"], "test_cer_greedy": greedy["cer"],
+        "test_wer_lm": beam["wer"], "test_intent_accuracy_lm": beam.get("intent_accuracy"),
+        "pseudo_labels_kept": training.get("pseudo_labels_kept"),
+        **{k: greedy[k] for k in ("params", "macs_per_second_audio", "latency_ms_p50", "rtf", "model_bytes")},
+        "machine": f"{platform.processor() or platform.machine()}, 1 torch thread per run",
+    }
+
+
+def markdown(rows: list[dict], teacher: dict | None) -> str:
+    head = ["| model | params | MMACs/s | epochs | train min | test WER greedy | test WER +LM | "
+            "latency p50 ms | what |", "|---|---|---|---|---|---|---|---|---|"]
+    if teacher:
+        head.append(f"| teacher | {teacher['params'] / 1e6:.2f}M | {teacher['macs_per_second_audio'] / 1e6:.0f} | "
+                    f"{teacher['epochs']} | {teacher['train_seconds'] / 60:.1f} | {teacher['test_wer_greedy']:.2f}% | "
+                    f"{teacher['test_wer_lm']:.2f}% | {teacher['latency_ms_p50']:.1f} | the CRNN teacher |")
+    scratch = next((r for r in rows if r["variant"] == "scratch"), None)
+    for r in rows:
+        rel = ""
+        if scratch and r is not scratch:
+            rel = f" ({100 * (r['test_wer_greedy'] / scratch['test_wer_greedy'] - 1):+.0f}% vs scratch)"
+        head.append(f"| {r['variant']} | {r['params'] / 1e6:.2f}M | {r['macs_per_second_audio'] / 1e6:.0f} | "
+                    f"{r['epochs']} | {r['train_seconds'] / 60:.1f} | {r['test_wer_greedy']:.2f}%{rel} | "
+                    f"{r['test_wer_lm']:.2f}% | {r['latency_ms_p50']:.1f} | {r['what']} |")
+    return "\n".join(head) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", type=Path, required=True)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=Path("exp/bench_distill"))
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--override", action="append", default=[], help="recipe KEY=VALUE for every variant")
+    args = ap.parse_args()
+    lm = args.out / "lm_3gram.arpa"
+    if not lm.is_file():
+        texts = (normalize_text(s.text or "") for c in read_split(args.data, "train") for s in c.supervisions)
+        build_ngram_lm(texts, lm, order=3)
+    for name in args.variants:
+        row = run_variant(name, args.teacher, args.data, args.out, args.epochs, lm, args.override)
+        write_json_atomic(RESULTS / f"{name}.json", row)
+        print(json.dumps(row, indent=1), flush=True)
+    rows = [read_json(RESULTS / f"{n}.json") for n in VARIANTS if (RESULTS / f"{n}.json").is_file()]
+    teacher_json = ROOT / "bench" / "results" / "teacher_crnn.json"
+    teacher = read_json(teacher_json) if teacher_json.is_file() else None
+    write_text_atomic(ROOT / "bench" / "results" / "distill.md", markdown(rows, teacher))
+
+
+if __name__ == "__main__":
+    main()
