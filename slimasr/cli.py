@@ -14,7 +14,6 @@ from slimasr.errors import SlimasrError
 
 # Verbs that later work fills; until then they answer clearly instead of failing obscurely.
 PLANNED_VERBS = {
-    "prune": "structured / unstructured pruning with fine-tuning",
     "export": "export to ONNX (optionally int8) with a parity check",
 }
 
@@ -66,6 +65,27 @@ def _distill(args: argparse.Namespace) -> dict:
     result = distill_model(args.config, args.data, args.out, resume=args.resume, overrides=overrides)
     result.pop("history", None)
     return result
+
+
+def _prune(args: argparse.Namespace) -> dict:
+    from slimasr.config import load_config
+    from slimasr.prune.run import PruneConfig, prune_model_dir
+
+    overrides = [f"criterion={args.criterion}"]
+    if args.target_macs is not None:
+        overrides += ["target.kind=macs", f"target.fraction={args.target_macs}"]
+    elif args.target_params is not None:
+        overrides += ["target.kind=params", f"target.fraction={args.target_params}"]
+    for name in ("steps", "finetune_epochs", "scope", "round_to", "remove_layers"):
+        value = getattr(args, name)
+        if value is not None:
+            key = f"target.{name}" if name in ("scope", "round_to") else name
+            overrides.append(f"{key}={value}")
+    if args.distill:
+        overrides.append("distill=true")
+    cfg = load_config(PruneConfig, args.config, [*overrides, *args.overrides])
+    result = prune_model_dir(args.model, args.data, args.out, cfg, show_progress=not args.quiet)
+    return {"out": args.out, **result["final"]}
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
@@ -205,6 +225,29 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                       help="recipe overrides, e.g. loss.kd_weight=0.5 loss.temperature=2")
     dist.set_defaults(func=_distill)
+
+    prune = verbs.add_parser("prune", help="structured pruning (channels, units, heads) + fine-tuning")
+    prune.add_argument("--model", required=True, help="model directory to prune")
+    prune.add_argument("--criterion", default="taylor",
+                       choices=["magnitude", "taylor", "activation", "apoz", "sensitivity", "random"],
+                       help="how units are scored (default taylor)")
+    goal = prune.add_mutually_exclusive_group()
+    goal.add_argument("--target-macs", type=float, help="share of MACs to remove, e.g. 0.5 (the default)")
+    goal.add_argument("--target-params", type=float, help="share of parameters to remove")
+    prune.add_argument("--steps", type=int, help="prune in K steps, fine-tuning after each (default 1)")
+    prune.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per step (default 2)")
+    prune.add_argument("--distill", action="store_true",
+                       help="fine-tune with the unpruned model as a distillation teacher")
+    prune.add_argument("--scope", choices=["global", "layer"], help="rank units globally (default) or per layer")
+    prune.add_argument("--round-to", type=int, help="kept widths are multiples of this (default 8)")
+    prune.add_argument("--remove-layers", type=int,
+                       help="first remove this many whole layers (Conformer blocks), by measured dev loss")
+    prune.add_argument("--config", default=None, help="PruneConfig YAML (recipes/prune_*.yaml)")
+    prune.add_argument("--data", required=True, help="data directory (train/dev splits)")
+    prune.add_argument("--out", required=True, help="pruned model directory to write")
+    prune.add_argument("--quiet", action="store_true", help="no progress output")
+    prune.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="PruneConfig overrides")
+    prune.set_defaults(func=_prune)
 
     ev = verbs.add_parser("evaluate", help="WER, CER, params, MACs, latency and RTF of a model")
     ev.add_argument("--model", required=True, help="model directory")

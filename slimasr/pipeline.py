@@ -60,6 +60,14 @@ class DistillStage:
 
 
 @dataclass
+class PruneStage:
+    name: str = "pruned"  # model folder under the experiment
+    model: str = "teacher"  # the model to prune: a model stage's name, or a model directory
+    config: dict = field(default_factory=dict)  # PruneConfig fields (criterion, target, steps, ...)
+    data: str = "data"  # name of the corpus stage (calibration and fine-tuning)
+
+
+@dataclass
 class EvaluateStage:
     models: list[str] = field(default_factory=list)  # model stage names to evaluate
     split: str = "test"  # which split of the corpus
@@ -227,6 +235,21 @@ def _run_distill(stage: Stage, exp: Path) -> None:
     resume = (out / "checkpoints" / "last").is_dir()
     distill_model(resolve(stage, spec.recipe), _data_of(exp, spec.data), out, resume=resume,
                   overrides=[f"teacher.path={teacher}", *spec.overrides])
+
+
+@register_stage("prune", PruneStage, lambda stage, exp: (exp / stage.spec.name / "prune.json").is_file())
+def _run_prune(stage: Stage, exp: Path) -> None:
+    from slimasr.config import from_dict as build
+    from slimasr.prune.run import PruneConfig, prune_model_dir
+
+    spec: PruneStage = stage.spec
+    out = exp / spec.name
+    source = exp / spec.model if (exp / spec.model).is_dir() else Path(spec.model)
+    if out.exists():  # an interrupted prune starts over (its steps are short)
+        import shutil
+
+        shutil.rmtree(out)
+    prune_model_dir(source, _data_of(exp, spec.data), out, build(PruneConfig, spec.config, "config"))
 
 
 def _eval_done(stage: Stage, exp: Path) -> bool:

@@ -36,11 +36,13 @@ class TeacherConfig:
 @dataclass
 class StudentConfig:
     """How the student starts. ``scratch``: a fresh model from the recipe's ``model`` section.
+    ``path``: the model directory ``path`` as it is (fine-tuning a pruned model).
     ``teacher``: a copy of the teacher (slimasr teachers only) cut down to ``layers`` layers
     (spread over the depth, first and last kept) and/or ``width`` of its units in every prunable
     group (the units with the largest weight magnitude)."""
 
-    init: Literal["scratch", "teacher"] = "scratch"
+    init: Literal["scratch", "teacher", "path"] = "scratch"
+    path: str | None = None  # init "path": start from this model directory (e.g. a pruned model)
     layers: int | None = None  # recurrent layers / hidden layers / blocks kept (None: all)
     width: float | None = None  # fraction of units kept per group, 0 < width <= 1 (None: all)
     round_to: int = 8  # kept unit counts are rounded to a multiple of this (at least one)
@@ -96,9 +98,12 @@ def load_distill_recipe(source: str | Path | Mapping | DistillRecipe | None = No
         recipe.teacher.path = _near(base, recipe.teacher.path)
         recipe.loss.pseudo_lm = _near(base, recipe.loss.pseudo_lm)
         recipe.unlabelled = [_near(base, p) or p for p in recipe.unlabelled]
+        recipe.student.path = _near(base, recipe.student.path)
     s = recipe.student
     if s.width is not None and not 0 < s.width <= 1:
         raise ConfigError(f"student.width must be in (0, 1], got {s.width}")
+    if s.init == "path" and not s.path:
+        raise ConfigError("student.init: path needs student.path (a model directory)")
     if s.layers is not None and s.layers < 1:
         raise ConfigError(f"student.layers must be >= 1, got {s.layers}")
     return recipe

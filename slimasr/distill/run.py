@@ -36,7 +36,7 @@ from slimasr.distill.teacher import (
     hf_batches,
     load_teacher,
 )
-from slimasr.errors import ConfigError
+from slimasr.errors import ConfigError, DataError
 from slimasr.io import atomic_dir
 from slimasr.models import AcousticModel, load_model, save_model
 from slimasr.text import NormalizerConfig
@@ -144,6 +144,12 @@ def _make_student(recipe: DistillRecipe, teacher: Any, vocab_size: int) -> Acous
     s = recipe.student
     if s.init == "teacher":
         return student_from_teacher(teacher.model, s.layers, s.width, s.round_to)
+    if s.init == "path":
+        student = load_model(s.path)
+        if student.vocab_size != vocab_size:
+            raise DataError(s.path, f"model has {student.vocab_size} output tokens, the data's "
+                                    f"tokenizer {vocab_size}")
+        return student.train()
     name, model_cfg = resolve_model(recipe.model)
     return student_from_config(name, model_cfg, vocab_size)
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import copy
 
-import torch
-
 from slimasr.models import AcousticModel, build_model
 from slimasr.prune.groups import prunable_groups
+from slimasr.prune.importance import magnitude_scores
 from slimasr.prune.surgery import prune_model, select_layers
 
 
@@ -42,17 +41,6 @@ def rounded(n: int, fraction: float, round_to: int, minimum: int) -> int:
     return max(min(want, n), minimum, 1 if minimum == 0 else minimum)
 
 
-def magnitude_scores(model: AcousticModel, group) -> torch.Tensor:
-    """``(size,)`` L2 norm of each unit's weights over every slice of the group."""
-    state = model.state_dict()
-    total = torch.zeros(group.size)
-    for s in group.slices:
-        t = state[s.tensor].detach().float()
-        moved = t.movedim(s.dim, 0)[s.positions.flatten()]  # (size * m, ...)
-        total += moved.reshape(group.size, -1).pow(2).sum(1).cpu()
-    return total.sqrt()
-
-
 def student_from_teacher(teacher: AcousticModel, layers: int | None, width: float | None,
                          round_to: int) -> AcousticModel:
     """A new model: the teacher's weights cut to ``layers`` layers and ``width`` of its units."""
@@ -63,9 +51,10 @@ def student_from_teacher(teacher: AcousticModel, layers: int | None, width: floa
         student = select_layers(student, spread_layers(depth(student), layers))
     if width is not None and width < 1.0:
         keep = {}
+        scores = magnitude_scores(student)  # L2 over every weight a unit owns (each once)
         for g in prunable_groups(student):
             n = rounded(g.size, width, round_to, g.min_size)
-            order = magnitude_scores(student, g).argsort(descending=True)[:n]
+            order = scores[g.name].argsort(descending=True, stable=True)[:n]
             keep[g.name] = sorted(order.tolist())
         student = prune_model(student, keep)
     return student.train()

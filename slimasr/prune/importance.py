@@ -46,7 +46,13 @@ from typing import Callable, Iterable, Literal, Mapping
 import torch
 from torch import Tensor, nn
 
-from slimasr.models.common import AcousticModel, Conv2dSubsampling, conv_out_lengths, lengths_to_mask, time_padding
+from slimasr.models.common import (
+    AcousticModel,
+    Conv2dSubsampling,
+    conv_out_lengths,
+    lengths_to_mask,
+    time_padding,
+)
 from slimasr.prune.groups import ActivationSite, Group, prunable_groups
 from slimasr.train.loop import compute_loss
 

@@ -16,8 +16,11 @@ Scopes:
 
 Widths are rounded *up* (fewer units removed) to a legal width: a multiple of ``round_to``, the
 group's ``min_size``, or its full width, never removing more than ``max_group_fraction`` of a
-group. Every candidate is measured for real (``prune_model`` then ``model_cost``): couplings make
-cost non-linear in the widths (an LSTM layer's input columns shrink with the previous layer).
+group. For attention heads ``round_to`` counts features (heads x head_dim), see ``unit_step``:
+counted in heads, round_to 8 would make a 4-head layer unprunable.
+
+Every candidate is measured for real (``prune_model`` then ``model_cost``): couplings make cost
+non-linear in the widths (an LSTM layer's input columns shrink with the previous layer).
 Cost only falls as units go, so the search finds the smallest candidate that meets the target; the
 next-smaller candidate (k - 1 units, or the previous fraction) differs by one rounding step in one
 group (global) or in the groups changing at that fraction (layer) and is above the target.
@@ -40,6 +43,7 @@ from slimasr.prune.surgery import prune_model
 
 EPS = 1e-9  # float slack when turning fractions into unit counts
 MEAN_FLOOR = 1e-12  # a group whose mean score is below this is not rescaled (all-zero scores)
+FEATURE_ROUNDED_KINDS = ("head",)  # group kinds whose round_to counts features, not units
 
 Widths = dict[str, int]  # group name -> units kept
 
@@ -48,8 +52,8 @@ Widths = dict[str, int]  # group name -> units kept
 class PruneTarget:
     kind: Literal["macs", "params"] = "macs"  # what to reduce
     fraction: float = 0.5  # share to REMOVE (0 < f < 1): 0.5 = half the MACs
-    scope: Literal["global", "layer"] = "global"  # global ranking of normalised scores, or one fraction per group
-    round_to: int = 8  # kept widths are multiples of this (or the full width / min_size)
+    scope: Literal["global", "layer"] = "global"  # one ranking of normalised scores, or one share each
+    round_to: int = 8  # kept widths are multiples of this (or the full width / min_size); heads: features
     protect: list[str] = field(default_factory=list)  # group names never pruned (e.g. the first conv)
     max_group_fraction: float = 0.9  # never remove more than this share of one group
     seconds: float = 1.0  # audio MACs are counted on (100 frames/s); params ignore it
@@ -114,8 +118,8 @@ def plan_from_ratios(model: AcousticModel, scores: Mapping[str, Tensor], ratios:
     """Keep-lists removing ``ratios[g]`` of each named group's units, lowest scores first.
 
     The removed count is ``ratio * size`` rounded half up; the kept width is then rounded to the
-    nearest multiple of ``round_to`` (ties keep more), never below ``min_size`` nor above the full
-    width. No ``max_group_fraction`` applies here. Groups that keep every unit are left out.
+    nearest multiple of ``round_to`` (``unit_step``; ties keep more), never below ``min_size`` nor
+    above the full width. No ``max_group_fraction`` applies here. Groups that keep every unit are left out.
     """
     by_name = {g.name: g for g in prunable_groups(model)}
     chosen = []
@@ -133,11 +137,22 @@ def plan_from_ratios(model: AcousticModel, scores: Mapping[str, Tensor], ratios:
 
 
 def legal_widths(group: Group, round_to: int, max_fraction: float = 1.0) -> list[int]:
-    """Ascending kept widths allowed for ``group``: multiples of ``round_to`` and ``min_size``
-    that remove at most ``max_fraction`` of its units, and its full width (always last)."""
+    """Ascending kept widths allowed for ``group``: multiples of its ``unit_step`` and
+    ``min_size`` that remove at most ``max_fraction`` of its units, and its full width (last)."""
+    step = unit_step(group, round_to)
     lowest = max(group.min_size, group.size - math.floor(max_fraction * group.size + EPS))
-    allowed = {w for w in range(lowest, group.size) if w % round_to == 0 or w == group.min_size}
+    allowed = {w for w in range(lowest, group.size) if w % step == 0 or w == group.min_size}
     return sorted(allowed) + [group.size]
+
+
+def unit_step(group: Group, round_to: int) -> int:
+    """Kept unit counts are multiples of this: ``round_to`` units, except for groups whose units
+    are blocks of features (attention heads), where ``round_to`` counts features: 4 heads of
+    head_dim 36 are 144 features, so round_to 8 means an even number of heads, not 8 of them."""
+    if group.kind not in FEATURE_ROUNDED_KINDS:
+        return round_to
+    features = group.activation.positions.shape[1]
+    return round_to // math.gcd(round_to, features)
 
 
 def keep_lists(groups: list[Group], scores: Mapping[str, Tensor], widths: Mapping[str, int]
@@ -260,9 +275,10 @@ def _round_up(allowed: list[int], width: int) -> int:
 
 
 def _rounded_width(group: Group, width: int, round_to: int) -> int:
-    """``width`` rounded to the nearest multiple of ``round_to`` (ties up), in [min_size, size];
+    """``width`` rounded to the nearest multiple of ``unit_step`` (ties up), in [min_size, size];
     ``min_size`` and the full width stay as they are."""
     if width <= group.min_size or width >= group.size:
         return min(group.size, max(group.min_size, width))
-    nearest = round_to * math.floor(width / round_to + 0.5)
+    step = unit_step(group, round_to)
+    nearest = step * math.floor(width / step + 0.5)
     return min(group.size, max(group.min_size, nearest))

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from slimasr.models import build_model, load_model, save_model
 from slimasr.prune import group_by_name, params_per_unit, prunable_groups, prune_model, select_layers
+from tests.prune.helpers import random_model
 
 FEATS, VOCAB = 8, 7
 T_MAX, T_SHORT = 23, 14  # two lengths: the second sequence is padded
@@ -19,15 +20,7 @@ T_MAX, T_SHORT = 23, 14  # two lengths: the second sequence is padded
 
 def make(name: str, cfg: dict, seed: int = 0):
     """Random model in eval mode with non-trivial BatchNorm statistics."""
-    torch.manual_seed(seed)
-    model = build_model(name, cfg, vocab_size=VOCAB).eval()
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    return model
+    return random_model(name, cfg, VOCAB, seed)
 
 
 def outputs(model) -> list[torch.Tensor]:

@@ -1,0 +1,260 @@
+"""``slimasr prune``: score, plan, cut and fine-tune, step by step, into a normal model directory.
+
+    prune_model_dir("exp/teacher", "data/smarthome", "exp/pruned",
+                    PruneConfig(criterion="taylor", target=PruneTarget("macs", 0.5), steps=2,
+                                finetune_epochs=3, distill=True))
+
+Each step removes units so that the model's cost falls to ``(1 - fraction) ** (k / steps)`` of the
+original (MACs or parameters), then fine-tunes (CTC, or CTC + KD from the unpruned model with
+``distill``) through ``slimasr.distill.distill_model`` with the pruned model as the student.
+``remove_layers`` first drops whole layers (Conformer blocks) chosen by measured dev loss;
+``ratios`` replaces the cost target by explicit per-group shares. Steps live in ``OUT/steps/k``; the last one becomes ``OUT`` (no masks: dense, smaller tensors, the
+config holds the new widths, ``load_model`` rebuilds it), with ``prune.json`` recording what was
+removed and measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import torch
+from lhotse.dataset import SimpleCutSampler
+from rich.console import Console
+
+from slimasr.config import config_to_dict
+from slimasr.data.dataset import AsrDataset
+from slimasr.distill import distill_model
+from slimasr.errors import ConfigError, DataError
+from slimasr.frontend import Frontend
+from slimasr.io import atomic_dir, read_json, write_json_atomic
+from slimasr.models import AcousticModel, load_model, save_model
+from slimasr.models.io import read_model_config
+from slimasr.prune.groups import layer_stack, prunable_groups
+from slimasr.prune.importance import score_model
+from slimasr.prune.plan import EPS, PruneTarget, model_cost, plan, plan_from_ratios
+from slimasr.prune.sensitivity import plot_sensitivity, ratios_from_scan, save_scan, sensitivity_scan
+from slimasr.prune.surgery import prune_model, select_layers
+from slimasr.train.loop import compute_loss
+from slimasr.train.prepare import feature_cache_dir, feature_cuts
+
+CRITERIA = ("magnitude", "taylor", "activation", "apoz", "sensitivity", "random")
+PRUNE_JSON = "prune.json"
+STEPS_DIR = "steps"
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer.model", "cmvn.json",
+               "training.json", "train_log.csv")
+
+
+@dataclass
+class PruneConfig:
+    criterion: Literal["magnitude", "taylor", "activation", "apoz", "sensitivity", "random"] = "taylor"
+    target: PruneTarget = field(default_factory=PruneTarget)  # what to remove, how much, where
+    # Per-group shares of units to remove, e.g. {"rnns.0": 0.3, "rnns.2": 0.5}: when given, they
+    # replace the cost target (one-shot; the criterion still picks which units go).
+    ratios: dict[str, float] = field(default_factory=dict)
+    # Whole layers (Conformer blocks; RNN / DNN layers where widths chain) removed before width
+    # pruning at the first step: greedily, the layer whose removal raises the dev loss least.
+    remove_layers: int = 0
+    steps: int = 1  # 1: one-shot; K: prune a little and fine-tune, K times (iterative)
+    finetune_epochs: int = 2  # fine-tuning epochs after every step (0: none)
+    distill: bool = False  # fine-tune with the unpruned model as a KD teacher (CTC 0.5 + KD 0.5)
+    distill_overrides: list[str] = field(default_factory=list)  # e.g. ["loss.temperature=1.0"]
+    finetune_overrides: list[str] = field(default_factory=lambda: [
+        "train.lr=5.0e-4", "train.warmup_steps=50", "train.augment_start_epoch=0"])  # gentler than training
+    calibration_cuts: int = 256  # training cuts that score units (taylor, activation)
+    calibration_seconds: float = 30.0  # audio per calibration batch
+    sensitivity_ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])  # scan points
+    sensitivity_cuts: int = 64  # dev cuts whose CTC loss the sensitivity scan measures
+    seed: int = 0  # random criterion, fine-tuning
+    num_threads: int | None = None  # torch threads (None: torch's default)
+
+    def __post_init__(self) -> None:
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"criterion: unknown {self.criterion!r}; expected one of {CRITERIA}")
+        if self.steps < 1 or self.finetune_epochs < 0 or self.remove_layers < 0:
+            raise ConfigError("steps must be >= 1, finetune_epochs and remove_layers >= 0")
+        if self.ratios and self.steps != 1:
+            raise ConfigError("ratios: explicit per-group shares are one-shot (steps: 1)")
+        bad = {k: v for k, v in self.ratios.items() if not 0.0 <= float(v) < 1.0}
+        if bad:
+            raise ConfigError(f"ratios: shares must be in [0, 1), got {bad}")
+
+
+def prune_model_dir(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
+                    cfg: PruneConfig, show_progress: bool = True) -> dict:
+    """Prune the model directory ``model_dir`` into ``out_dir``; returns prune.json's content."""
+    model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
+    read_model_config(model_dir)  # one-line error for a broken model directory
+    if (out_dir / PRUNE_JSON).is_file():
+        raise DataError(out_dir, "already holds a pruned model; choose another output folder")
+    threads = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        return _prune(model_dir, data_dir, out_dir, cfg, show_progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _prune(model_dir: Path, data_dir: Path, out_dir: Path, cfg: PruneConfig, show: bool) -> dict:
+    console = Console(stderr=True, quiet=not show)
+    frontend = Frontend.load(model_dir)
+    original = load_model(model_dir).eval()
+    cache = feature_cache_dir(data_dir, frontend.features)
+    train = feature_cuts(data_dir, "train", frontend.features, cache, show_progress=show)
+    dev = feature_cuts(data_dir, "dev", frontend.features, cache, show_progress=show)
+    calib = list(_batches(frontend, train, cfg.calibration_cuts, cfg.calibration_seconds))
+    sens_batches = list(_batches(frontend, dev, cfg.sensitivity_cuts, cfg.calibration_seconds))
+    cost0 = {k: model_cost(original, k) for k in ("macs", "params")}
+    record: dict[str, Any] = {
+        "source": str(model_dir), "criterion": cfg.criterion, "config": config_to_dict(cfg),
+        "original": {**cost0, "widths": _widths(original)}, "steps": []}
+    model, current_dir = original, model_dir
+    for k in range(1, cfg.steps + 1):
+        step_dir = out_dir / STEPS_DIR / str(k)
+        row: dict[str, Any] = {"step": k}
+        if k == 1 and cfg.remove_layers:
+            model, row["removed_layers"] = _remove_layers(model, cfg.remove_layers, sens_batches, console)
+        goal = (1.0 - cfg.target.fraction) ** (k / cfg.steps) * cost0[cfg.target.kind]
+        fraction = 1.0 - goal / model_cost(model, cfg.target.kind)
+        row["fraction_of_current"] = fraction
+        if cfg.ratios or fraction > 0:
+            step_target = PruneTarget(**{**config_to_dict(cfg.target), "fraction": max(fraction, EPS)})
+            keep = _choose(model, cfg, step_target, calib, sens_batches, step_dir, console)
+            model = prune_model(model, keep).eval()
+        _save(model, frontend, step_dir / "pruned", {"step": "prune", "source": str(model_dir)})
+        row.update({"macs": model_cost(model, "macs"), "params": model_cost(model, "params"),
+                    "widths": _widths(model), "dev_loss_pruned": _mean_loss(model, sens_batches)})
+        console.print(f"step {k}: {row['macs'] / cost0['macs']:.1%} of the MACs, "
+                      f"{row['params'] / cost0['params']:.1%} of the params, "
+                      f"dev loss {row['dev_loss_pruned']:.3f}", markup=False, highlight=False)
+        current_dir = step_dir / "pruned"
+        if cfg.finetune_epochs > 0:
+            tuned = step_dir / "finetuned"
+            result = _finetune(current_dir, model_dir, data_dir, tuned, cfg, show)
+            current_dir, model = tuned, load_model(tuned).eval()
+            row.update({"dev_wer_finetuned": result["dev_wer"], "finetune_seconds": result["train_seconds"],
+                        "dev_loss_finetuned": _mean_loss(model, sens_batches)})
+        record["steps"].append(row)
+    record["final"] = {"macs": model_cost(model, "macs"), "params": model_cost(model, "params"),
+                       "macs_ratio": model_cost(model, "macs") / cost0["macs"],
+                       "params_ratio": model_cost(model, "params") / cost0["params"],
+                       "widths": _widths(model)}
+    _publish(current_dir, out_dir, record)
+    return record
+
+
+def _choose(model: AcousticModel, cfg: PruneConfig, target: PruneTarget, calib: list[dict],
+            sens_batches: list[dict], step_dir: Path, console: Console) -> dict[str, list[int]]:
+    """Keep-lists for one step with the configured criterion."""
+    if cfg.ratios:
+        scores = _scores(model, cfg, calib)
+        return plan_from_ratios(model, scores, cfg.ratios, target.round_to)
+    if cfg.criterion == "sensitivity":
+        scan = sensitivity_scan(model, lambda m: _mean_loss(m, sens_batches),
+                                ratios=tuple(cfg.sensitivity_ratios), show_progress=console.quiet is False)
+        step_dir.mkdir(parents=True, exist_ok=True)
+        save_scan(scan, step_dir / "sensitivity.json")
+        plot_sensitivity(scan, step_dir / "sensitivity.png")
+        ratios = ratios_from_scan(model, scan, target)
+        return plan_from_ratios(model, _scores(model, cfg, calib), ratios, target.round_to)
+    return plan(model, _scores(model, cfg, calib), target)
+
+
+def _scores(model: AcousticModel, cfg: PruneConfig, calib: list[dict]) -> dict:
+    """One score per unit of every group (sensitivity orders units inside a group by magnitude)."""
+    if cfg.criterion == "sensitivity":
+        return score_model(model, "magnitude")
+    kw: dict[str, Any] = {"seed": cfg.seed} if cfg.criterion == "random" else {}
+    batches = calib if cfg.criterion in ("taylor", "activation", "apoz") else None
+    return score_model(model, cfg.criterion, batches, **kw)
+
+
+def _remove_layers(model: AcousticModel, count: int, batches: list[dict], console: Console
+                   ) -> tuple[AcousticModel, list[dict]]:
+    """Remove ``count`` whole layers, one at a time, each time the one whose removal gives the
+    lowest dev loss (measured); returns the model and, per removal, the original layer index and
+    the loss. Layers whose removal breaks the width chain (CRNN/DNN) are not candidates."""
+    alive = list(range(layer_stack(model).num_layers))  # original indices of the current layers
+    removed = []
+    for _ in range(count):
+        trials = []
+        for i in range(len(alive)):
+            try:
+                candidate = select_layers(model, [j for j in range(len(alive)) if j != i])
+            except ValueError:
+                continue  # the first layer, or one whose neighbours' widths do not chain
+            trials.append((_mean_loss(candidate, batches), i, candidate))
+        if not trials:
+            raise ConfigError(f"remove_layers: no further layer can be removed ({len(alive)} left)")
+        loss, i, model = min(trials, key=lambda t: (t[0], t[1]))
+        removed.append({"layer": alive.pop(i), "dev_loss": loss})
+        console.print(f"removed layer {removed[-1]['layer']}: dev loss {loss:.3f}", markup=False,
+                      highlight=False)
+    return model.eval(), removed
+
+
+def _finetune(pruned: Path, teacher: Path, data_dir: Path, out: Path, cfg: PruneConfig, show: bool) -> dict:
+    """Fine-tune the pruned model (CTC, or CTC + KD from the unpruned teacher)."""
+    if out.exists():
+        shutil.rmtree(out)  # an interrupted fine-tune of this step starts over
+    loss = (["loss.ctc_weight=0.5", "loss.kd_weight=0.5", *cfg.distill_overrides] if cfg.distill
+            else ["loss.ctc_weight=1.0", "loss.kd_weight=0.0"])
+    overrides = [f"teacher.path={teacher}", "student.init=path", f"student.path={pruned}",
+                 f"train.epochs={cfg.finetune_epochs}", f"train.seed={cfg.seed}", *loss,
+                 *cfg.finetune_overrides]
+    if cfg.num_threads:
+        overrides.append(f"train.num_threads={cfg.num_threads}")
+    return distill_model({}, data_dir, out, overrides=overrides, show_progress=show)
+
+
+def _batches(frontend: Frontend, cuts: Any, max_cuts: int, seconds: float) -> Iterator[dict]:
+    dataset = AsrDataset(frontend.tokenizer, frontend.normalize, frontend.features, frontend.cmvn,
+                         None, train=False)
+    subset = cuts.subset(first=max_cuts).to_eager()
+    for batch_cuts in SimpleCutSampler(subset, max_duration=seconds):
+        yield dataset[batch_cuts]
+
+
+@torch.no_grad()
+def _mean_loss(model: AcousticModel, batches: list[dict]) -> float:
+    """Mean CTC loss per token over ``batches`` (eval mode): the sensitivity metric."""
+    model.eval()
+    device = next(model.parameters()).device
+    losses = [float(compute_loss(model, b, device, "mean", contextlib.nullcontext())) for b in batches]
+    return sum(losses) / max(len(losses), 1)
+
+
+def _widths(model: AcousticModel) -> dict[str, int]:
+    return {g.name: g.size for g in prunable_groups(model)}
+
+
+def _save(model: AcousticModel, frontend: Frontend, folder: Path, provenance: dict) -> None:
+    with atomic_dir(folder) as tmp:
+        save_model(model.cpu(), tmp, {**frontend.config_entry(), "tokenizer": {
+            "kind": frontend.tokenizer.kind, "vocab_size": frontend.tokenizer.vocab_size},
+            "provenance": provenance})
+        frontend.save(tmp)
+    reloaded = load_model(folder)  # every written model is reloaded and run
+    x = torch.randn(1, 200, frontend.features.num_mel_bins)
+    with torch.no_grad():
+        a, b = model.eval()(x, torch.tensor([200]))[0], reloaded(x, torch.tensor([200]))[0]
+    if (a - b).abs().max() > 1e-4:
+        raise RuntimeError(f"{folder}: the saved pruned model does not reproduce the pruned one")
+
+
+def _publish(source: Path, out_dir: Path, record: dict) -> None:
+    """Copy the final model's files into ``out_dir`` and write prune.json last."""
+    for name in MODEL_FILES:
+        if (source / name).is_file():
+            tmp = out_dir / f".{name}.tmp"
+            shutil.copyfile(source / name, tmp)
+            tmp.replace(out_dir / name)
+    config = read_json(out_dir / "config.json")
+    config.setdefault("provenance", {}).update({"pruned_from": record["source"],
+                                                "criterion": record["criterion"]})
+    write_json_atomic(out_dir / "config.json", config)
+    write_json_atomic(out_dir / PRUNE_JSON, record)

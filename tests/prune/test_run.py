@@ -1,0 +1,169 @@
+"""``slimasr prune`` end to end on the tiny tone corpus: every criterion gives a smaller dense
+model directory that meets its target and loads; iterative steps with (KD) fine-tuning recover the
+loss; explicit ratios, whole-layer removal, the CLI and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from slimasr.cli import main
+from slimasr.config import from_dict
+from slimasr.models import load_model
+from slimasr.frontend import Frontend
+from slimasr.prune import model_cost, prunable_groups, select_layers
+from slimasr.prune.run import PRUNE_JSON, PruneConfig, _batches, _mean_loss, prune_model_dir
+from slimasr.train import train_model
+from slimasr.train.prepare import feature_cache_dir, feature_cuts
+from tests.train.helpers import make_corpus, tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny BiLSTM CRNN that has learned the tone corpus."""
+    root = tmp_path_factory.mktemp("prune")
+    data = make_corpus(root / "data", n_train=20)
+    result = train_model(tiny_recipe(), data, root / "model", show_progress=False)
+    assert result["dev_wer"] < 20.0  # a model worth pruning
+    return data, root / "model"
+
+
+@pytest.fixture(scope="module")
+def deep(trained: tuple[Path, Path]) -> Path:
+    """A 3-layer BiLSTM CRNN (briefly trained) whose layers all write the same width."""
+    data, model_dir = trained
+    recipe = tiny_recipe(epochs=2)
+    recipe["model"]["config"]["rnn_hidden_sizes"] = [16, 16, 16]
+    train_model(recipe, data, model_dir.parent / "deep", show_progress=False)
+    return model_dir.parent / "deep"
+
+
+def config(**fields: object) -> PruneConfig:
+    base = {"finetune_epochs": 0, "calibration_cuts": 8, "sensitivity_cuts": 8,
+            "target": {"round_to": 2}, "num_threads": 1}
+    target = {**base["target"], **fields.pop("target", {})}
+    return from_dict(PruneConfig, {**base, **fields, "target": target})
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "taylor", "activation", "apoz", "sensitivity", "random"])
+def test_every_criterion_meets_the_mac_target_with_a_dense_loadable_model(trained, tmp_path, criterion):
+    data, model_dir = trained
+    out = tmp_path / "pruned"
+    record = prune_model_dir(model_dir, data, out, config(criterion=criterion,
+                                                          target={"kind": "macs", "fraction": 0.5}),
+                             show_progress=False)
+    original, pruned = load_model(model_dir), load_model(out)
+    assert model_cost(pruned, "macs") <= 0.5 * model_cost(original, "macs")
+    assert record["final"]["macs_ratio"] == pytest.approx(model_cost(pruned, "macs") / model_cost(original, "macs"))
+    # Dense and smaller: no masks, fewer parameters, config widths = tensor shapes.
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in original.parameters())
+    assert not any(k.endswith(("_mask", "_orig")) for k in pruned.state_dict())
+    for g in prunable_groups(pruned):
+        assert record["final"]["widths"][g.name] == g.size
+    assert pruned.config.rnn_hidden_sizes == [record["final"]["widths"]["rnns.0"]]
+    x = torch.randn(2, 120, 40)
+    log_probs, lens = pruned(x, torch.tensor([120, 90]))
+    assert log_probs.shape[-1] == original.vocab_size and torch.isfinite(log_probs).all()
+    saved = json.loads((out / PRUNE_JSON).read_text())
+    assert saved["criterion"] == criterion and len(saved["steps"]) == 1
+    assert json.loads((out / "config.json").read_text())["provenance"]["pruned_from"] == str(model_dir)
+    for name in ("tokenizer.json", "cmvn.json"):
+        assert (out / name).read_text() == (model_dir / name).read_text()
+    if criterion == "sensitivity":
+        assert (out / "steps" / "1" / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+        scan = json.loads((out / "steps" / "1" / "sensitivity.json").read_text())
+        assert set(scan["groups"]) == {g.name for g in prunable_groups(original)}
+
+
+def test_iterative_pruning_with_kd_fine_tuning_recovers_the_loss(trained, tmp_path):
+    data, model_dir = trained
+    out = tmp_path / "pruned"
+    cfg = config(criterion="taylor", target={"kind": "params", "fraction": 0.6}, steps=2,
+                 finetune_epochs=3, distill=True, finetune_overrides=["train.lr=3e-3", "train.warmup_steps=5"])
+    record = prune_model_dir(model_dir, data, out, cfg, show_progress=False)
+    first, second = record["steps"]
+    original = load_model(model_dir)
+    # Step k meets (1 - f) ** (k / K) of the original parameters.
+    assert first["params"] <= 0.4 ** 0.5 * model_cost(original, "params") < model_cost(original, "params")
+    assert second["params"] <= 0.4 * model_cost(original, "params") < first["params"]
+    for row in (first, second):
+        assert row["dev_loss_finetuned"] < row["dev_loss_pruned"]
+        assert "dev_wer_finetuned" in row and row["finetune_seconds"] > 0
+    # The published model is the last fine-tuned one, with its training record.
+    assert (out / "training.json").is_file()
+    final = load_model(out)
+    assert model_cost(final, "params") == second["params"] == record["final"]["params"]
+    tuned = load_model(out / "steps" / "2" / "finetuned")
+    for a, b in zip(final.state_dict().values(), tuned.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_explicit_ratios_prune_only_the_named_groups(trained, tmp_path):
+    data, model_dir = trained
+    record = prune_model_dir(model_dir, data, tmp_path / "p", config(criterion="magnitude",
+                             ratios={"rnns.0": 0.5}), show_progress=False)
+    widths = record["final"]["widths"]
+    assert widths["rnns.0"] == 16
+    assert {k: v for k, v in widths.items() if k != "rnns.0"} == {
+        k: v for k, v in record["original"]["widths"].items() if k != "rnns.0"}
+
+
+def test_whole_layers_go_first_by_measured_loss(trained, deep, tmp_path):
+    """Layers 1 and 2 of the 3-layer BiLSTM can go (layer 0 reads the front end): the one whose
+    removal gives the lower dev loss goes."""
+    data, _ = trained
+    cfg = config(criterion="magnitude", remove_layers=1, target={"fraction": 0.5})
+    record = prune_model_dir(deep, data, tmp_path / "p", cfg, show_progress=False)
+    (removed,) = record["steps"][0]["removed_layers"]
+    model = load_model(deep).eval()
+    fe = Frontend.load(deep)
+    dev = feature_cuts(data, "dev", fe.features, feature_cache_dir(data, fe.features), show_progress=False)
+    batches = list(_batches(fe, dev, cfg.sensitivity_cuts, cfg.calibration_seconds))
+    losses = {i: _mean_loss(select_layers(model, [j for j in range(3) if j != i]), batches) for i in (1, 2)}
+    assert removed["layer"] == min(losses, key=losses.get)
+    assert removed["dev_loss"] == pytest.approx(losses[removed["layer"]])
+    pruned = load_model(tmp_path / "p")
+    assert len(pruned.config.rnn_hidden_sizes) == 2
+    assert record["final"]["macs_ratio"] <= 0.5
+
+
+def test_cli_prunes_and_refuses_to_overwrite(trained, tmp_path, capsys):
+    data, model_dir = trained
+    out = tmp_path / "cli"
+    args = ["prune", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--criterion",
+            "magnitude", "--target-params", "0.3", "--finetune-epochs", "0", "--round-to", "4", "--quiet",
+            "calibration_cuts=4", "sensitivity_cuts=4"]
+    assert main(args) == 0
+    record = json.loads((out / PRUNE_JSON).read_text())
+    assert record["final"]["params_ratio"] <= 0.7
+    assert record["config"]["target"]["round_to"] == 4
+    assert all(w % 4 == 0 for w in record["final"]["widths"].values())
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "already" in err[0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--target-macs", "1.5"], "fraction"),
+    (["--criterion", "magnitude", "no_such_key=1"], "no_such_key"),
+    (["steps=0"], "steps"),
+])
+def test_cli_bad_settings_are_one_line_errors(trained, tmp_path, capsys, extra, message):
+    data, model_dir = trained
+    code = main(["prune", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "o"),
+                 "--quiet", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and message in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_names_a_missing_model(tmp_path, capsys):
+    code = main(["prune", "--model", str(tmp_path / "nope"), "--data", str(tmp_path), "--out",
+                 str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "nope" in err[0]
+    assert not (tmp_path / "o").exists()
