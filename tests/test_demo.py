@@ -19,14 +19,23 @@ def test_quick_demo_runs_every_stage_and_resumes(tmp_path):
     assert DESIGN_KEYS <= set(metrics)
     assert metrics["num_utterances"] == 8 and metrics["params"] > 0 and metrics["rtf"] > 0
     report = (exp / "report.md").read_text()
-    assert report.startswith("| model | WER %") and "| teacher |" in report
+    assert report.startswith("| model | WER %")
+    assert all(f"| {name} |" in report for name in ("teacher", "student", "pruned"))
     assert (exp / "report.png").stat().st_size > 0
+    # The student and the pruned model are smaller than the teacher and measured the same way.
+    for name in ("student", "pruned"):
+        small = json.loads((exp / name / "metrics.json").read_text())
+        assert DESIGN_KEYS <= set(small) and small["params"] < metrics["params"]
+        assert small["macs_per_second_audio"] < metrics["macs_per_second_audio"]
+    pruned = json.loads((exp / "pruned" / "prune.json").read_text())
+    assert pruned["final"]["macs_ratio"] <= 0.5
     # A second run finds every stage complete (the report is always rewritten).
     again = run_pipeline("demo_quick", experiment=exp)["stages"]
-    assert again == {"corpus:data": "skipped", "train:teacher": "skipped",
-                     "evaluate:teacher": "skipped", "report:report": "ran"}
+    stages = ["corpus:data", "train:teacher", "distill:student", "prune:pruned",
+              "evaluate:teacher+student+pruned"]
+    assert again == {**{k: "skipped" for k in stages}, "report:report": "ran"}
     state = json.loads((exp / "pipeline.json").read_text())
-    assert set(state) == {"corpus:data", "train:teacher", "evaluate:teacher", "report:report"}
+    assert set(state) == {*stages, "report:report"}
 
 
 def test_evaluate_accepts_a_nemo_jsonl_manifest(tmp_path):

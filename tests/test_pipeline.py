@@ -68,4 +68,4 @@ def test_bad_recipes_are_rejected(recipe, message):
 def test_bundled_recipes_parse():
     for name in ("demo", "demo_quick"):
         exp, stages = pipeline.load_pipeline(name)
-        assert [s.kind for s in stages] == ["corpus", "train", "evaluate", "report"]
+        assert [s.kind for s in stages] == ["corpus", "train", "distill", "prune", "evaluate", "report"]
