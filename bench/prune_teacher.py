@@ -1,16 +1,23 @@
 """Benchmark: structured pruning of a trained teacher — WER against MACs for every criterion, with
-and without (KD) fine-tuning, measured batch-1 latency speed-up, and the two tools people use
-today side by side (Torch-Pruning, torch.nn.utils.prune).
+and without KD fine-tuning, measured batch-1 latency speed-up against the MAC reduction, and the
+two tools people use today side by side (Torch-Pruning, torch.nn.utils.prune).
 
-    python bench/prune_teacher.py grid --model exp/bench_teachers/crnn_teacher --data data/smarthome \
-        --criteria magnitude taylor activation sensitivity random --reductions 0.3 0.5 0.7 --finetune-epochs 0
-    python bench/prune_teacher.py grid ... --criteria taylor --reductions 0.5 --finetune-epochs 3 --distill
-    python bench/prune_teacher.py baselines --model exp/bench_teachers/crnn_teacher --data data/smarthome
-    python bench/prune_teacher.py table --model exp/bench_teachers/crnn_teacher
+    M=exp/bench_teachers/crnn_teacher
+    python bench/prune_teacher.py reference --model $M
+    python bench/prune_teacher.py grid --model $M --criteria magnitude taylor activation sensitivity random \
+        --reductions 0.3 0.5 0.7 --finetune-epochs 0
+    python bench/prune_teacher.py grid --model $M --criteria taylor --reductions 0.5 --finetune-epochs 4 --distill
+    python bench/prune_teacher.py latency --model $M     # all points again, one quiet process
+    python bench/prune_teacher.py baselines --model $M
+    python bench/prune_teacher.py table --model $M
 
-Every point is its own JSON in bench/results/prune/<model>/; ``table`` writes
-bench/results/prune_<model>.md and a WER-vs-MACs plot. Latency: batch 1, a 3 s utterance, one
-thread, warm-up first (slimasr.evaluate.cost). Nothing is hard-coded: numbers are measured.
+Every point is one JSON in bench/results/prune/<model>/ (its pruned model in --out/<model>/<point>).
+Quality: test split (voices never heard in training), greedy and beam search + the corpus trigram.
+Latency: batch 1, a 3 s utterance, one thread, warm-up first (slimasr.evaluate.cost); the
+``latency`` command re-times every model of the grid and the unpruned one in round-robin in one
+process, so that speed-ups compare timings taken under the same conditions (grid runs may share
+the machine). ``table`` writes bench/results/prune_<model>.md and prune_<model>.png.
+Nothing is hard-coded: every number is measured.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import copy
 import json
 import platform
+import statistics
 import time
 import traceback
 from pathlib import Path
@@ -26,17 +34,18 @@ from pathlib import Path
 import torch
 
 from slimasr.config import from_dict
-from slimasr.evaluate.cost import count_macs, example_input, measure_latency
+from slimasr.evaluate.cost import count_macs, count_nonzero_params, example_input, measure_latency
 from slimasr.evaluate.run import EvalConfig, evaluate_model
 from slimasr.io import read_json, write_json_atomic, write_text_atomic
 from slimasr.models import load_model
-from slimasr.prune.plan import PruneTarget
 from slimasr.prune.run import PruneConfig, prune_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "prune"
 LATENCY_SECONDS = 3.0  # utterance length for batch-1 latency
-LATENCY_THREADS = 1
+LATENCY_THREADS = 1  # one core of a device
+LATENCY_ROUNDS = 5  # round-robin rounds of the latency command (median of the rounds' p50s)
+SPECIAL = ("baselines.json", "latency.json")  # result files that are not grid points
 
 
 def evaluate(model_dir: Path, data: Path, lm: Path | None) -> dict:
@@ -53,33 +62,46 @@ def evaluate(model_dir: Path, data: Path, lm: Path | None) -> dict:
     return out
 
 
-def point_name(criterion: str, reduction: float, epochs: int, distill: bool, steps: int) -> str:
+def point_name(criterion: str, reduction: float, epochs: int, distill: bool, steps: int,
+               remove_layers: int = 0) -> str:
     tune = "none" if epochs == 0 else f"{'kd' if distill else 'ctc'}{epochs}"
-    return f"{criterion}_{int(round(reduction * 100))}_{tune}" + (f"_steps{steps}" if steps > 1 else "")
+    return (f"{criterion}_{int(round(reduction * 100))}_{tune}" + (f"_steps{steps}" if steps > 1 else "")
+            + (f"_drop{remove_layers}" if remove_layers else ""))
 
 
 def grid(args: argparse.Namespace) -> None:
     tag = args.model.name
-    out_root = args.out / tag
     for criterion in args.criteria:
         for reduction in args.reductions:
-            name = point_name(criterion, reduction, args.finetune_epochs, args.distill, args.steps)
+            name = point_name(criterion, reduction, args.finetune_epochs, args.distill, args.steps,
+                              args.remove_layers)
             path = RESULTS / tag / f"{name}.json"
             if path.is_file():
                 continue
-            cfg = PruneConfig(criterion=criterion, target=PruneTarget(kind="macs", fraction=reduction),
-                              steps=args.steps, finetune_epochs=args.finetune_epochs,
-                              distill=args.distill, num_threads=1)
-            out = out_root / name
+            cfg = from_dict(PruneConfig, {
+                "criterion": criterion, "target": {"kind": "macs", "fraction": reduction},
+                "steps": args.steps, "finetune_epochs": args.finetune_epochs, "distill": args.distill,
+                "num_threads": args.threads, "remove_layers": args.remove_layers,
+                **({"finetune_overrides": args.finetune_override} if args.finetune_override else {})})
+            out = args.out / tag / name
+            if out.exists():  # an interrupted point starts over
+                import shutil
+
+                shutil.rmtree(out)
             start = time.perf_counter()
             record = prune_model_dir(args.model, args.data, out, cfg, show_progress=False)
             seconds = time.perf_counter() - start
+            tuned = sum(s.get("finetune_seconds", 0.0) for s in record["steps"])
             row = {"model": tag, "point": name, "criterion": criterion, "target_reduction": reduction,
                    "finetune_epochs": args.finetune_epochs, "distill": args.distill, "steps": args.steps,
+                   "remove_layers": args.remove_layers,
                    "macs_ratio": record["final"]["macs_ratio"], "params_ratio": record["final"]["params_ratio"],
-                   "widths": record["final"]["widths"], "prune_seconds": seconds,
-                   **evaluate(out, args.data, args.lm if args.finetune_epochs else None),
-                   "machine": f"{platform.processor() or platform.machine()}, 1 thread"}
+                   "widths": record["final"]["widths"], "prune_seconds": seconds - tuned,
+                   "finetune_seconds": tuned, "finetune_overrides": cfg.finetune_overrides,
+                   "dev_loss_pruned": record["steps"][-1]["dev_loss_pruned"],
+                   "dev_loss_finetuned": record["steps"][-1].get("dev_loss_finetuned"),
+                   **evaluate(out, args.data, args.lm),
+                   "machine": f"{platform.processor() or platform.machine()}, {args.threads} thread(s)"}
             write_json_atomic(path, row)
             print(json.dumps({k: v for k, v in row.items() if k != "widths"}), flush=True)
 
@@ -94,120 +116,171 @@ def reference(args: argparse.Namespace) -> None:
     print(json.dumps(row), flush=True)
 
 
-def baselines(args: argparse.Namespace) -> None:
-    """Torch-Pruning and torch.nn.utils.prune on the same model and target (50% of the MACs)."""
+def latency(args: argparse.Namespace) -> None:
+    """Re-time the unpruned model and every grid point's model, round-robin, in this process."""
     tag = args.model.name
+    dirs = {"unpruned": args.model}
+    for p in sorted((RESULTS / tag).glob("*.json")):
+        if p.name not in SPECIAL and p.stem != "unpruned" and (args.out / tag / p.stem).is_dir():
+            dirs[p.stem] = args.out / tag / p.stem
+    models = {name: load_model(d).eval() for name, d in dirs.items()}
+    p50s: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(LATENCY_ROUNDS):
+        for name, model in models.items():
+            p50s[name].append(measure_latency(model, LATENCY_SECONDS, LATENCY_THREADS)["latency_ms_p50"])
+    med = {name: statistics.median(v) for name, v in p50s.items()}
+    out = {"seconds": LATENCY_SECONDS, "threads": LATENCY_THREADS, "rounds": LATENCY_ROUNDS,
+           "latency_ms_p50": med, "speedup": {n: med["unpruned"] / v for n, v in med.items()},
+           "machine": f"{platform.processor() or platform.machine()}"}
+    write_json_atomic(RESULTS / tag / "latency.json", out)
+    print(json.dumps(out, indent=1), flush=True)
+
+
+def baselines(args: argparse.Namespace) -> None:
+    """Torch-Pruning and torch.nn.utils.prune on the same model and target (half of the weights /
+    channels), next to our own structured pruning, timed in this process."""
+    tag = args.model.name
+    torch.set_num_threads(LATENCY_THREADS)
     model = load_model(args.model).eval()
     x, lens = example_input(model, LATENCY_SECONDS)
-    torch.set_num_threads(LATENCY_THREADS)
-    base = _latency(model, x, lens)
-    rows = {"model": tag, "unpruned_latency_ms": base, "unpruned_macs": count_macs(model, x, lens)}
-    rows["torch_nn_utils_prune"] = _masks(model, x, lens, base)
-    rows["torch_pruning"] = _torch_pruning(model, x, lens, base)
+    base = _latency(model)
+    rows = {"model": tag, "unpruned_latency_ms": base, "unpruned_macs": count_macs(model, x, lens),
+            "torch_nn_utils_prune": _masks(model, x, lens, base),
+            "torch_pruning": _torch_pruning(model, x, lens, base)}
     write_json_atomic(RESULTS / tag / "baselines.json", rows)
     print(json.dumps(rows, indent=1), flush=True)
 
 
-def _latency(model: torch.nn.Module, x: torch.Tensor, lens: torch.Tensor) -> float:
-    return float(measure_latency(model, x, lens)["p50_ms"])
+def _latency(model: torch.nn.Module) -> float:
+    return float(measure_latency(model, LATENCY_SECONDS, LATENCY_THREADS)["latency_ms_p50"])
 
 
 def _masks(model: torch.nn.Module, x: torch.Tensor, lens: torch.Tensor, base: float) -> dict:
-    """50% L1 unstructured masks on every Linear/Conv/LSTM weight: zeros, same dense shapes."""
+    """50% global L1 unstructured masks on every weight matrix / kernel (LSTM weights included):
+    the zeros are there, every tensor keeps its dense shape."""
     import torch.nn.utils.prune as tprune
 
     masked = copy.deepcopy(model)
-    params = [(m, n) for m in masked.modules() for n, _ in m.named_parameters(recurse=False)
-              if n.startswith("weight") and _.dim() > 1]
+    params = [(m, n) for m in masked.modules() for n, p in m.named_parameters(recurse=False)
+              if n.startswith("weight") and p.dim() > 1]
     tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=0.5)
-    with_masks = _latency(masked, x, lens)
+    with_masks = _latency(masked)  # forward pre-hooks multiply weight_orig by the mask each call
     for m, n in params:
         tprune.remove(m, n)
-    zeros = sum(int((p == 0).sum()) for p in masked.parameters())
-    after_remove = _latency(masked, x, lens)
-    return {"amount": 0.5, "zeroed_weights": zeros, "latency_ms_with_masks": with_masks,
-            "latency_ms_after_remove": after_remove, "speedup": base / after_remove,
-            "macs": count_macs(masked, x, lens),
-            "note": "masks zero weights but keep every tensor's shape: no fewer MACs, no speed-up"}
+    return {"amount": 0.5, "params": sum(p.numel() for p in masked.parameters()),
+            "nonzero_params": count_nonzero_params(masked), "macs": count_macs(masked, x, lens),
+            "latency_ms_with_masks": with_masks, "latency_ms_after_remove": _latency(masked),
+            "speedup_with_masks": base / with_masks, "speedup_after_remove": base / _latency(masked),
+            "note": "masks zero weights but keep every tensor's shape: the same MACs, no speed-up"}
 
 
 def _torch_pruning(model: torch.nn.Module, x: torch.Tensor, lens: torch.Tensor, base: float) -> dict:
-    """Torch-Pruning's MetaPruner with magnitude importance at 50% channel sparsity."""
+    """Torch-Pruning's MetaPruner, L2 magnitude importance, 50% channel ratio, in two set-ups: every
+    layer but the output head, and only what follows the front end (subsampling convs and the
+    Conformer's input projection ignored as well, so that no flatten is involved)."""
     try:
         import torch_pruning as tp
     except ImportError:
         return {"available": False, "note": "pip install torch-pruning to compare"}
     out: dict = {"version": getattr(tp, "__version__", "?")}
-    pruned = copy.deepcopy(model)
+    front = ("subsample", "input_proj", "head")
+    setups = {"all_but_head": lambda n: n == "head", "after_front_end": lambda n: n.startswith(front)}
+    for setup, ignore in setups.items():
+        pruned = copy.deepcopy(model)
+        ignored = [m for n, m in pruned.named_modules() if n and ignore(n)]
+        out[setup] = _torch_pruning_once(tp, model, pruned, ignored, x, lens, base)
+    return out
+
+
+def _torch_pruning_once(tp, model, pruned, ignored, x, lens, base) -> dict:
+    before = {n: tuple(p.shape) for n, p in model.named_parameters()}
     try:
         pruner = tp.pruner.MetaPruner(pruned, example_inputs=(x, lens),
                                       importance=tp.importance.MagnitudeImportance(p=2),
-                                      pruning_ratio=0.5, ignored_layers=[pruned.head])
+                                      pruning_ratio=0.5, ignored_layers=ignored)
         pruner.step()
-        before = {n: p.shape for n, p in model.named_parameters()}
-        changed = sorted(n for n, p in pruned.named_parameters() if before.get(n) != p.shape)
-        unchanged_rnn = sorted(n for n, p in pruned.named_parameters()
-                               if "rnn" in n and before.get(n) == p.shape)
-        out.update({"ran": True, "changed_tensors": changed, "rnn_tensors_unchanged": unchanged_rnn,
-                    "macs": count_macs(pruned, x, lens)})
-        try:
-            out["latency_ms"] = _latency(pruned, x, lens)
-            out["speedup"] = base / out["latency_ms"]
-        except Exception as e:  # noqa: BLE001 - a broken pruned model is the finding
-            out["forward_error"] = f"{type(e).__name__}: {e}"
-    except Exception as e:  # noqa: BLE001 - report what the tool cannot do
-        out.update({"ran": False, "error": f"{type(e).__name__}: {e}",
-                    "trace_tail": traceback.format_exc().splitlines()[-3:]})
+    except Exception as e:  # noqa: BLE001 - what the tool cannot do is the finding
+        return {"ran": False, "error": f"{type(e).__name__}: {e}"[:500],
+                "trace_tail": traceback.format_exc().splitlines()[-3:]}
+    after = {n: tuple(p.shape) for n, p in pruned.named_parameters()}
+    changed = sorted(n for n in before if after.get(n) != before[n])
+    rnn = [n for n in before if ".fwd." in n or ".bwd." in n]
+    out = {"ran": True, "params": sum(p.numel() for p in pruned.parameters()),
+           "tensors_changed": len(changed), "tensors_changed_first": changed[:10],
+           "rnn_tensors": len(rnn), "rnn_tensors_changed": sum(n in changed for n in rnn)}
+    try:
+        out["macs"] = count_macs(pruned, x, lens)
+        out["latency_ms"] = _latency(pruned)
+        out["speedup"] = base / out["latency_ms"]
+    except Exception as e:  # noqa: BLE001 - a pruned model that no longer runs is the finding
+        out["forward_error"] = f"{type(e).__name__}: {e}"[:500]
     return out
 
 
 def table(args: argparse.Namespace) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tag = args.model.name
-    rows = [read_json(p) for p in sorted((RESULTS / tag).glob("*.json")) if p.name != "baselines.json"]
+    rows = [read_json(p) for p in sorted((RESULTS / tag).glob("*.json")) if p.name not in SPECIAL]
+    lat_path = RESULTS / tag / "latency.json"
+    clean = read_json(lat_path)["latency_ms_p50"] if lat_path.is_file() else {}
     ref = next((r for r in rows if r["point"] == "unpruned"), None)
-    lines = ["| point | criterion | MAC reduction | fine-tune | MACs kept | params kept | test WER greedy | "
-             "test WER +LM | latency p50 ms | speed-up |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["finetune_epochs"], r["distill"], r["criterion"], r["target_reduction"])):
+
+    def lat(r: dict) -> float:
+        return clean.get(r["point"], r["latency_ms_p50"])
+
+    lines = ["| point | criterion | fine-tune | MACs kept | params kept | test WER greedy | test WER +LM | "
+             "latency p50 ms | speed-up | speed-up / MAC reduction |", "|---|---|---|---|---|---|---|---|---|---|"]
+    order = sorted(rows, key=lambda r: (r["point"] != "unpruned", r["finetune_epochs"], r["distill"],
+                                        r["criterion"], r["target_reduction"]))
+    for r in order:
         tune = "none" if not r["finetune_epochs"] else f"{r['finetune_epochs']} ep {'KD' if r['distill'] else 'CTC'}"
-        speed = f"{ref['latency_ms_p50'] / r['latency_ms_p50']:.2f}x" if ref else "-"
+        speed = lat(ref) / lat(r) if ref else float("nan")
         lm = f"{r['test_wer_lm']:.2f}%" if "test_wer_lm" in r else "-"
-        lines.append(f"| {r['point']} | {r['criterion']} | {r['target_reduction']:.0%} | {tune} | "
-                     f"{r['macs_ratio']:.1%} | {r['params_ratio']:.1%} | {r['test_wer_greedy']:.2f}% | {lm} | "
-                     f"{r['latency_ms_p50']:.1f} | {speed} |")
+        lines.append(f"| {r['point']} | {r['criterion']} | {tune} | {r['macs_ratio']:.1%} | "
+                     f"{r['params_ratio']:.1%} | {r['test_wer_greedy']:.2f}% | {lm} | {lat(r):.1f} | "
+                     f"{speed:.2f}x | {speed * r['macs_ratio']:.2f} |")
     write_text_atomic(ROOT / "bench" / "results" / f"prune_{tag}.md", "\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (tuned, distill), style in {(0, False): "o--", (1, False): "s-", (1, True): "^-"}.items():
-        for crit in sorted({r["criterion"] for r in rows if r["criterion"] != "none"}):
-            pts = sorted((r["macs_ratio"], r["test_wer_greedy"]) for r in rows
+    _plot(tag, rows, ref, lat)
+    print("\n".join(lines))
+
+
+def _plot(tag: str, rows: list[dict], ref: dict | None, lat) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    ax, sp = fig.subplots(1, 2)
+    styles = {(0, False): "--", (1, False): ":", (1, True): "-"}
+    for crit in sorted({r["criterion"] for r in rows if r["criterion"] != "none"}):
+        for (tuned, distill), style in styles.items():
+            pts = sorted((r["macs_ratio"], r.get("test_wer_lm", r["test_wer_greedy"])) for r in rows
                          if r["criterion"] == crit and bool(r["finetune_epochs"]) == bool(tuned)
                          and r["distill"] == distill)
             if pts:
-                label = f"{crit} ({'no fine-tune' if not tuned else 'KD fine-tune' if distill else 'CTC fine-tune'})"
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+                how = "no fine-tune" if not tuned else "KD fine-tune" if distill else "CTC fine-tune"
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=f"{crit}, {how}")
     if ref:
-        ax.axhline(ref["test_wer_greedy"], color="k", linestyle=":", label="unpruned")
-    ax.set_xlabel("MACs kept (share of the unpruned model)")
-    ax.set_ylabel("test WER, greedy (%)")
-    ax.set_xlim(0, 1.05)
-    ax.set_ylim(0, None)
-    ax.legend(fontsize=7)
-    ax.set_title(f"Structured pruning of {tag}")
-    fig.tight_layout()
+        ax.axhline(ref.get("test_wer_lm", ref["test_wer_greedy"]), color="k", linestyle=":", label="unpruned")
+    ax.set(xlabel="MACs kept (share of the unpruned model)", ylabel="test WER, beam + trigram (%)",
+           title=f"{tag}: WER against MACs", xlim=(0, 1.05))
+    ax.set_yscale("log")
+    ax.legend(fontsize=6)
+    if ref:
+        pts = sorted((1.0 / r["macs_ratio"], lat(ref) / lat(r)) for r in rows)
+        sp.plot([p[0] for p in pts], [p[1] for p in pts], "o", label="measured (batch 1, 1 thread)")
+        top = max(p[0] for p in pts) * 1.05
+        sp.plot([1, top], [1, top], "k:", label="speed-up = MAC reduction")
+        sp.plot([1, top], [0.8, 0.8 * top], "r--", label="0.8 x MAC reduction (target)")
+        sp.set(xlabel="MAC reduction (unpruned / pruned)", ylabel="latency speed-up",
+               title="measured speed-up against MAC reduction")
+        sp.legend(fontsize=7)
     png = ROOT / "bench" / "results" / f"prune_{tag}.png"
     tmp = png.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
     tmp.replace(png)
-    print("\n".join(lines))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["grid", "reference", "baselines", "table"])
+    ap.add_argument("command", choices=["grid", "reference", "latency", "baselines", "table"])
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=Path("data/smarthome"))
     ap.add_argument("--out", type=Path, default=Path("exp/bench_prune"))
@@ -215,11 +288,16 @@ def main() -> None:
     ap.add_argument("--criteria", nargs="+", default=["magnitude", "taylor", "activation", "sensitivity", "random"])
     ap.add_argument("--reductions", nargs="+", type=float, default=[0.3, 0.5, 0.7])
     ap.add_argument("--finetune-epochs", type=int, default=0)
+    ap.add_argument("--finetune-override", action="append", default=[],
+                    help="fine-tuning recipe KEY=VALUE (repeatable; replaces the defaults)")
     ap.add_argument("--distill", action="store_true")
     ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--remove-layers", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of grid runs")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    {"grid": grid, "reference": reference, "baselines": baselines, "table": table}[args.command](args)
+    torch.set_num_threads(args.threads)
+    {"grid": grid, "reference": reference, "latency": latency, "baselines": baselines,
+     "table": table}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ def _distill(recipe: DistillRecipe, data_dir: Path, out_dir: Path, resume: bool,
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     console = Console(stderr=True, quiet=not (show_progress and info.is_main))
+    _no_time_warp_with_frame_targets(recipe, console)
     device = info.device if recipe.teacher.device == "auto" else torch.device(recipe.teacher.device)
     teacher = load_teacher(recipe.teacher.path, recipe.teacher.kind, device)
     if teacher.kind == "slimasr":
@@ -129,6 +130,18 @@ def _distill(recipe: DistillRecipe, data_dir: Path, out_dir: Path, resume: bool,
 
 # ---------------------------------------------------------------------------------------------
 # Setup
+
+
+def _no_time_warp_with_frame_targets(recipe: DistillRecipe, console: Console) -> None:
+    """Frame-level targets (KD posteriors, hidden states) are per frame of the unwarped input:
+    SpecAugment's time warp moves the student's frames by up to ``time_warp`` frames against
+    them (measured: a student cut from the teacher got worse from the epoch augmentation
+    started). Masks keep frames in place and stay on; the warp is switched off."""
+    loss, aug = recipe.loss, recipe.augment
+    if (loss.kd_weight > 0 or loss.hidden_weight > 0) and aug.spec_augment and aug.time_warp > 0:
+        console.print(f"time warp off (was {aug.time_warp} frames): frame-level distillation targets "
+                      "are aligned to the unwarped frames", markup=False, highlight=False)
+        aug.time_warp = 0
 
 
 def _adopt_frontend(recipe: DistillRecipe, teacher: Any) -> None:
