@@ -47,8 +47,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         *SCRATCH, "loss.ctc_weight=0.5", "loss.kd_weight=0.0", "loss.pseudo_weight=0.5"]),
     "init": ("initialised from the teacher (2 of 3 layers, half the units), CTC only", NO_KD),
     "init_kd": ("initialised from the teacher + CTC 0.5 + frame KD 0.5", []),
+    "init_kd_online": ("initialised from the teacher + CTC 0.5 + KD 0.5, teacher run online on the "
+                       "same (time-warped) features", ["teacher.cache=false"]),
     "init_kd_hidden": ("initialised from the teacher + CTC 0.5 + KD 0.5 + hidden 0.5", [
         "loss.hidden_weight=0.5"]),
+    # A deeper student at the size limit: all 3 layers, 152 units (~23% of the teacher's params).
+    "scratch3": ("3 x BiLSTM 152 from scratch: CTC only", [
+        *SCRATCH, *NO_KD, "model.config.rnn_hidden_sizes=[152,152,152]"]),
+    "init3_kd": ("3 x BiLSTM 152 cut from the teacher (all layers) + CTC 0.5 + KD 0.5", [
+        "student.layers=3", "student.width=0.475"]),
 }
 
 
@@ -102,22 +109,62 @@ def cache_speed(teacher: Path, data: Path, out: Path, epochs: int) -> dict:
     return row
 
 
+# The from-scratch student each variant is compared with (same shape); default "scratch".
+BASELINE = {"scratch": None, "scratch3": None, "init3_kd": "scratch3"}
+
+
+def relative(row: dict, rows: dict[str, dict], key: str) -> str:
+    base = rows.get(BASELINE.get(row["variant"], "scratch"))
+    if base is None or base is row:
+        return ""
+    return f" ({100 * (row[key] / base[key] - 1):+.0f}%)"
+
+
 def markdown(rows: list[dict], teacher: dict | None) -> str:
-    head = ["| model | params | MMACs/s | epochs | train min | test WER greedy | test WER +LM | "
-            "latency p50 ms | what |", "|---|---|---|---|---|---|---|---|---|"]
+    head = ["| model | params | MMACs/s | epochs | train min | test WER greedy (vs scratch) | "
+            "test WER +LM (vs scratch) | latency p50 ms | what |", "|---|---|---|---|---|---|---|---|---|"]
     if teacher:
         head.append(f"| teacher | {teacher['params'] / 1e6:.2f}M | {teacher['macs_per_second_audio'] / 1e6:.0f} | "
                     f"{teacher['epochs']} | {teacher['train_seconds'] / 60:.1f} | {teacher['test_wer_greedy']:.2f}% | "
                     f"{teacher['test_wer_lm']:.2f}% | {teacher['latency_ms_p50']:.1f} | the CRNN teacher |")
-    scratch = next((r for r in rows if r["variant"] == "scratch"), None)
+    by_name = {r["variant"]: r for r in rows}
     for r in rows:
-        rel = ""
-        if scratch and r is not scratch:
-            rel = f" ({100 * (r['test_wer_greedy'] / scratch['test_wer_greedy'] - 1):+.0f}% vs scratch)"
         head.append(f"| {r['variant']} | {r['params'] / 1e6:.2f}M | {r['macs_per_second_audio'] / 1e6:.0f} | "
-                    f"{r['epochs']} | {r['train_seconds'] / 60:.1f} | {r['test_wer_greedy']:.2f}%{rel} | "
-                    f"{r['test_wer_lm']:.2f}% | {r['latency_ms_p50']:.1f} | {r['what']} |")
+                    f"{r['epochs']} | {r['train_seconds'] / 60:.1f} | "
+                    f"{r['test_wer_greedy']:.2f}%{relative(r, by_name, 'test_wer_greedy')} | "
+                    f"{r['test_wer_lm']:.2f}%{relative(r, by_name, 'test_wer_lm')} | "
+                    f"{r['latency_ms_p50']:.1f} | {r['what']} |")
     return "\n".join(head) + "\n"
+
+
+def plot(rows: list[dict], teacher: dict | None, path: Path) -> None:
+    """Test WER of every variant (greedy and beam + trigram), the teacher as lines."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 0.45 * len(rows) + 1.5), layout="constrained")
+    ax = fig.subplots()
+    y = list(range(len(rows)))
+    ax.barh([i + 0.2 for i in y], [r["test_wer_greedy"] for r in rows], 0.4, label="greedy")
+    ax.barh([i - 0.2 for i in y], [r["test_wer_lm"] for r in rows], 0.4, label="beam + trigram")
+    if teacher:
+        ax.axvline(teacher["test_wer_greedy"], color="C0", linestyle=":", label="teacher, greedy")
+        ax.axvline(teacher["test_wer_lm"], color="C1", linestyle=":", label="teacher, + trigram")
+    ax.set_yticks(y, [f"{r['variant']} ({r['params'] / 1e6:.2f}M)" for r in rows])
+    ax.invert_yaxis()
+    ax.set(xlabel="test WER (%), voices never heard in training", title="Students: scratch against distilled")
+    ax.legend(fontsize=7)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+
+
+def write_table() -> None:
+    rows = [read_json(RESULTS / f"{n}.json") for n in VARIANTS if (RESULTS / f"{n}.json").is_file()]
+    teacher_json = ROOT / "bench" / "results" / "teacher_crnn.json"
+    teacher = read_json(teacher_json) if teacher_json.is_file() else None
+    write_text_atomic(ROOT / "bench" / "results" / "distill.md", markdown(rows, teacher))
+    if rows:
+        plot(rows, teacher, ROOT / "bench" / "results" / "distill.png")
 
 
 def main() -> None:
@@ -130,7 +177,11 @@ def main() -> None:
     ap.add_argument("--override", action="append", default=[], help="recipe KEY=VALUE for every variant")
     ap.add_argument("--cache-speed", type=int, default=0, metavar="EPOCHS",
                     help="instead: time frame KD with the teacher cache against the online teacher")
+    ap.add_argument("--table", action="store_true", help="only rewrite distill.md and distill.png")
     args = ap.parse_args()
+    if args.table:
+        write_table()
+        return
     if args.cache_speed:
         row = cache_speed(args.teacher, args.data, args.out, args.cache_speed)
         write_json_atomic(RESULTS / "cache_speed.json", row)
@@ -144,10 +195,7 @@ def main() -> None:
         row = run_variant(name, args.teacher, args.data, args.out, args.epochs, lm, args.override)
         write_json_atomic(RESULTS / f"{name}.json", row)
         print(json.dumps(row, indent=1), flush=True)
-    rows = [read_json(RESULTS / f"{n}.json") for n in VARIANTS if (RESULTS / f"{n}.json").is_file()]
-    teacher_json = ROOT / "bench" / "results" / "teacher_crnn.json"
-    teacher = read_json(teacher_json) if teacher_json.is_file() else None
-    write_text_atomic(ROOT / "bench" / "results" / "distill.md", markdown(rows, teacher))
+    write_table()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from slimasr.distill.teacher import (
     fill_cache,
     hf_batches,
     load_teacher,
+    teacher_kind,
 )
 from slimasr.errors import ConfigError, DataError
 from slimasr.io import atomic_dir
@@ -133,14 +134,16 @@ def _distill(recipe: DistillRecipe, data_dir: Path, out_dir: Path, resume: bool,
 
 
 def _no_time_warp_with_frame_targets(recipe: DistillRecipe, console: Console) -> None:
-    """Frame-level targets (KD posteriors, hidden states) are per frame of the unwarped input:
-    SpecAugment's time warp moves the student's frames by up to ``time_warp`` frames against
-    them (measured: a student cut from the teacher got worse from the epoch augmentation
-    started). Masks keep frames in place and stay on; the warp is switched off."""
+    """Cached teacher posteriors are per frame of the unwarped input: SpecAugment's time warp
+    moves the student's frames by up to ``time_warp`` frames against them (measured: a student
+    cut from the teacher got worse from the epoch augmentation started). Masks keep frames in
+    place and stay on; the warp is switched off. An online teacher (``teacher.cache: false``,
+    hidden-layer matching) reads the same warped features as the student and keeps it."""
     loss, aug = recipe.loss, recipe.augment
-    if (loss.kd_weight > 0 or loss.hidden_weight > 0) and aug.spec_augment and aug.time_warp > 0:
-        console.print(f"time warp off (was {aug.time_warp} frames): frame-level distillation targets "
-                      "are aligned to the unwarped frames", markup=False, highlight=False)
+    cached = recipe.teacher.cache or teacher_kind(recipe.teacher.path) == "hf"
+    if loss.kd_weight > 0 and cached and aug.spec_augment and aug.time_warp > 0:
+        console.print(f"time warp off (was {aug.time_warp} frames): cached teacher posteriors are "
+                      "aligned to the unwarped frames", markup=False, highlight=False)
         aug.time_warp = 0
 
 

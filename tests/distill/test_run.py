@@ -132,17 +132,19 @@ def test_online_teacher_at_another_frame_rate(teacher, tmp_path) -> None:
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("loss, warp", [({"kd_weight": 0.5}, 0), ({"hidden_weight": 0.5}, 0),
-                                        ({"pseudo_weight": 0.5}, 40), ({}, 40)])
-def test_time_warp_is_off_only_with_frame_level_targets(loss, warp) -> None:
-    """SpecAugment's time warp moves student frames against frame-level teacher targets."""
+@pytest.mark.parametrize("loss, cache, warp", [({"kd_weight": 0.5}, True, 0), ({"kd_weight": 0.5}, False, 40),
+                                               ({"hidden_weight": 0.5}, True, 40),
+                                               ({"pseudo_weight": 0.5}, True, 40), ({}, True, 40)])
+def test_time_warp_is_off_only_against_cached_posteriors(teacher, loss, cache, warp) -> None:
+    """SpecAugment's time warp moves student frames against the cached (unwarped) posteriors; an
+    online teacher reads the same warped features."""
     from rich.console import Console
 
     from slimasr.distill.config import load_distill_recipe
     from slimasr.distill.run import _no_time_warp_with_frame_targets
 
-    recipe = load_distill_recipe({"teacher": {"path": "t"}, "augment": {"time_warp": 40},
-                                  "loss": {"ctc_weight": 1.0, **loss}})
+    recipe = load_distill_recipe({"teacher": {"path": str(teacher[1]), "cache": cache},
+                                  "augment": {"time_warp": 40}, "loss": {"ctc_weight": 1.0, **loss}})
     _no_time_warp_with_frame_targets(recipe, Console(quiet=True))
     assert recipe.augment.time_warp == warp
     assert recipe.augment.num_time_masks > 0  # masks keep frames in place and stay on
