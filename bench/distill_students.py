@@ -47,6 +47,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         *SCRATCH, "loss.ctc_weight=0.5", "loss.kd_weight=0.0", "loss.pseudo_weight=0.5"]),
     "init": ("initialised from the teacher (2 of 3 layers, half the units), CTC only", NO_KD),
     "init_kd": ("initialised from the teacher + CTC 0.5 + frame KD 0.5", []),
+    "init_kd_t1": ("initialised from the teacher + CTC 0.5 + frame KD 0.5 at T=1", ["loss.temperature=1.0"]),
     "init_kd_online": ("initialised from the teacher + CTC 0.5 + KD 0.5, teacher run online on the "
                        "same (time-warped) features", ["teacher.cache=false"]),
     "init_kd_hidden": ("initialised from the teacher + CTC 0.5 + KD 0.5 + hidden 0.5", [
@@ -56,6 +57,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         *SCRATCH, *NO_KD, "model.config.rnn_hidden_sizes=[152,152,152]"]),
     "init3_kd": ("3 x BiLSTM 152 cut from the teacher (all layers) + CTC 0.5 + KD 0.5", [
         "student.layers=3", "student.width=0.475"]),
+    # The student is the teacher pruned (sensitivity, 77% of the params removed, no fine-tuning:
+    # `slimasr prune ... --criterion sensitivity --target-params 0.77 --finetune-epochs 0`),
+    # widths 80/160/224, ~22% of the teacher's params.
+    "pruned3_kd": ("the teacher pruned to 22% of its params (sensitivity; BiLSTM 80/160/224) + CTC 0.5 + KD 0.5", [
+        "student.init=path", "student.path=exp/bench_distill/pruned_student_init"]),
 }
 
 
@@ -110,7 +116,7 @@ def cache_speed(teacher: Path, data: Path, out: Path, epochs: int) -> dict:
 
 
 # The from-scratch student each variant is compared with (same shape); default "scratch".
-BASELINE = {"scratch": None, "scratch3": None, "init3_kd": "scratch3"}
+BASELINE = {"scratch": None, "scratch3": None, "init3_kd": "scratch3", "pruned3_kd": "scratch3"}
 
 
 def relative(row: dict, rows: dict[str, dict], key: str) -> str:
