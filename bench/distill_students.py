@@ -178,7 +178,7 @@ def main() -> None:
     ap.add_argument("--teacher", type=Path, required=True)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=Path("exp/bench_distill"))
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--override", action="append", default=[], help="recipe KEY=VALUE for every variant")
     ap.add_argument("--cache-speed", type=int, default=0, metavar="EPOCHS",

@@ -138,15 +138,31 @@ def latency(args: argparse.Namespace) -> None:
 
 def baselines(args: argparse.Namespace) -> None:
     """Torch-Pruning and torch.nn.utils.prune on the same model and target (half of the weights /
-    channels), next to our own structured pruning, timed in this process."""
+    channels), next to our own structured pruning. Every model that runs is timed round-robin with
+    the unpruned one in this process (median of LATENCY_ROUNDS rounds), as in ``latency``."""
     tag = args.model.name
     torch.set_num_threads(LATENCY_THREADS)
     model = load_model(args.model).eval()
     x, lens = example_input(model, LATENCY_SECONDS)
-    base = _latency(model)
-    rows = {"model": tag, "unpruned_latency_ms": base, "unpruned_macs": count_macs(model, x, lens),
-            "torch_nn_utils_prune": _masks(model, x, lens, base),
-            "torch_pruning": _torch_pruning(model, x, lens, base)}
+    timed: dict[str, torch.nn.Module] = {"unpruned": model}
+    rows = {"model": tag, "unpruned_macs": count_macs(model, x, lens),
+            "torch_nn_utils_prune": _masks(model, x, lens, timed),
+            "torch_pruning": _torch_pruning(model, x, lens, timed)}
+    p50s: dict[str, list[float]] = {name: [] for name in timed}
+    for _ in range(LATENCY_ROUNDS):
+        for name, m in timed.items():
+            p50s[name].append(_latency(m))
+    med = {name: statistics.median(v) for name, v in p50s.items()}
+    rows["unpruned_latency_ms"] = med["unpruned"]
+    masks = rows["torch_nn_utils_prune"]
+    for key in ("with_masks", "after_remove"):
+        masks[f"latency_ms_{key}"] = med[f"masks_{key}"]
+        masks[f"speedup_{key}"] = med["unpruned"] / med[f"masks_{key}"]
+    for setup, r in rows["torch_pruning"].items():
+        if isinstance(r, dict) and f"tp_{setup}" in med:
+            r["latency_ms"] = med[f"tp_{setup}"]
+            r["speedup"] = med["unpruned"] / med[f"tp_{setup}"]
+    rows["latency_rounds"] = LATENCY_ROUNDS
     write_json_atomic(RESULTS / tag / "baselines.json", rows)
     print(json.dumps(rows, indent=1), flush=True)
 
@@ -155,26 +171,31 @@ def _latency(model: torch.nn.Module) -> float:
     return float(measure_latency(model, LATENCY_SECONDS, LATENCY_THREADS)["latency_ms_p50"])
 
 
-def _masks(model: torch.nn.Module, x: torch.Tensor, lens: torch.Tensor, base: float) -> dict:
+def _masks(model: torch.nn.Module, x: torch.Tensor, lens: torch.Tensor, timed: dict) -> dict:
     """50% global L1 unstructured masks on every weight matrix / kernel (LSTM weights included):
-    the zeros are there, every tensor keeps its dense shape."""
+    the zeros are there, every tensor keeps its dense shape. Adds the model with its masks (forward
+    pre-hooks multiply weight_orig by the mask on every call) and the one after ``prune.remove``
+    (plain dense tensors with zeros in them) to ``timed``."""
     import torch.nn.utils.prune as tprune
 
-    masked = copy.deepcopy(model)
-    params = [(m, n) for m in masked.modules() for n, p in m.named_parameters(recurse=False)
-              if n.startswith("weight") and p.dim() > 1]
-    tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=0.5)
-    with_masks = _latency(masked)  # forward pre-hooks multiply weight_orig by the mask each call
+    def masked_copy() -> tuple[torch.nn.Module, list]:
+        m_ = copy.deepcopy(model)
+        params = [(m, n) for m in m_.modules() for n, p in m.named_parameters(recurse=False)
+                  if n.startswith("weight") and p.dim() > 1]
+        tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=0.5)
+        return m_, params
+
+    timed["masks_with_masks"], _ = masked_copy()
+    removed, params = masked_copy()  # the same deterministic masks, then made permanent
     for m, n in params:
         tprune.remove(m, n)
-    return {"amount": 0.5, "params": sum(p.numel() for p in masked.parameters()),
-            "nonzero_params": count_nonzero_params(masked), "macs": count_macs(masked, x, lens),
-            "latency_ms_with_masks": with_masks, "latency_ms_after_remove": _latency(masked),
-            "speedup_with_masks": base / with_masks, "speedup_after_remove": base / _latency(masked),
+    timed["masks_after_remove"] = removed
+    return {"amount": 0.5, "params": sum(p.numel() for p in removed.parameters()),
+            "nonzero_params": count_nonzero_params(removed), "macs": count_macs(removed, x, lens),
             "note": "masks zero weights but keep every tensor's shape: the same MACs, no speed-up"}
 
 
-def _torch_pruning(model: torch.nn.Module, x: torch.Tensor, lens: torch.Tensor, base: float) -> dict:
+def _torch_pruning(model: torch.nn.Module, x: torch.Tensor, lens: torch.Tensor, timed: dict) -> dict:
     """Torch-Pruning's MetaPruner, L2 magnitude importance, 50% channel ratio, in two set-ups: every
     layer but the output head, and only what follows the front end (subsampling convs and the
     Conformer's input projection ignored as well, so that no flatten is involved)."""
@@ -188,11 +209,13 @@ def _torch_pruning(model: torch.nn.Module, x: torch.Tensor, lens: torch.Tensor, 
     for setup, ignore in setups.items():
         pruned = copy.deepcopy(model)
         ignored = [m for n, m in pruned.named_modules() if n and ignore(n)]
-        out[setup] = _torch_pruning_once(tp, model, pruned, ignored, x, lens, base)
+        out[setup] = _torch_pruning_once(tp, model, pruned, ignored, x, lens)
+        if out[setup].get("runs"):
+            timed[f"tp_{setup}"] = pruned
     return out
 
 
-def _torch_pruning_once(tp, model, pruned, ignored, x, lens, base) -> dict:
+def _torch_pruning_once(tp, model, pruned, ignored, x, lens) -> dict:
     before = {n: tuple(p.shape) for n, p in model.named_parameters()}
     try:
         pruner = tp.pruner.MetaPruner(pruned, example_inputs=(x, lens),
@@ -210,11 +233,40 @@ def _torch_pruning_once(tp, model, pruned, ignored, x, lens, base) -> dict:
            "rnn_tensors": len(rnn), "rnn_tensors_changed": sum(n in changed for n in rnn)}
     try:
         out["macs"] = count_macs(pruned, x, lens)
-        out["latency_ms"] = _latency(pruned)
-        out["speedup"] = base / out["latency_ms"]
+        with torch.inference_mode():
+            pruned.eval()(x, lens)
+        out["runs"] = True
     except Exception as e:  # noqa: BLE001 - a pruned model that no longer runs is the finding
         out["forward_error"] = f"{type(e).__name__}: {e}"[:500]
     return out
+
+
+def _baseline_lines(base: dict) -> list[str]:
+    """The other tools on the same model, as a markdown table."""
+    lines = ["| tool | set-up | ran | params | MACs | latency p50 ms | speed-up | what happened |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| (unpruned) | - | - | - | {base['unpruned_macs'] / 1e6:.0f}M | {base['unpruned_latency_ms']:.1f} | 1.00x | |"]
+    m = base.get("torch_nn_utils_prune")
+    if m:
+        lines.append(f"| torch.nn.utils.prune | global L1, {m['amount']:.0%} of weights | yes | "
+                     f"{m['nonzero_params'] / 1e6:.2f}M non-zero of {m['params'] / 1e6:.2f}M | {m['macs'] / 1e6:.0f}M | "
+                     f"{m['latency_ms_with_masks']:.1f} | {m['speedup_with_masks']:.2f}x | {m['note']} |")
+        lines.append(f"| torch.nn.utils.prune | the same, after `prune.remove` | yes | "
+                     f"{m['nonzero_params'] / 1e6:.2f}M non-zero of {m['params'] / 1e6:.2f}M | {m['macs'] / 1e6:.0f}M | "
+                     f"{m['latency_ms_after_remove']:.1f} | {m['speedup_after_remove']:.2f}x | dense tensors with zeros in them |")
+    tp_ = base.get("torch_pruning", {})
+    for setup in ("all_but_head", "after_front_end"):
+        r = tp_.get(setup)
+        if not r:
+            continue
+        what = r.get("error") or r.get("forward_error") or f"{r['tensors_changed']} tensors changed"
+        ok = r.get("ran") and "forward_error" not in r
+        lines.append(f"| Torch-Pruning {tp_.get('version', '?')} | 50% channels, {setup.replace('_', ' ')} | "
+                     f"{'yes' if ok else 'no'} | {r['params'] / 1e6:.2f}M | " if r.get("ran") else
+                     f"| Torch-Pruning {tp_.get('version', '?')} | 50% channels, {setup.replace('_', ' ')} | no | - | ")
+        lines[-1] += (f"{r['macs'] / 1e6:.0f}M | {r['latency_ms']:.1f} | {r['speedup']:.2f}x | {what} |" if ok
+                      else f"- | - | - | {what.replace('|', '/')} |")
+    return lines
 
 
 def table(args: argparse.Namespace) -> None:
@@ -238,39 +290,54 @@ def table(args: argparse.Namespace) -> None:
         lines.append(f"| {r['point']} | {r['criterion']} | {tune} | {r['macs_ratio']:.1%} | "
                      f"{r['params_ratio']:.1%} | {r['test_wer_greedy']:.2f}% | {lm} | {lat(r):.1f} | "
                      f"{speed:.2f}x | {speed * r['macs_ratio']:.2f} |")
+    base_path = RESULTS / tag / "baselines.json"
+    base = read_json(base_path) if base_path.is_file() else None
+    if base:
+        lines += ["", *_baseline_lines(base)]
     write_text_atomic(ROOT / "bench" / "results" / f"prune_{tag}.md", "\n".join(lines) + "\n")
-    _plot(tag, rows, ref, lat)
+    _plot(tag, rows, ref, lat, base)
     print("\n".join(lines))
 
 
-def _plot(tag: str, rows: list[dict], ref: dict | None, lat) -> None:
+def _plot(tag: str, rows: list[dict], ref: dict | None, lat, base: dict | None) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     ax, sp = fig.subplots(1, 2)
-    styles = {(0, False): "--", (1, False): ":", (1, True): "-"}
-    for crit in sorted({r["criterion"] for r in rows if r["criterion"] != "none"}):
-        for (tuned, distill), style in styles.items():
+    crits = sorted({r["criterion"] for r in rows if r["criterion"] != "none"})
+    color = {c: f"C{i}" for i, c in enumerate(crits)}  # one colour per criterion
+    kinds = sorted({(r["finetune_epochs"], r["distill"], r.get("steps", 1)) for r in rows if r["point"] != "unpruned"})
+    for ep, distill, steps in kinds:
+        how = "no fine-tune" if not ep else f"{ep} ep {'KD' if distill else 'CTC'}" + (f", {steps} steps" if steps > 1 else "")
+        style = "--" if not ep else "-" if distill else ":"
+        for crit in crits:
             pts = sorted((r["macs_ratio"], r.get("test_wer_lm", r["test_wer_greedy"])) for r in rows
-                         if r["criterion"] == crit and bool(r["finetune_epochs"]) == bool(tuned)
-                         and r["distill"] == distill)
-            if pts:
-                how = "no fine-tune" if not tuned else "KD fine-tune" if distill else "CTC fine-tune"
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=f"{crit}, {how}")
+                         if r["criterion"] == crit and r["finetune_epochs"] == ep and r["distill"] == distill
+                         and r.get("steps", 1) == steps and r["point"] != "unpruned")
+            if len(pts) > 1:  # a grid series: a line
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=color[crit],
+                        label=f"{crit}, {how}")
+            elif pts:  # a single extra point: a star
+                ax.plot(*pts[0], "*", markersize=11, color=color[crit], markeredgecolor="k",
+                        label=f"{crit}, {how}")
     if ref:
         ax.axhline(ref.get("test_wer_lm", ref["test_wer_greedy"]), color="k", linestyle=":", label="unpruned")
     ax.set(xlabel="MACs kept (share of the unpruned model)", ylabel="test WER, beam + trigram (%)",
-           title=f"{tag}: WER against MACs", xlim=(0, 1.05))
+           title=f"{tag}: WER against MACs (dashed: no fine-tuning, solid: KD fine-tuning)", xlim=(0, 1.05))
     ax.set_yscale("log")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, ncol=2)
     if ref:
         pts = sorted((1.0 / r["macs_ratio"], lat(ref) / lat(r)) for r in rows)
-        sp.plot([p[0] for p in pts], [p[1] for p in pts], "o", label="measured (batch 1, 1 thread)")
+        sp.plot([p[0] for p in pts], [p[1] for p in pts], "o", label="slimasr structured pruning (measured)")
         top = max(p[0] for p in pts) * 1.05
         sp.plot([1, top], [1, top], "k:", label="speed-up = MAC reduction")
         sp.plot([1, top], [0.8, 0.8 * top], "r--", label="0.8 x MAC reduction (target)")
+        masks = (base or {}).get("torch_nn_utils_prune")
+        if masks:  # the weights it zeroes, as if they were MACs saved, against its measured speed-up
+            sp.plot(masks["params"] / masks["nonzero_params"], masks["speedup_with_masks"], "s", color="C3",
+                    markersize=8, label=f"torch.nn.utils.prune, {masks['amount']:.0%} zeros (x: weight reduction)")
         sp.set(xlabel="MAC reduction (unpruned / pruned)", ylabel="latency speed-up",
-               title="measured speed-up against MAC reduction")
+               title="measured batch-1 speed-up against MAC reduction")
         sp.legend(fontsize=7)
     png = ROOT / "bench" / "results" / f"prune_{tag}.png"
     tmp = png.with_suffix(".tmp.png")
