@@ -55,11 +55,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # A deeper student at the size limit: all 3 layers, 152 units (~23% of the teacher's params).
     "scratch3": ("3 x BiLSTM 152 from scratch: CTC only", [
         *SCRATCH, *NO_KD, "model.config.rnn_hidden_sizes=[152,152,152]"]),
+    "init3": ("3 x BiLSTM 152 cut from the teacher (all layers), CTC only", [
+        "student.layers=3", "student.width=0.475", *NO_KD]),
     "init3_kd": ("3 x BiLSTM 152 cut from the teacher (all layers) + CTC 0.5 + KD 0.5", [
         "student.layers=3", "student.width=0.475"]),
     # The student is the teacher pruned (sensitivity, 77% of the params removed, no fine-tuning:
     # `slimasr prune ... --criterion sensitivity --target-params 0.77 --finetune-epochs 0`),
     # widths 80/160/224, ~22% of the teacher's params.
+    "pruned3": ("the teacher pruned to 22% of its params (sensitivity; BiLSTM 80/160/224), CTC only", [
+        "student.init=path", "student.path=exp/bench_distill/pruned_student_init", *NO_KD]),
     "pruned3_kd": ("the teacher pruned to 22% of its params (sensitivity; BiLSTM 80/160/224) + CTC 0.5 + KD 0.5", [
         "student.init=path", "student.path=exp/bench_distill/pruned_student_init"]),
 }
@@ -116,7 +120,7 @@ def cache_speed(teacher: Path, data: Path, out: Path, epochs: int) -> dict:
 
 
 # The from-scratch student each variant is compared with (same shape); default "scratch".
-BASELINE = {"scratch": None, "scratch3": None, "init3_kd": "scratch3", "pruned3_kd": "scratch3"}
+BASELINE = {"scratch": None, "scratch3": None, "init3": "scratch3", "init3_kd": "scratch3", "pruned3": "scratch3", "pruned3_kd": "scratch3"}
 
 
 def relative(row: dict, rows: dict[str, dict], key: str) -> str:

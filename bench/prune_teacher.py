@@ -243,7 +243,7 @@ def _torch_pruning_once(tp, model, pruned, ignored, x, lens) -> dict:
 
 def _baseline_lines(base: dict) -> list[str]:
     """The other tools on the same model, as a markdown table."""
-    lines = ["| tool | set-up | ran | params | MACs | latency p50 ms | speed-up | what happened |",
+    lines = ["| tool | set-up | pruned model runs | params | MACs | latency p50 ms | speed-up | what happened |",
              "|---|---|---|---|---|---|---|---|",
              f"| (unpruned) | - | - | - | {base['unpruned_macs'] / 1e6:.0f}M | {base['unpruned_latency_ms']:.1f} | 1.00x | |"]
     m = base.get("torch_nn_utils_prune")
