@@ -306,14 +306,17 @@ def _plot(tag: str, rows: list[dict], ref: dict | None, lat, base: dict | None) 
     ax, sp = fig.subplots(1, 2)
     crits = sorted({r["criterion"] for r in rows if r["criterion"] != "none"})
     color = {c: f"C{i}" for i, c in enumerate(crits)}  # one colour per criterion
-    kinds = sorted({(r["finetune_epochs"], r["distill"], r.get("steps", 1)) for r in rows if r["point"] != "unpruned"})
-    for ep, distill, steps in kinds:
-        how = "no fine-tune" if not ep else f"{ep} ep {'KD' if distill else 'CTC'}" + (f", {steps} steps" if steps > 1 else "")
+    kinds = sorted({(r["finetune_epochs"], r["distill"], r.get("steps", 1), r.get("remove_layers", 0))
+                    for r in rows if r["point"] != "unpruned"})
+    for ep, distill, steps, drop in kinds:
+        how = ("no fine-tune" if not ep else f"{ep} ep {'KD' if distill else 'CTC'}"
+               ) + (f", {steps} steps" if steps > 1 else "") + (f", {drop} layers removed" if drop else "")
         style = "--" if not ep else "-" if distill else ":"
         for crit in crits:
             pts = sorted((r["macs_ratio"], r.get("test_wer_lm", r["test_wer_greedy"])) for r in rows
                          if r["criterion"] == crit and r["finetune_epochs"] == ep and r["distill"] == distill
-                         and r.get("steps", 1) == steps and r["point"] != "unpruned")
+                         and r.get("steps", 1) == steps and r.get("remove_layers", 0) == drop
+                         and r["point"] != "unpruned")
             if len(pts) > 1:  # a grid series: a line
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=color[crit],
                         label=f"{crit}, {how}")
