@@ -120,7 +120,8 @@ def cache_speed(teacher: Path, data: Path, out: Path, epochs: int) -> dict:
 
 
 # The from-scratch student each variant is compared with (same shape); default "scratch".
-BASELINE = {"scratch": None, "scratch3": None, "init3": "scratch3", "init3_kd": "scratch3", "pruned3": "scratch3", "pruned3_kd": "scratch3"}
+BASELINE = {"scratch": None, "scratch3": None,
+            **{v: "scratch3" for v in ("init3", "init3_kd", "pruned3", "pruned3_kd")}}
 
 
 def relative(row: dict, rows: dict[str, dict], key: str) -> str:

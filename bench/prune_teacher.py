@@ -123,12 +123,7 @@ def latency(args: argparse.Namespace) -> None:
     for p in sorted((RESULTS / tag).glob("*.json")):
         if p.name not in SPECIAL and p.stem != "unpruned" and (args.out / tag / p.stem).is_dir():
             dirs[p.stem] = args.out / tag / p.stem
-    models = {name: load_model(d).eval() for name, d in dirs.items()}
-    p50s: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(LATENCY_ROUNDS):
-        for name, model in models.items():
-            p50s[name].append(measure_latency(model, LATENCY_SECONDS, LATENCY_THREADS)["latency_ms_p50"])
-    med = {name: statistics.median(v) for name, v in p50s.items()}
+    med = _round_robin({name: load_model(d).eval() for name, d in dirs.items()})
     out = {"seconds": LATENCY_SECONDS, "threads": LATENCY_THREADS, "rounds": LATENCY_ROUNDS,
            "latency_ms_p50": med, "speedup": {n: med["unpruned"] / v for n, v in med.items()},
            "machine": f"{platform.processor() or platform.machine()}"}
@@ -148,11 +143,7 @@ def baselines(args: argparse.Namespace) -> None:
     rows = {"model": tag, "unpruned_macs": count_macs(model, x, lens),
             "torch_nn_utils_prune": _masks(model, x, lens, timed),
             "torch_pruning": _torch_pruning(model, x, lens, timed)}
-    p50s: dict[str, list[float]] = {name: [] for name in timed}
-    for _ in range(LATENCY_ROUNDS):
-        for name, m in timed.items():
-            p50s[name].append(_latency(m))
-    med = {name: statistics.median(v) for name, v in p50s.items()}
+    med = _round_robin(timed)
     rows["unpruned_latency_ms"] = med["unpruned"]
     masks = rows["torch_nn_utils_prune"]
     for key in ("with_masks", "after_remove"):
@@ -167,8 +158,14 @@ def baselines(args: argparse.Namespace) -> None:
     print(json.dumps(rows, indent=1), flush=True)
 
 
-def _latency(model: torch.nn.Module) -> float:
-    return float(measure_latency(model, LATENCY_SECONDS, LATENCY_THREADS)["latency_ms_p50"])
+def _round_robin(models: dict[str, torch.nn.Module]) -> dict[str, float]:
+    """Median over LATENCY_ROUNDS rounds of each model's batch-1 p50, the models timed in turn
+    within every round, so that all of them see the same machine conditions."""
+    p50s: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(LATENCY_ROUNDS):
+        for name, model in models.items():
+            p50s[name].append(measure_latency(model, LATENCY_SECONDS, LATENCY_THREADS)["latency_ms_p50"])
+    return {name: statistics.median(v) for name, v in p50s.items()}
 
 
 def _masks(model: torch.nn.Module, x: torch.Tensor, lens: torch.Tensor, timed: dict) -> dict:
@@ -232,9 +229,7 @@ def _torch_pruning_once(tp, model, pruned, ignored, x, lens) -> dict:
            "tensors_changed": len(changed), "tensors_changed_first": changed[:10],
            "rnn_tensors": len(rnn), "rnn_tensors_changed": sum(n in changed for n in rnn)}
     try:
-        out["macs"] = count_macs(pruned, x, lens)
-        with torch.inference_mode():
-            pruned.eval()(x, lens)
+        out["macs"] = count_macs(pruned, x, lens)  # a forward pass: the pruned model runs
         out["runs"] = True
     except Exception as e:  # noqa: BLE001 - a pruned model that no longer runs is the finding
         out["forward_error"] = f"{type(e).__name__}: {e}"[:500]
@@ -259,13 +254,12 @@ def _baseline_lines(base: dict) -> list[str]:
         r = tp_.get(setup)
         if not r:
             continue
-        what = r.get("error") or r.get("forward_error") or f"{r['tensors_changed']} tensors changed"
-        ok = r.get("ran") and "forward_error" not in r
+        what = (r.get("error") or r.get("forward_error") or f"{r['tensors_changed']} tensors changed").replace("|", "/")
+        params = f"{r['params'] / 1e6:.2f}M" if r.get("ran") else "-"
+        cost = (f"{r['macs'] / 1e6:.0f}M | {r['latency_ms']:.1f} | {r['speedup']:.2f}x" if r.get("runs")
+                else "- | - | -")
         lines.append(f"| Torch-Pruning {tp_.get('version', '?')} | 50% channels, {setup.replace('_', ' ')} | "
-                     f"{'yes' if ok else 'no'} | {r['params'] / 1e6:.2f}M | " if r.get("ran") else
-                     f"| Torch-Pruning {tp_.get('version', '?')} | 50% channels, {setup.replace('_', ' ')} | no | - | ")
-        lines[-1] += (f"{r['macs'] / 1e6:.0f}M | {r['latency_ms']:.1f} | {r['speedup']:.2f}x | {what} |" if ok
-                      else f"- | - | - | {what.replace('|', '/')} |")
+                     f"{'yes' if r.get('runs') else 'no'} | {params} | {cost} | {what} |")
     return lines
 
 
