@@ -37,6 +37,10 @@ TINY = {
                                                  num_blocks=2, num_heads=[2, 1], head_dim=4,
                                                  ffn_dim=[12, 6, 0, 9], conv_channels=[8, 0],
                                                  conv_kernel=3)),
+    "conformer_layer_scale_zero_bias": ("conformer", dict(
+        num_features=FEATS, subsampling_channels=[3, 4], d_model=8, num_blocks=2, num_heads=2,
+        head_dim=4, ffn_dim=12, conv_channels=8, conv_kernel=5, max_relative_position=3,
+        position_bias_init="zero", attention_layer_scale=0.1)),
 }
 
 
@@ -182,3 +186,33 @@ def test_forward_hidden_returns_every_layer_at_the_output_rate(key):
                 or range(cfg.num_blocks))
     assert len(hidden) == depth + 1  # front end + every layer/block
     assert all(h.shape[:2] == log_probs.shape[:2] for h in hidden)
+
+
+def test_conformer_local_position_bias_starts_near_each_frame():
+    """"local": head h starts at -slope_h * |offset|, slopes 2^-1 ... 2^-8 (ALiBi); "zero": flat."""
+    cfg = dict(TINY["conformer_x4"][1], num_heads=4, max_relative_position=5)
+    bias = build_model("conformer", dict(cfg, position_bias_init="local"), vocab_size=VOCAB) \
+        .blocks[0].attn.rel_bias.detach()
+    offsets = torch.arange(-5, 6).abs().float()
+    torch.testing.assert_close(bias[0], -0.5 * offsets)
+    torch.testing.assert_close(bias[-1], -(2.0 ** -8) * offsets)
+    assert (bias[:, 5] == 0).all() and (bias.diff(dim=0)[:, 0] > 0).all()  # later heads see farther
+    flat = build_model("conformer", dict(cfg, position_bias_init="zero"), vocab_size=VOCAB)
+    assert not flat.blocks[1].attn.rel_bias.any()
+
+
+def test_conformer_attention_layer_scale_is_a_learned_per_channel_factor():
+    name, cfg = TINY["conformer_layer_scale_zero_bias"]
+    model = build_model(name, cfg, vocab_size=VOCAB).eval()
+    scale = model.blocks[0].attn.layer_scale
+    assert scale.requires_grad and scale.shape == (8,) and torch.all(scale == 0.1)
+    x = torch.randn(2, 23, FEATS)
+    h = model.blocks[0].attn.norm(x[..., :1].expand(2, 23, 8).contiguous())
+    mask = torch.ones(2, 23, dtype=torch.bool)
+    with torch.no_grad():
+        scaled = model.blocks[0].attn(h, mask)
+        scale.fill_(1.0)
+        plain = model.blocks[0].attn(h, mask)
+    torch.testing.assert_close(scaled, 0.1 * plain)
+    assert build_model(name, dict(cfg, attention_layer_scale=None), vocab_size=VOCAB) \
+        .blocks[0].attn.layer_scale is None

@@ -164,6 +164,25 @@ def test_conformer_units_with_zero_outgoing_weights_prune_exactly():
         ([2, 2], [12, 6, 3, 8], [8, 4])
 
 
+def test_conformer_with_attention_layer_scale_prunes_heads_exactly():
+    """The per-channel attention LayerScale (d_model wide) is not sliced by head pruning; a block
+    whose heads all go loses it with the attention module."""
+    model = make("conformer", dict(CONF, attention_layer_scale=0.3))
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.layer_scale.uniform_(0.1, 2.0)
+    zero_(model, "blocks.1.attn.out_proj.weight", (slice(None), list(range(2 * DH, 3 * DH))))  # head 2
+    for p in ("weight", "bias"):
+        zero_(model, "blocks.0.attn.out_proj." + p, slice(None))
+    small = prune_model(model, {"blocks.0.attn": [], "blocks.1.attn": [0, 1]})
+    assert_same_outputs(model, small)
+    head = 3 * DH * (D + 1) + DH * D + REL
+    whole = 2 * head + D + 2 * D + D  # 2 heads, out_proj bias, its LayerNorm, its LayerScale
+    assert n_params(model) - n_params(small) == head + whole
+    assert "blocks.0.attn.layer_scale" not in small.state_dict()
+    torch.testing.assert_close(small.blocks[1].attn.layer_scale, model.blocks[1].attn.layer_scale)
+
+
 def test_glu_value_and_gate_rows_go_together():
     """Only GLU value row 2 is zero (its gate is not): channel 2 outputs 0 = 0 * sigmoid(gate),
     so removing value 2 with gate 2 is exact, and any other gate pairing changes the outputs."""
