@@ -73,7 +73,7 @@ class ConformerConfig:
     position_bias_init: Literal["local", "zero"] = "local"
     # learned per-channel scale on the attention branch (LayerScale, Touvron et al. 2021), started
     # at this value; null = plain residual. A small start lets the convolution and FFN path learn
-    # the acoustics first (measured on the 1.5 h corpus: see docs/training.md)
+    # the acoustics first (measured on the 1.5 h corpus: docs/training-notes.md)
     attention_layer_scale: float | None = None
     ffn_residual_scale: float = 0.5  # macaron half-step: x + scale * FFN(x)
     dropout: float = 0.1  # dropout on every residual branch and after the input projection
@@ -169,10 +169,9 @@ def _initial_bias(heads: int, max_rel: int, kind: str) -> Tensor:
     """(H, 2 * max_rel + 1) starting relative bias. "local": head h gets -slope_h * |offset|, slopes
     geometric from 2^-1 to 2^-8 over the heads (Press et al. 2022, ALiBi), so each head starts with
     its own attention span; "zero": all offsets equal."""
-    if kind == "zero" or heads == 0:
+    if kind == "zero":
         return torch.zeros(heads, 2 * max_rel + 1)
-    exponents = torch.linspace(1.0, 8.0, heads) if heads > 1 else torch.ones(1)
-    slopes = 2.0 ** -exponents  # (H,)
+    slopes = 2.0 ** -torch.linspace(1.0, 8.0, heads)  # (H,); one head: 2^-1
     offsets = torch.arange(-max_rel, max_rel + 1).abs().float()  # (2R+1,)
     return -slopes[:, None] * offsets[None, :]
 
