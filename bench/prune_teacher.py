@@ -7,6 +7,8 @@ two tools people use today side by side (Torch-Pruning, torch.nn.utils.prune).
     python bench/prune_teacher.py grid --model $M --criteria magnitude taylor activation sensitivity random \
         --reductions 0.3 0.5 0.7 --finetune-epochs 0
     python bench/prune_teacher.py grid --model $M --criteria taylor --reductions 0.5 --finetune-epochs 4 --distill
+    python bench/prune_teacher.py grid --model $M --criteria taylor --reductions 0.5 --finetune-epochs 4 --distill \
+        --target-latency 0.375                          # half the MACs and 1.6x faster (latency table)
     python bench/prune_teacher.py latency --model $M     # all points again, one quiet process
     python bench/prune_teacher.py baselines --model $M
     python bench/prune_teacher.py table --model $M
@@ -63,10 +65,11 @@ def evaluate(model_dir: Path, data: Path, lm: Path | None) -> dict:
 
 
 def point_name(criterion: str, reduction: float, epochs: int, distill: bool, steps: int,
-               remove_layers: int = 0) -> str:
+               remove_layers: int = 0, latency: float | None = None) -> str:
     tune = "none" if epochs == 0 else f"{'kd' if distill else 'ctc'}{epochs}"
     return (f"{criterion}_{int(round(reduction * 100))}_{tune}" + (f"_steps{steps}" if steps > 1 else "")
-            + (f"_drop{remove_layers}" if remove_layers else ""))
+            + (f"_drop{remove_layers}" if remove_layers else "")
+            + (f"_lat{int(round(latency * 1000))}" if latency else ""))
 
 
 def grid(args: argparse.Namespace) -> None:
@@ -74,12 +77,13 @@ def grid(args: argparse.Namespace) -> None:
     for criterion in args.criteria:
         for reduction in args.reductions:
             name = point_name(criterion, reduction, args.finetune_epochs, args.distill, args.steps,
-                              args.remove_layers)
+                              args.remove_layers, args.target_latency)
             path = RESULTS / tag / f"{name}.json"
             if path.is_file():
                 continue
             cfg = from_dict(PruneConfig, {
-                "criterion": criterion, "target": {"kind": "macs", "fraction": reduction},
+                "criterion": criterion, "target": {"kind": "macs", "fraction": reduction, **(
+                    {"latency_fraction": args.target_latency} if args.target_latency else {})},
                 "steps": args.steps, "finetune_epochs": args.finetune_epochs, "distill": args.distill,
                 "num_threads": args.threads, "remove_layers": args.remove_layers,
                 **({"finetune_overrides": args.finetune_override} if args.finetune_override else {})})
@@ -94,7 +98,8 @@ def grid(args: argparse.Namespace) -> None:
             tuned = sum(s.get("finetune_seconds", 0.0) for s in record["steps"])
             row = {"model": tag, "point": name, "criterion": criterion, "target_reduction": reduction,
                    "finetune_epochs": args.finetune_epochs, "distill": args.distill, "steps": args.steps,
-                   "remove_layers": args.remove_layers,
+                   "remove_layers": args.remove_layers, "target_latency": args.target_latency,
+                   **_latency_fields(record),
                    "macs_ratio": record["final"]["macs_ratio"], "params_ratio": record["final"]["params_ratio"],
                    "widths": record["final"]["widths"], "prune_seconds": seconds - tuned,
                    "finetune_seconds": tuned, "finetune_overrides": cfg.finetune_overrides,
@@ -104,6 +109,17 @@ def grid(args: argparse.Namespace) -> None:
                    "machine": f"{platform.processor() or platform.machine()}, {args.threads} thread(s)"}
             write_json_atomic(path, row)
             print(json.dumps({k: v for k, v in row.items() if k != "widths"}), flush=True)
+
+
+def _latency_fields(record: dict) -> dict:
+    """What a latency-targeted prune measured while planning (same process, grid conditions)."""
+    step = record["steps"][0]
+    if "latency_ms_table" not in step:
+        return {}
+    return {"plan_latency": {"table_base_ms": step["latency_ms_table"],
+                             "predicted_ms": step.get("latency_ms_predicted"),
+                             "measured_ms": step.get("latency_ms_measured"),
+                             "attempts": step.get("latency_attempts", [])}}
 
 
 def reference(args: argparse.Namespace) -> None:
@@ -276,12 +292,13 @@ def table(args: argparse.Namespace) -> None:
     lines = ["| point | criterion | fine-tune | MACs kept | params kept | test WER greedy | test WER +LM | "
              "latency p50 ms | speed-up | speed-up / MAC reduction |", "|---|---|---|---|---|---|---|---|---|---|"]
     order = sorted(rows, key=lambda r: (r["point"] != "unpruned", r["finetune_epochs"], r["distill"],
-                                        r["criterion"], r["target_reduction"]))
+                                        r.get("target_latency") or 0.0, r["criterion"], r["target_reduction"]))
     for r in order:
         tune = "none" if not r["finetune_epochs"] else f"{r['finetune_epochs']} ep {'KD' if r['distill'] else 'CTC'}"
         speed = lat(ref) / lat(r) if ref else float("nan")
         lm = f"{r['test_wer_lm']:.2f}%" if "test_wer_lm" in r else "-"
-        lines.append(f"| {r['point']} | {r['criterion']} | {tune} | {r['macs_ratio']:.1%} | "
+        crit = r["criterion"] + (f" + latency -{r['target_latency']:.1%}" if r.get("target_latency") else "")
+        lines.append(f"| {r['point']} | {crit} | {tune} | {r['macs_ratio']:.1%} | "
                      f"{r['params_ratio']:.1%} | {r['test_wer_greedy']:.2f}% | {lm} | {lat(r):.1f} | "
                      f"{speed:.2f}x | {speed * r['macs_ratio']:.2f} |")
     base_path = RESULTS / tag / "baselines.json"
@@ -300,17 +317,18 @@ def _plot(tag: str, rows: list[dict], ref: dict | None, lat, base: dict | None) 
     ax, sp = fig.subplots(1, 2)
     crits = sorted({r["criterion"] for r in rows if r["criterion"] != "none"})
     color = {c: f"C{i}" for i, c in enumerate(crits)}  # one colour per criterion
-    kinds = sorted({(r["finetune_epochs"], r["distill"], r.get("steps", 1), r.get("remove_layers", 0))
-                    for r in rows if r["point"] != "unpruned"})
-    for ep, distill, steps, drop in kinds:
+    kinds = sorted({(r["finetune_epochs"], r["distill"], r.get("steps", 1), r.get("remove_layers", 0),
+                     r.get("target_latency") or 0.0) for r in rows if r["point"] != "unpruned"})
+    for ep, distill, steps, drop, faster in kinds:
         how = ("no fine-tune" if not ep else f"{ep} ep {'KD' if distill else 'CTC'}"
-               ) + (f", {steps} steps" if steps > 1 else "") + (f", {drop} layers removed" if drop else "")
+               ) + (f", {steps} steps" if steps > 1 else "") + (f", {drop} layers removed" if drop else "") \
+            + (f", latency -{faster:.1%}" if faster else "")
         style = "--" if not ep else "-" if distill else ":"
         for crit in crits:
             pts = sorted((r["macs_ratio"], r.get("test_wer_lm", r["test_wer_greedy"])) for r in rows
                          if r["criterion"] == crit and r["finetune_epochs"] == ep and r["distill"] == distill
                          and r.get("steps", 1) == steps and r.get("remove_layers", 0) == drop
-                         and r["point"] != "unpruned")
+                         and (r.get("target_latency") or 0.0) == faster and r["point"] != "unpruned")
             if len(pts) > 1:  # a grid series: a line
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=color[crit],
                         label=f"{crit}, {how}")
@@ -324,8 +342,12 @@ def _plot(tag: str, rows: list[dict], ref: dict | None, lat, base: dict | None) 
     ax.set_yscale("log")
     ax.legend(fontsize=6, ncol=2)
     if ref:
-        pts = sorted((1.0 / r["macs_ratio"], lat(ref) / lat(r)) for r in rows)
+        aware = [r for r in rows if r.get("target_latency")]
+        pts = sorted((1.0 / r["macs_ratio"], lat(ref) / lat(r)) for r in rows if r not in aware)
         sp.plot([p[0] for p in pts], [p[1] for p in pts], "o", label="slimasr structured pruning (measured)")
+        if aware:
+            sp.plot([1.0 / r["macs_ratio"] for r in aware], [lat(ref) / lat(r) for r in aware], "*",
+                    markersize=12, color="C1", markeredgecolor="k", label="slimasr, latency-aware target")
         top = max(p[0] for p in pts) * 1.05
         sp.plot([1, top], [1, top], "k:", label="speed-up = MAC reduction")
         sp.plot([1, top], [0.8, 0.8 * top], "r--", label="0.8 x MAC reduction (target)")
@@ -357,6 +379,8 @@ def main() -> None:
     ap.add_argument("--distill", action="store_true")
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--remove-layers", type=int, default=0)
+    ap.add_argument("--target-latency", type=float, default=None,
+                    help="also remove this share of the measured batch-1 latency (latency table)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of grid runs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -1,5 +1,5 @@
-"""Structured pruning: groups (what couples to what), surgery (slicing), and later importance
-criteria, schedules and sensitivity scans.
+"""Structured pruning: groups (what couples to what), surgery (slicing), importance criteria,
+planning to a MACs / params / measured-latency target, and sensitivity scans.
 
     groups = prunable_groups(model)                       # list[Group]
     small = prune_model(model, {"rnns.0": [0, 2, 5]})     # new dense model, narrower widths
@@ -25,6 +25,7 @@ from slimasr.prune.importance import (
     score_model,
     taylor_scores,
 )
+from slimasr.prune.latency import LatencyTable, measure_latency_table, relative_latency
 from slimasr.prune.plan import PruneTarget, model_cost, plan, plan_from_ratios
 from slimasr.prune.sensitivity import (
     load_scan,
@@ -40,7 +41,7 @@ __all__ = [
     "params_per_unit", "prunable_groups", "prune_model", "register_groups", "register_layer_stack",
     "select_layers",
     # importance criteria, planning, sensitivity
-    "PruneTarget", "activation_scores", "load_scan", "magnitude_scores", "model_cost", "plan",
+    "LatencyTable", "PruneTarget", "activation_scores", "load_scan", "magnitude_scores", "model_cost", "plan",
     "plan_from_ratios", "plot_sensitivity", "random_scores", "ratios_from_scan", "save_scan",
-    "score_model", "sensitivity_scan", "taylor_scores",
+    "measure_latency_table", "relative_latency", "score_model", "sensitivity_scan", "taylor_scores",
 ]

@@ -24,6 +24,13 @@ non-linear in the widths (an LSTM layer's input columns shrink with the previous
 Cost only falls as units go, so the search finds the smallest candidate that meets the target; the
 next-smaller candidate (k - 1 units, or the previous fraction) differs by one rounding step in one
 group (global) or in the groups changing at that fraction (layer) and is above the target.
+
+Latency: ``kind="latency"`` (or ``latency_fraction`` beside a MACs / params target, and then both
+must be met) needs a ``LatencyTable`` (``slimasr.prune.latency``) measured on the device. Its
+prediction is the cost, and the global ranking weighs each unit by its group's measured time per
+MAC: the key is the normalised score divided by ``time_per_mac ** time_per_mac_weight`` (1 = the
+model's average), so of two equally unimportant units the one in a slow-per-MAC group (attention
+heads, depthwise conv channels on a CPU at batch 1) goes first. Weight 0 keeps the plain ranking.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Callable, Literal, Mapping
 
 import torch
 from torch import Tensor
@@ -41,17 +48,25 @@ from slimasr.models.common import AcousticModel
 from slimasr.prune.groups import Group, prunable_groups
 from slimasr.prune.surgery import prune_model
 
+if TYPE_CHECKING:
+    from slimasr.prune.latency import LatencyTable
+
 EPS = 1e-9  # float slack when turning fractions into unit counts
 MEAN_FLOOR = 1e-12  # a group whose mean score is below this is not rescaled (all-zero scores)
 FEATURE_ROUNDED_KINDS = ("head",)  # group kinds whose round_to counts features, not units
+TIME_PER_MAC_FLOOR = 0.05  # a group that measured (almost) no time saving is weighed as this
 
 Widths = dict[str, int]  # group name -> units kept
 
 
 @dataclass
 class PruneTarget:
-    kind: Literal["macs", "params"] = "macs"  # what to reduce
+    kind: Literal["macs", "params", "latency"] = "macs"  # what to reduce (latency: measured table)
     fraction: float = 0.5  # share to REMOVE (0 < f < 1): 0.5 = half the MACs
+    # Also remove at least this share of the batch-1 latency (macs/params targets; needs a latency
+    # table): e.g. fraction 0.5 with latency_fraction 0.375 = half the MACs and 1.6x faster.
+    latency_fraction: float | None = None
+    time_per_mac_weight: float = 1.0  # latency targets: exponent of the time-per-MAC weighting
     scope: Literal["global", "layer"] = "global"  # one ranking of normalised scores, or one share each
     round_to: int = 8  # kept widths are multiples of this (or the full width / min_size); heads: features
     protect: list[str] = field(default_factory=list)  # group names never pruned (e.g. the first conv)
@@ -59,8 +74,16 @@ class PruneTarget:
     seconds: float = 1.0  # audio MACs are counted on (100 frames/s); params ignore it
 
     def __post_init__(self) -> None:
-        if self.kind not in ("macs", "params"):
-            raise ValueError(f"prune target kind must be 'macs' or 'params', got {self.kind!r}")
+        if self.kind not in ("macs", "params", "latency"):
+            raise ValueError(f"prune target kind must be 'macs', 'params' or 'latency', got {self.kind!r}")
+        if self.latency_fraction is not None:
+            if self.kind == "latency":
+                raise ValueError("latency_fraction goes with a macs or params target; "
+                                 "for latency alone use kind 'latency'")
+            if not 0.0 < self.latency_fraction < 1.0:
+                raise ValueError(f"latency_fraction must be in (0, 1), got {self.latency_fraction}")
+        if self.time_per_mac_weight < 0:
+            raise ValueError(f"time_per_mac_weight must be >= 0, got {self.time_per_mac_weight}")
         if self.scope not in ("global", "layer"):
             raise ValueError(f"prune target scope must be 'global' or 'layer', got {self.scope!r}")
         if not 0.0 < self.fraction < 1.0:
@@ -69,6 +92,18 @@ class PruneTarget:
             raise ValueError(f"max_group_fraction must be in (0, 1], got {self.max_group_fraction}")
         if self.round_to < 1 or self.seconds <= 0:
             raise ValueError("round_to must be >= 1 and seconds > 0")
+
+    @property
+    def latency_share(self) -> float | None:
+        """Share of the latency to remove, or None when latency is not part of the target."""
+        return self.fraction if self.kind == "latency" else self.latency_fraction
+
+    def constraints(self) -> list[tuple[str, float]]:
+        """(cost kind, share to remove) pairs that must all be met."""
+        out = [(self.kind, self.fraction)]
+        if self.latency_fraction is not None:
+            out.append(("latency", self.latency_fraction))
+        return out
 
 
 def model_cost(model: AcousticModel, kind: str, seconds: float = 1.0) -> int:
@@ -86,30 +121,42 @@ def model_cost(model: AcousticModel, kind: str, seconds: float = 1.0) -> int:
         model.train(was_training)
 
 
-def plan(model: AcousticModel, scores: Mapping[str, Tensor], target: PruneTarget) -> dict[str, list[int]]:
+def plan(model: AcousticModel, scores: Mapping[str, Tensor], target: PruneTarget,
+         latency: LatencyTable | None = None) -> dict[str, list[int]]:
     """Keep-lists (highest-scored units, ascending indices) for ``prune_model`` whose pruned model
-    costs at most ``(1 - target.fraction)`` of ``model``'s cost, as close to it as rounding allows.
+    costs at most ``(1 - target.fraction)`` of ``model``'s cost (and, with ``latency_fraction``,
+    is predicted at most that much slower), as close to it as rounding allows.
 
     scores: group name -> (size,) scores (higher = more important); groups without scores and
     ``target.protect`` are never pruned. Only groups that lose units appear in the result.
+    latency: the model's measured table, needed when latency is part of the target.
     ValueError when the target cannot be met within the constraints.
     """
     groups = _prunable(model, scores, target.protect)
     widths = {g.name: legal_widths(g, target.round_to, target.max_group_fraction) for g in groups}
-    original = model_cost(model, target.kind, target.seconds)
-    budget = (1.0 - target.fraction) * original
+    if target.latency_share is not None:
+        if latency is None:
+            raise ValueError("a latency target needs a latency table (slimasr.prune.latency)")
+        latency.check(model)
+    weights = _time_weights(groups, latency, target) if target.latency_share is not None else None
     if target.scope == "global":
-        candidates = _global_candidates(groups, scores, widths)
+        candidates = _global_candidates(groups, scores, widths, weights)
     else:
         candidates = _layer_candidates(groups, widths)
-    measure = _measurer(model, target)
-    best = _first_within(candidates, measure, budget)
+    measure = _measurer(model, target, latency)
+    original = measure({})
+    budget = {kind: (1.0 - share) * original[kind] for kind, share in target.constraints()}
+
+    def within(w: Widths) -> bool:
+        cost = measure(w)
+        return all(cost[k] <= b for k, b in budget.items())
+    best = _first_within(candidates, within)
     if best is None:
-        full = candidates(candidates.count - 1)
-        achieved = 1.0 - measure(full) / original
-        raise ValueError(f"cannot remove {target.fraction:.1%} of the {target.kind} within the "
-                         f"constraints (at most {achieved:.1%}: check protect, round_to, "
-                         f"max_group_fraction)")
+        most = measure(candidates(candidates.count - 1))
+        wanted = " and ".join(f"{share:.1%} of the {kind}" for kind, share in target.constraints())
+        reached = " and ".join(f"{1.0 - most[k] / original[k]:.1%} of the {k}" for k in budget)
+        raise ValueError(f"cannot remove {wanted} within the constraints (at most {reached}: check "
+                         f"protect, round_to, max_group_fraction)")
     return keep_lists(groups, scores, best)
 
 
@@ -182,14 +229,17 @@ class _Candidates:
 
 
 def _global_candidates(groups: list[Group], scores: Mapping[str, Tensor],
-                       widths: Mapping[str, list[int]]) -> _Candidates:
-    """Candidate k removes the k lowest units of the global ranking of normalised scores (then
-    rounds each group's width up to a legal one)."""
+                       widths: Mapping[str, list[int]], weights: Mapping[str, float] | None = None
+                       ) -> _Candidates:
+    """Candidate k removes the k lowest units of the global ranking of normalised scores (divided
+    by the group's ``weights`` entry when given), then rounds each group's width up to a legal one."""
     ranked = []  # (normalised score, group position, unit) for every unit of a prunable group
     for gi, g in enumerate(groups):
         s = scores[g.name].detach().double().cpu()
         mean = float(s.mean())
         norm = s / mean if mean > MEAN_FLOOR else s
+        if weights is not None:
+            norm = norm / weights[g.name]
         ranked += [(float(v), gi, j) for j, v in enumerate(norm)]
     ranked.sort()
     owner = [groups[gi].name for _, gi, _ in ranked]
@@ -200,6 +250,17 @@ def _global_candidates(groups: list[Group], scores: Mapping[str, Tensor],
             removed[name] += 1
         return {g.name: _round_up(widths[g.name], g.size - removed[g.name]) for g in groups}
     return _Candidates(len(ranked) + 1, widths_at)
+
+
+def _time_weights(groups: list[Group], table: LatencyTable, target: PruneTarget) -> dict[str, float]:
+    """Per group: its measured time per MAC (relative to the model's) to the power
+    ``target.time_per_mac_weight``; groups the table lacks, or that save no MACs, weigh 1."""
+    out = {}
+    for g in groups:
+        tpm = table.time_per_mac(g.name) if g.name in table.groups else math.nan
+        tpm = 1.0 if math.isnan(tpm) else max(tpm, TIME_PER_MAC_FLOOR)
+        out[g.name] = tpm ** target.time_per_mac_weight
+    return out
 
 
 def _layer_candidates(groups: list[Group], widths: Mapping[str, list[int]]) -> _Candidates:
@@ -213,32 +274,41 @@ def _layer_candidates(groups: list[Group], widths: Mapping[str, list[int]]) -> _
     return _Candidates(len(fractions), widths_at)
 
 
-def _first_within(candidates: _Candidates, measure: Callable[[Widths], float], budget: float
-                  ) -> Widths | None:
-    """The first candidate whose cost is <= budget (binary search; cost falls along the list)."""
+def _first_within(candidates: _Candidates, within: Callable[[Widths], bool]) -> Widths | None:
+    """The first candidate that is ``within`` budget (binary search; costs fall along the list)."""
     lo, hi = 0, candidates.count - 1
-    if measure(candidates(hi)) > budget:
+    if not within(candidates(hi)):
         return None
     while lo < hi:
         mid = (lo + hi) // 2
-        if measure(candidates(mid)) <= budget:
+        if within(candidates(mid)):
             hi = mid
         else:
             lo = mid + 1
     return candidates(lo)
 
 
-def _measurer(model: AcousticModel, target: PruneTarget) -> Callable[[Widths], float]:
-    """Cost of ``model`` pruned to the given widths (which units does not matter for the cost);
-    memoised within one planning call only."""
-    seen: dict[tuple, float] = {}
+def _measurer(model: AcousticModel, target: PruneTarget, latency: LatencyTable | None
+              ) -> Callable[[Widths], dict[str, float]]:
+    """Costs ({kind: cost} for every kind in the target) of ``model`` pruned to the given widths
+    (which units does not matter for the cost); MACs and params are counted on the pruned model,
+    latency is the table's prediction. Memoised within one planning call only."""
+    seen: dict[tuple, dict[str, float]] = {}
     by_name = {g.name: g for g in prunable_groups(model)}
+    kinds = [k for k, _ in target.constraints()]
 
-    def measure(widths: Widths) -> float:
-        key = tuple(sorted(widths.items()))
+    def measure(widths: Widths) -> dict[str, float]:
+        narrowed = {n: w for n, w in widths.items() if w < by_name[n].size}
+        key = tuple(sorted(narrowed.items()))
         if key not in seen:
-            keep = {n: list(range(w)) for n, w in widths.items() if w < by_name[n].size}
-            seen[key] = model_cost(prune_model(model, keep), target.kind, target.seconds)
+            cost = {}
+            counted = [k for k in kinds if k != "latency"]
+            if counted:
+                small = prune_model(model, {n: list(range(w)) for n, w in narrowed.items()}) if narrowed else model
+                cost.update({k: float(model_cost(small, k, target.seconds)) for k in counted})
+            if "latency" in kinds:
+                cost["latency"] = latency.predict(narrowed)
+            seen[key] = cost
         return seen[key]
     return measure
 

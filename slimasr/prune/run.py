@@ -8,7 +8,11 @@ Each step removes units so that the model's cost falls to ``(1 - fraction) ** (k
 original (MACs or parameters), then fine-tunes (CTC, or CTC + KD from the unpruned model with
 ``distill``) through ``slimasr.distill.distill_model`` with the pruned model as the student.
 ``remove_layers`` first drops whole layers (Conformer blocks) chosen by measured dev loss;
-``ratios`` replaces the cost target by explicit per-group shares. Steps live in ``OUT/steps/k``; the last one becomes ``OUT`` (no masks: dense, smaller tensors, the
+``ratios`` replaces the cost target by explicit per-group shares. A target with latency in it
+(``target.kind: latency`` or ``target.latency_fraction``) measures a latency table of the current
+model at every step (``slimasr.prune.latency``, saved as ``steps/k/latency_table.json``; or uses
+``latency_table``, measured on the device, at the first step) and records the pruned model's
+predicted and measured batch-1 latency. Steps live in ``OUT/steps/k``; the last one becomes ``OUT`` (no masks: dense, smaller tensors, the
 config holds the new widths, ``load_model`` rebuilds it), with ``prune.json`` recording what was
 removed and measured.
 """
@@ -34,7 +38,9 @@ from slimasr.io import atomic_dir, read_json, write_json_atomic
 from slimasr.models import AcousticModel, load_model, save_model
 from slimasr.models.io import read_model_config
 from slimasr.prune.groups import layer_stack, prunable_groups
+from slimasr.evaluate.cost import measure_latency
 from slimasr.prune.importance import score_model
+from slimasr.prune.latency import DEFAULT_RUNS, LatencyTable, measure_latency_table, relative_latency
 from slimasr.prune.plan import EPS, PruneTarget, model_cost, plan, plan_from_ratios
 from slimasr.prune.sensitivity import plot_sensitivity, ratios_from_scan, save_scan, sensitivity_scan
 from slimasr.prune.surgery import prune_model, select_layers
@@ -44,6 +50,9 @@ from slimasr.train.prepare import feature_cache_dir, feature_cuts
 CRITERIA = ("magnitude", "taylor", "activation", "apoz", "sensitivity", "random")
 PRUNE_JSON = "prune.json"
 STEPS_DIR = "steps"
+LATENCY_TOLERANCE = 0.01  # a latency plan may miss its goal by this share of the current time
+LATENCY_ATTEMPTS = 3  # plans per step when the measured time misses the goal
+MAX_LATENCY_SHARE = 0.95  # a re-plan never asks for more than this share of the time
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer.model", "cmvn.json",
                "training.json", "train_log.csv")
 
@@ -76,6 +85,12 @@ class PruneConfig:
     # Which units of a group the sensitivity scan (and its plan) removes first: the lowest
     # scores of this criterion. The scan measures how much of each group can go; this says which.
     sensitivity_order: Literal["magnitude", "taylor", "activation", "apoz"] = "taylor"
+    # Latency targets: a table measured on the target device (JSON from a previous prune's
+    # steps/1/latency_table.json or slimasr.prune.latency), used at the first step instead of
+    # measuring here; later steps always measure the narrower model on this machine.
+    latency_table: str | None = None
+    latency_threads: int = 1  # torch threads the latency table and the final timing use
+    latency_runs: int = DEFAULT_RUNS  # timed runs per measured width in the table
     seed: int = 0  # random criterion, fine-tuning
     num_threads: int | None = None  # torch threads (None: torch's default)
 
@@ -84,6 +99,8 @@ class PruneConfig:
             raise ConfigError(f"criterion: unknown {self.criterion!r}; expected one of {CRITERIA}")
         if self.steps < 1 or self.finetune_epochs < 0 or self.remove_layers < 0:
             raise ConfigError("steps must be >= 1, finetune_epochs and remove_layers >= 0")
+        if self.latency_threads < 1 or self.latency_runs < 1:
+            raise ConfigError("latency_threads and latency_runs must be >= 1")
         if self.ratios and self.steps != 1:
             raise ConfigError("ratios: explicit per-group shares are one-shot (steps: 1)")
         bad = {k: v for k, v in self.ratios.items() if not 0.0 <= float(v) < 1.0}
@@ -121,24 +138,47 @@ def _prune(model_dir: Path, data_dir: Path, out_dir: Path, cfg: PruneConfig, sho
         "source": str(model_dir), "criterion": cfg.criterion, "config": config_to_dict(cfg),
         "original": {**cost0, "widths": _widths(original)}, "steps": []}
     model, current_dir = original, model_dir
+    latency0: float | None = None  # the unpruned model's time in the first latency table
     for k in range(1, cfg.steps + 1):
         step_dir = out_dir / STEPS_DIR / str(k)
         row: dict[str, Any] = {"step": k}
         if k == 1 and cfg.remove_layers:
             model, row["removed_layers"] = _remove_layers(model, cfg.remove_layers, sens_batches, console)
-        goal = (1.0 - cfg.target.fraction) ** (k / cfg.steps) * cost0[cfg.target.kind]
-        fraction = 1.0 - goal / model_cost(model, cfg.target.kind)
-        row["fraction_of_current"] = fraction
-        if cfg.ratios or fraction > 0:
-            step_target = PruneTarget(**{**config_to_dict(cfg.target), "fraction": max(fraction, EPS)})
-            keep = _choose(model, cfg, step_target, calib, sens_batches, step_dir, console)
+        goal = (1.0 - cfg.target.fraction) ** (k / cfg.steps) * cost0[cfg.target.kind] \
+            if cfg.target.kind != "latency" else None
+        table = None
+        if cfg.target.latency_share is not None and not cfg.ratios:
+            table = _latency_table(model, cfg, k, step_dir, show)
+            if latency0 is None:  # layers removed first: time the unpruned model as the table does
+                latency0 = table.base_ms if not cfg.remove_layers else measure_latency(
+                    original, table.seconds, table.threads, feat_dim=original.config.num_features)["latency_ms_p50"]
+            row["latency_ms_table"] = table.base_ms
+        changes = {}
+        if goal is not None:
+            changes["fraction"] = 1.0 - goal / model_cost(model, cfg.target.kind)
+        if table is not None:
+            share = 1.0 - (1.0 - cfg.target.latency_share) ** (k / cfg.steps) * latency0 / table.base_ms
+            changes["fraction" if cfg.target.kind == "latency" else "latency_fraction"] = share
+        row["fraction_of_current"] = changes.get("fraction")
+        if cfg.ratios or changes.get("fraction", 0) > 0 or changes.get("latency_fraction", 0) > 0:
+            step_target = PruneTarget(**{**config_to_dict(cfg.target), **{
+                key: max(v, EPS) for key, v in changes.items()}})
+            keep = _choose(model, cfg, step_target, calib, sens_batches, step_dir, console, table, row)
+            if table is not None:
+                row["latency_ms_predicted"] = table.predict({n: len(v) for n, v in keep.items()})
             model = prune_model(model, keep).eval()
         _save(model, frontend, step_dir / "pruned", {"step": "prune", "source": str(model_dir)})
         row.update({"macs": model_cost(model, "macs"), "params": model_cost(model, "params"),
                     "widths": _widths(model), "dev_loss_pruned": _mean_loss(model, sens_batches)})
+        if table is not None:
+            row["latency_ms_measured"] = measure_latency(model, table.seconds, table.threads,
+                                                         feat_dim=model.config.num_features)["latency_ms_p50"]
         console.print(f"step {k}: {row['macs'] / cost0['macs']:.1%} of the MACs, "
                       f"{row['params'] / cost0['params']:.1%} of the params, "
-                      f"dev loss {row['dev_loss_pruned']:.3f}", markup=False, highlight=False)
+                      f"dev loss {row['dev_loss_pruned']:.3f}"
+                      + (f", {row['latency_ms_measured']:.1f} ms (predicted {row['latency_ms_predicted']:.1f}, "
+                         f"unpruned {latency0:.1f})" if "latency_ms_predicted" in row else ""),
+                      markup=False, highlight=False)
         current_dir = step_dir / "pruned"
         if cfg.finetune_epochs > 0:
             tuned = step_dir / "finetuned"
@@ -151,26 +191,83 @@ def _prune(model_dir: Path, data_dir: Path, out_dir: Path, cfg: PruneConfig, sho
                        "macs_ratio": model_cost(model, "macs") / cost0["macs"],
                        "params_ratio": model_cost(model, "params") / cost0["params"],
                        "widths": _widths(model)}
+    if latency0 is not None:
+        measured = [r["latency_ms_measured"] for r in record["steps"] if "latency_ms_measured" in r]
+        record["original"]["latency_ms"] = latency0
+        if measured:
+            record["final"].update({"latency_ms": measured[-1], "speedup": latency0 / measured[-1]})
     _publish(current_dir, out_dir, record)
     return record
 
 
 def _choose(model: AcousticModel, cfg: PruneConfig, target: PruneTarget, calib: list[dict],
-            sens_batches: list[dict], step_dir: Path, console: Console) -> dict[str, list[int]]:
-    """Keep-lists for one step with the configured criterion."""
+            sens_batches: list[dict], step_dir: Path, console: Console,
+            table: LatencyTable | None = None, row: dict | None = None) -> dict[str, list[int]]:
+    """Keep-lists for one step with the configured criterion (``table``: latency targets; the
+    attempts of the measured latency check go into ``row``)."""
+    scores = _scores(model, cfg, calib)
     if cfg.ratios:
-        scores = _scores(model, cfg, calib)
         return plan_from_ratios(model, scores, cfg.ratios, target.round_to)
     if cfg.criterion == "sensitivity":
-        scores = _scores(model, cfg, calib)
         scan = sensitivity_scan(model, lambda m: _mean_loss(m, sens_batches), scores=scores,
                                 ratios=tuple(cfg.sensitivity_ratios), show_progress=console.quiet is False)
         step_dir.mkdir(parents=True, exist_ok=True)
         save_scan(scan, step_dir / "sensitivity.json")
         plot_sensitivity(scan, step_dir / "sensitivity.png")
-        ratios = ratios_from_scan(model, scan, target)
-        return plan_from_ratios(model, scores, ratios, target.round_to)
-    return plan(model, _scores(model, cfg, calib), target)
+
+        def planned(t: PruneTarget) -> dict[str, list[int]]:
+            return plan_from_ratios(model, scores, ratios_from_scan(model, scan, t, table), t.round_to)
+    else:
+        def planned(t: PruneTarget) -> dict[str, list[int]]:
+            return plan(model, scores, t, table)
+    if table is None:
+        return planned(target)
+    return _meet_latency(model, target, table, planned, row if row is not None else {}, console)
+
+
+def _meet_latency(model: AcousticModel, target: PruneTarget, table: LatencyTable, planned: Any,
+                  row: dict, console: Console) -> dict[str, list[int]]:
+    """Plan with the table, then time the pruned model against ``model`` (alternating); while it
+    misses the latency goal by more than ``LATENCY_TOLERANCE`` of the current time, ask the plan
+    for proportionally more (the table's sum of single-class savings is optimistic when many
+    classes shrink at once), at most ``LATENCY_ATTEMPTS`` plans."""
+    goal = 1.0 - target.latency_share
+    field_name = "fraction" if target.kind == "latency" else "latency_fraction"
+    asked, attempts = target.latency_share, []
+    keep = planned(target)
+    while True:
+        ratio = relative_latency(model, prune_model(model, keep), table.seconds, table.threads)
+        attempts.append({"asked": asked, "predicted_ratio": table.predict(
+            {n: len(v) for n, v in keep.items()}) / table.base_ms, "measured_ratio": ratio})
+        console.print(f"latency plan {len(attempts)}: asked {asked:.1%} less time, measured "
+                      f"{1.0 - ratio:.1%} less (goal {1.0 - goal:.1%})", markup=False, highlight=False)
+        if ratio <= goal + LATENCY_TOLERANCE or len(attempts) == LATENCY_ATTEMPTS:
+            row["latency_attempts"] = attempts
+            return keep
+        asked = min(1.0 - (1.0 - asked) * goal / ratio, MAX_LATENCY_SHARE)
+        target = PruneTarget(**{**config_to_dict(target), field_name: asked})
+        try:
+            keep = planned(target)
+        except ValueError as e:  # the constraints allow no more: keep the last plan
+            attempts.append({"asked": asked, "unreachable": str(e)})
+            row["latency_attempts"] = attempts
+            return keep
+
+
+def _latency_table(model: AcousticModel, cfg: PruneConfig, step: int, step_dir: Path, show: bool
+                   ) -> LatencyTable:
+    """The given table at the first step (checked against the model), else one measured here;
+    saved in the step's folder either way."""
+    if step == 1 and cfg.latency_table:
+        table = LatencyTable.load(cfg.latency_table)
+        table.check(model, cfg.latency_table)
+    else:
+        table = measure_latency_table(model, cfg.target.round_to, cfg.target.max_group_fraction,
+                                      threads=cfg.latency_threads, runs=cfg.latency_runs,
+                                      show_progress=show)
+    step_dir.mkdir(parents=True, exist_ok=True)
+    table.save(step_dir / "latency_table.json")
+    return table
 
 
 def _scores(model: AcousticModel, cfg: PruneConfig, calib: list[dict]) -> dict:

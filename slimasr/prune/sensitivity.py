@@ -3,6 +3,8 @@
     scan = sensitivity_scan(model, evaluate=lambda m: dev_loss(m))   # lower = better
     plot_sensitivity(scan, "exp/sensitivity.png"); save_scan(scan, "exp/sensitivity.json")
     ratios = ratios_from_scan(model, scan, PruneTarget(kind="macs", fraction=0.5))
+    # or a latency target, priced with a measured table (slimasr.prune.latency):
+    ratios = ratios_from_scan(model, scan, PruneTarget("macs", 0.5, latency_fraction=0.375), table)
     small = prune_model(model, plan_from_ratios(model, scores, ratios, round_to=8))
 
 A scan is plain JSON-ready data::
@@ -34,6 +36,7 @@ from slimasr.models.common import AcousticModel
 from slimasr.progress import progress_bar
 from slimasr.prune.groups import Group, prunable_groups
 from slimasr.prune.importance import magnitude_scores
+from slimasr.prune.latency import LatencyTable
 from slimasr.prune.plan import EPS, PruneTarget, legal_widths, model_cost, plan_from_ratios
 from slimasr.prune.surgery import prune_model
 
@@ -90,31 +93,43 @@ def _scan_group(model: AcousticModel, group: Group, evaluate: Callable[[Acoustic
 
 # ---- choosing ratios ------------------------------------------------------------------------
 
-def ratios_from_scan(model: AcousticModel, scan: Mapping[str, Any], target: PruneTarget
-                     ) -> dict[str, float]:
-    """Per-group removal ratios meeting ``target`` (kind, fraction, round_to, protect,
-    max_group_fraction) at the least total increase of the scanned metric.
+def ratios_from_scan(model: AcousticModel, scan: Mapping[str, Any], target: PruneTarget,
+                     latency: LatencyTable | None = None) -> dict[str, float]:
+    """Per-group removal ratios meeting ``target`` (kind, fraction, latency_fraction, round_to,
+    protect, max_group_fraction) at the least total increase of the scanned metric.
 
     Greedy on the scan's curves, linearly interpolated (increase 0 at ratio 0) and never beyond a
     group's largest measured ratio: one rounding step at a time, the group with the smallest
-    metric increase per unit of cost saved goes one step further. The scan's single-group savings
-    add up to at least the real saving (coupled groups share weights), so the real cost of the
-    planned model is measured once their sum reaches the target, and after every step from then
-    on. Returns {group: removed / size} for every scanned, unprotected group; pass it to
+    metric increase per unit of cost saved goes one step further. The cost is the target's kind,
+    or the latency (the ``latency`` table's prediction) whenever latency is part of the target.
+    The scan's single-group MAC / param savings add up to at least the real saving (coupled groups
+    share weights), so the real cost of the planned model is measured once their sum reaches the
+    target, and after every step from then on, until every constraint is met. Returns
+    {group: removed / size} for every scanned, unprotected group; pass it to
     ``plan_from_ratios(model, scores, ratios, target.round_to)``. ValueError when unreachable.
     """
     by_name = {g.name: g for g in prunable_groups(model)}
-    curves = {n: _Curve(by_name[n], entry, scan, target) for n, entry in scan["groups"].items()
+    if target.latency_share is not None:
+        if latency is None:
+            raise ValueError("a latency target needs a latency table (slimasr.prune.latency)")
+        latency.check(model)
+    priced = "latency" if target.latency_share is not None else target.kind
+    curves = {n: _Curve(by_name[n], entry, scan, target.round_to, target.max_group_fraction,
+                        priced, latency) for n, entry in scan["groups"].items()
               if n in by_name and n not in target.protect}
-    budget = (1.0 - target.fraction) * model_cost(model, target.kind, target.seconds)
-    estimated = 0.0  # estimated share of the cost saved
+    share = dict(target.constraints())[priced]
+    budget = {kind: (1.0 - f) * (latency.base_ms if kind == "latency" else model_cost(model, kind, target.seconds))
+              for kind, f in target.constraints()}
+    estimated = 0.0  # estimated share of the priced cost saved
     while True:
-        if estimated >= target.fraction - EPS and _measured(model, curves, target) <= budget:
+        if estimated >= share - EPS and all(
+                _measured(model, curves, kind, target.seconds, latency) <= b for kind, b in budget.items()):
             return {n: c.ratio for n, c in curves.items()}
         movable = [c for c in curves.values() if c.can_step()]
         if not movable:
-            raise ValueError(f"cannot remove {target.fraction:.1%} of the {target.kind} within the "
-                             f"scanned ratios and the constraints (protect, round_to, max_group_fraction)")
+            wanted = " and ".join(f"{f:.1%} of the {k}" for k, f in target.constraints())
+            raise ValueError(f"cannot remove {wanted} within the scanned ratios and the "
+                             f"constraints (protect, round_to, max_group_fraction)")
         best = min(movable, key=lambda c: c.step_price())
         estimated += best.step()
 
@@ -123,18 +138,23 @@ class _Curve:
     """One group's scanned metric increase and cost saving (as a share of the unpruned model's
     cost) against the share of units removed, and the greedy's position on it."""
 
-    def __init__(self, group: Group, entry: Mapping[str, Any], scan: Mapping[str, Any],
-                 target: PruneTarget):
+    def __init__(self, group: Group, entry: Mapping[str, Any], scan: Mapping[str, Any], round_to: int,
+                 max_group_fraction: float, kind: str, latency: LatencyTable | None):
         if entry.get("size") != group.size:
             raise ValueError(f"group {group.name}: the scan saw {entry.get('size')} units, the model "
                              f"has {group.size} (a scan of another model?)")
         self.size = group.size
         self.x = np.array([0.0, *entry["ratios"]])
         self.increase = np.array([0.0, *(v - scan["baseline"] for v in entry["values"])])
-        self.saved = np.array([0.0, *entry[f"{target.kind}_saved"]]) / scan[target.kind]
+        if kind == "latency":  # the table's prediction at the scanned widths
+            saved = [0.0 if group.name not in latency.groups else latency.saved_ms(
+                group.name, group.size - round(r * group.size)) for r in entry["ratios"]]
+            self.saved = np.array([0.0, *saved]) / latency.base_ms
+        else:
+            self.saved = np.array([0.0, *entry[f"{kind}_saved"]]) / scan[kind]
         order = np.argsort(self.x, kind="stable")
         self.x, self.increase, self.saved = self.x[order], self.increase[order], self.saved[order]
-        widths = legal_widths(group, target.round_to, target.max_group_fraction)
+        widths = legal_widths(group, round_to, max_group_fraction)
         # kept widths, widest first, within the measured range
         self.widths = [w for w in reversed(widths) if (group.size - w) / group.size <= self.x[-1] + EPS]
         self.index = 0  # position in self.widths (0 = full width)
@@ -165,10 +185,14 @@ class _Curve:
         return saved
 
 
-def _measured(model: AcousticModel, curves: Mapping[str, _Curve], target: PruneTarget) -> int:
-    """Real cost of ``model`` with each curve's current width (which units does not matter)."""
-    keep = {n: list(range(c.widths[c.index])) for n, c in curves.items() if c.index > 0}
-    return model_cost(prune_model(model, keep), target.kind, target.seconds)
+def _measured(model: AcousticModel, curves: Mapping[str, _Curve], kind: str, seconds: float,
+              latency: LatencyTable | None) -> float:
+    """Real cost (latency: predicted) of ``model`` with each curve's current width (which units
+    does not matter)."""
+    widths = {n: c.widths[c.index] for n, c in curves.items() if c.index > 0}
+    if kind == "latency":
+        return latency.predict(widths)
+    return model_cost(prune_model(model, {n: list(range(w)) for n, w in widths.items()}), kind, seconds)
 
 
 # ---- plot and files -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from slimasr.config import from_dict
 from slimasr.models import load_model
 from slimasr.frontend import Frontend
 from slimasr.prune import model_cost, prunable_groups, select_layers
+from slimasr.prune.latency import LatencyTable, measure_latency_table
 from slimasr.prune.run import PRUNE_JSON, PruneConfig, _batches, _mean_loss, prune_model_dir
 from slimasr.train import train_model
 from slimasr.train.prepare import feature_cache_dir, feature_cuts
@@ -167,3 +168,44 @@ def test_cli_names_a_missing_model(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "nope" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_latency_target_measures_a_table_times_the_plan_and_records_both(trained, tmp_path):
+    data, model_dir = trained
+    out = tmp_path / "lat"
+    record = prune_model_dir(model_dir, data, out, config(criterion="taylor", latency_runs=2,
+                                                          target={"kind": "latency", "fraction": 0.3}),
+                             show_progress=False)
+    step = record["steps"][0]
+    table = LatencyTable.load(out / "steps" / "1" / "latency_table.json")
+    table.check(load_model(model_dir))
+    assert step["latency_ms_table"] == table.base_ms == record["original"]["latency_ms"]
+    attempts = step["latency_attempts"]
+    assert 1 <= len(attempts) <= 3 and attempts[0]["asked"] == pytest.approx(0.3)
+    assert all(a["measured_ratio"] > 0 for a in attempts if "unreachable" not in a)
+    assert attempts[0]["predicted_ratio"] <= 0.7 + 1e-9
+    assert step["latency_ms_measured"] > 0 and record["final"]["latency_ms"] == step["latency_ms_measured"]
+    assert record["final"]["speedup"] == pytest.approx(table.base_ms / step["latency_ms_measured"])
+    # the table can be handed to another run (measured on the device), and must fit the model
+    again = prune_model_dir(model_dir, data, tmp_path / "again", config(
+        criterion="magnitude", latency_table=str(out / "steps" / "1" / "latency_table.json"),
+        target={"kind": "macs", "fraction": 0.3, "latency_fraction": 0.2}), show_progress=False)
+    assert LatencyTable.load(tmp_path / "again" / "steps" / "1" / "latency_table.json") == table
+    assert again["final"]["macs_ratio"] <= 0.7
+
+
+def test_cli_latency_target_and_a_table_of_another_model(trained, deep, tmp_path, capsys):
+    data, model_dir = trained
+    table = measure_latency_table(load_model(deep), round_to=2, seconds=0.5, runs=1, show_progress=False)
+    table.save(tmp_path / "deep.json")
+    base = ["prune", "--model", str(model_dir), "--data", str(data), "--finetune-epochs", "0",
+            "--round-to", "2", "--quiet", "calibration_cuts=4", "sensitivity_cuts=4", "latency_runs=1"]
+    assert main([*base, "--out", str(tmp_path / "ok"), "--target-macs", "0.3", "--target-latency", "0.2"]) == 0
+    target = json.loads((tmp_path / "ok" / PRUNE_JSON).read_text())["config"]["target"]
+    assert target["kind"] == "macs" and target["latency_fraction"] == 0.2
+    capsys.readouterr()
+    code = main([*base, "--out", str(tmp_path / "bad"), "--target-latency", "0.2",
+                 "--latency-table", str(tmp_path / "deep.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "deep.json" in err[0] and "another model" in err[0]
+    assert not (tmp_path / "bad").exists()
