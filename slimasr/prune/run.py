@@ -10,7 +10,7 @@ original (MACs or parameters), then fine-tunes (CTC, or CTC + KD from the unprun
 ``remove_layers`` first drops whole layers (Conformer blocks) chosen by measured dev loss;
 ``ratios`` replaces the cost target by explicit per-group shares. A target with latency in it
 (``target.kind: latency`` or ``target.latency_fraction``) measures a latency table of the current
-model at every step (``slimasr.prune.latency``, saved as ``steps/k/latency_table.json``; or uses
+model at every step (``slimasr.prune.latency``, saved as ``steps/k/latency_table.json`` and plotted beside it; or uses
 ``latency_table``, measured on the device, at the first step) and records the pruned model's
 predicted and measured batch-1 latency. Steps live in ``OUT/steps/k``; the last one becomes ``OUT`` (no masks: dense, smaller tensors, the
 config holds the new widths, ``load_model`` rebuilds it), with ``prune.json`` recording what was
@@ -40,7 +40,13 @@ from slimasr.models.io import read_model_config
 from slimasr.prune.groups import layer_stack, prunable_groups
 from slimasr.evaluate.cost import measure_latency
 from slimasr.prune.importance import score_model
-from slimasr.prune.latency import DEFAULT_RUNS, LatencyTable, measure_latency_table, relative_latency
+from slimasr.prune.latency import (
+    DEFAULT_RUNS,
+    LatencyTable,
+    measure_latency_table,
+    plot_latency_table,
+    relative_latency,
+)
 from slimasr.prune.plan import EPS, PruneTarget, model_cost, plan, plan_from_ratios
 from slimasr.prune.sensitivity import plot_sensitivity, ratios_from_scan, save_scan, sensitivity_scan
 from slimasr.prune.surgery import prune_model, select_layers
@@ -267,6 +273,7 @@ def _latency_table(model: AcousticModel, cfg: PruneConfig, step: int, step_dir: 
                                       show_progress=show)
     step_dir.mkdir(parents=True, exist_ok=True)
     table.save(step_dir / "latency_table.json")
+    plot_latency_table(table, step_dir / "latency_table.png")
     return table
 
 

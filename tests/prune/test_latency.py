@@ -23,7 +23,7 @@ from slimasr.prune import (
     ratios_from_scan,
     sensitivity_scan,
 )
-from slimasr.prune.latency import LatencyTable, measure_latency_table, relative_latency
+from slimasr.prune.latency import LatencyTable, measure_latency_table, plot_latency_table, relative_latency
 from slimasr.prune.plan import legal_widths
 from tests.prune.test_importance import build
 
@@ -194,3 +194,10 @@ def test_relative_latency_is_a_positive_ratio():
     small = prune_model(model, {"layers.0": list(range(4))})
     ratio = relative_latency(model, small, SECONDS, threads=1, runs=3)
     assert math.isfinite(ratio) and ratio > 0
+
+
+def test_the_table_plot_is_a_png(tmp_path, conformer_table):
+    _, table = conformer_table
+    path = plot_latency_table(table, tmp_path / "t.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.tmp*"))

@@ -179,6 +179,7 @@ def test_a_latency_target_measures_a_table_times_the_plan_and_records_both(train
     step = record["steps"][0]
     table = LatencyTable.load(out / "steps" / "1" / "latency_table.json")
     table.check(load_model(model_dir))
+    assert (out / "steps" / "1" / "latency_table.png").is_file()
     assert step["latency_ms_table"] == table.base_ms == record["original"]["latency_ms"]
     attempts = step["latency_attempts"]
     assert 1 <= len(attempts) <= 3 and attempts[0]["asked"] == pytest.approx(0.3)
