@@ -47,7 +47,7 @@ RESULTS = ROOT / "bench" / "results" / "prune"
 LATENCY_SECONDS = 3.0  # utterance length for batch-1 latency
 LATENCY_THREADS = 1  # one core of a device
 LATENCY_ROUNDS = 5  # round-robin rounds of the latency command (median of the rounds' p50s)
-SPECIAL = ("baselines.json", "latency.json")  # result files that are not grid points
+SPECIAL = ("baselines.json", "latency.json", "latency_focus.json")  # result files that are not grid points
 
 
 def evaluate(model_dir: Path, data: Path, lm: Path | None) -> dict:
@@ -133,17 +133,29 @@ def reference(args: argparse.Namespace) -> None:
 
 
 def latency(args: argparse.Namespace) -> None:
-    """Re-time the unpruned model and every grid point's model, round-robin, in this process."""
+    """Re-time the unpruned model and every grid point's model (``--only``: the points whose name
+    holds one of these strings, into latency_focus.json), round-robin, in this process. Speed-up
+    is the median over rounds of each round's unpruned / model time, so that slow drifts of the
+    machine cancel; its spread over the rounds is kept too."""
     tag = args.model.name
     dirs = {"unpruned": args.model}
     for p in sorted((RESULTS / tag).glob("*.json")):
-        if p.name not in SPECIAL and p.stem != "unpruned" and (args.out / tag / p.stem).is_dir():
+        if p.name not in SPECIAL and p.stem != "unpruned" and (args.out / tag / p.stem).is_dir() and (
+                not args.only or any(o in p.stem for o in args.only)):
             dirs[p.stem] = args.out / tag / p.stem
-    med = _round_robin({name: load_model(d).eval() for name, d in dirs.items()})
-    out = {"seconds": LATENCY_SECONDS, "threads": LATENCY_THREADS, "rounds": LATENCY_ROUNDS,
-           "latency_ms_p50": med, "speedup": {n: med["unpruned"] / v for n, v in med.items()},
+    rounds = args.rounds
+    models = {name: load_model(d).eval() for name, d in dirs.items()}
+    p50s: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            p50s[name].append(measure_latency(model, LATENCY_SECONDS, LATENCY_THREADS)["latency_ms_p50"])
+    ratios = {n: [u / v for u, v in zip(p50s["unpruned"], t)] for n, t in p50s.items()}
+    out = {"seconds": LATENCY_SECONDS, "threads": LATENCY_THREADS, "rounds": rounds,
+           "latency_ms_p50": {n: statistics.median(v) for n, v in p50s.items()},
+           "speedup": {n: statistics.median(r) for n, r in ratios.items()},
+           "speedup_range": {n: [min(r), max(r)] for n, r in ratios.items()},
            "machine": f"{platform.processor() or platform.machine()}"}
-    write_json_atomic(RESULTS / tag / "latency.json", out)
+    write_json_atomic(RESULTS / tag / ("latency_focus.json" if args.only else "latency.json"), out)
     print(json.dumps(out, indent=1), flush=True)
 
 
@@ -379,6 +391,8 @@ def main() -> None:
     ap.add_argument("--distill", action="store_true")
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--remove-layers", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=LATENCY_ROUNDS, help="latency: round-robin rounds")
+    ap.add_argument("--only", nargs="+", default=[], help="latency: only points whose name holds one of these")
     ap.add_argument("--target-latency", type=float, default=None,
                     help="also remove this share of the measured batch-1 latency (latency table)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of grid runs")
