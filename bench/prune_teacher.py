@@ -144,11 +144,7 @@ def latency(args: argparse.Namespace) -> None:
                 not args.only or any(o in p.stem for o in args.only)):
             dirs[p.stem] = args.out / tag / p.stem
     rounds = args.rounds
-    models = {name: load_model(d).eval() for name, d in dirs.items()}
-    p50s: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            p50s[name].append(measure_latency(model, LATENCY_SECONDS, LATENCY_THREADS)["latency_ms_p50"])
+    p50s = _round_robin({name: load_model(d).eval() for name, d in dirs.items()}, rounds)
     ratios = {n: [u / v for u, v in zip(p50s["unpruned"], t)] for n, t in p50s.items()}
     out = {"seconds": LATENCY_SECONDS, "threads": LATENCY_THREADS, "rounds": rounds,
            "latency_ms_p50": {n: statistics.median(v) for n, v in p50s.items()},
@@ -171,7 +167,7 @@ def baselines(args: argparse.Namespace) -> None:
     rows = {"model": tag, "unpruned_macs": count_macs(model, x, lens),
             "torch_nn_utils_prune": _masks(model, x, lens, timed),
             "torch_pruning": _torch_pruning(model, x, lens, timed)}
-    med = _round_robin(timed)
+    med = {name: statistics.median(v) for name, v in _round_robin(timed).items()}
     rows["unpruned_latency_ms"] = med["unpruned"]
     masks = rows["torch_nn_utils_prune"]
     for key in ("with_masks", "after_remove"):
@@ -186,14 +182,14 @@ def baselines(args: argparse.Namespace) -> None:
     print(json.dumps(rows, indent=1), flush=True)
 
 
-def _round_robin(models: dict[str, torch.nn.Module]) -> dict[str, float]:
-    """Median over LATENCY_ROUNDS rounds of each model's batch-1 p50, the models timed in turn
+def _round_robin(models: dict[str, torch.nn.Module], rounds: int = LATENCY_ROUNDS) -> dict[str, list[float]]:
+    """Each model's batch-1 p50 in every one of ``rounds`` rounds, the models timed in turn
     within every round, so that all of them see the same machine conditions."""
     p50s: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(LATENCY_ROUNDS):
+    for _ in range(rounds):
         for name, model in models.items():
             p50s[name].append(measure_latency(model, LATENCY_SECONDS, LATENCY_THREADS)["latency_ms_p50"])
-    return {name: statistics.median(v) for name, v in p50s.items()}
+    return p50s
 
 
 def _masks(model: torch.nn.Module, x: torch.Tensor, lens: torch.Tensor, timed: dict) -> dict:

@@ -33,12 +33,12 @@ from slimasr.config import config_to_dict
 from slimasr.data.dataset import AsrDataset
 from slimasr.distill import distill_model
 from slimasr.errors import ConfigError, DataError
+from slimasr.evaluate.cost import measure_latency
 from slimasr.frontend import Frontend
 from slimasr.io import atomic_dir, read_json, write_json_atomic
 from slimasr.models import AcousticModel, load_model, save_model
 from slimasr.models.io import read_model_config
 from slimasr.prune.groups import layer_stack, prunable_groups
-from slimasr.evaluate.cost import measure_latency
 from slimasr.prune.importance import score_model
 from slimasr.prune.latency import (
     DEFAULT_RUNS,
