@@ -545,7 +545,7 @@ class Trainer:
         st, cfg = self.state, self.cfg
         losses = distributed.all_reduce_sum(st.epoch_loss, self.info)
         row = {"epoch": st.epoch, "step": st.step, "seconds": round(self.seconds(), 2),
-               "partial_epoch": partial, "lr": self.schedule.lr(max(st.step - 1, 0)),
+               "partial_epoch": partial, "lr": self.optimizer.param_groups[0]["lr"],  # as applied (clock too)
                "train_loss": losses[0] / max(losses[1], 1), **metrics}
         st.history.append(row)
         if st.best_wer is None or metrics["dev_wer"] < st.best_wer:

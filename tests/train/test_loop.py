@@ -146,6 +146,20 @@ def test_early_stopping_and_time_budget(trained, tmp_path) -> None:
     assert timed["history"][-1]["partial_epoch"] is True
 
 
+def test_history_records_the_lr_applied_under_a_clock(trained, tmp_path, monkeypatch) -> None:
+    """Under ``max_minutes`` the cosine follows the clock; each epoch's row must show the lr its
+    last step ran with, not the lr the step count alone would give."""
+    monkeypatch.setattr(loop.Trainer, "time_fraction", lambda self: 0.5)
+    result = train_model(tiny_recipe(epochs=2, max_minutes=60.0, warmup_steps=1, decay_steps=10_000),
+                         trained[0], tmp_path / "clock", show_progress=False)
+    peak, floor = 5e-3, 5e-3 * load_recipe(tiny_recipe()).train.min_lr_ratio
+    assert len(result["history"]) == 2
+    for row in result["history"]:
+        by_steps = lr_at(row["step"] - 1, "cosine", peak, 1, 10_000, 0.05, 0.0)
+        assert by_steps > peak * 0.99  # the step count alone says: barely decayed
+        assert row["lr"] == pytest.approx(floor + (peak - floor) * 0.5)  # the clock: half-way
+
+
 def _trainer(tmp_path: Path, overrides: tuple[str, ...] = ()) -> loop.Trainer:
     recipe = load_recipe(tiny_recipe(), overrides)
     tokenizer = CharTokenizer()
