@@ -63,7 +63,7 @@ def train_and_measure(family: str, data: Path, out: Path, minutes: float, patien
         "dev_wer": training.get("dev_wer"),
         "best_epoch": training.get("best_epoch"),
         "model_dir": str(model_dir),
-        "curve": curve(model_dir),
+        "curve": curve(training["history"]),
         "test_wer_greedy": greedy["wer"],
         "test_cer_greedy": greedy["cer"],
         "test_wer_lm": beam["wer"],
@@ -74,10 +74,8 @@ def train_and_measure(family: str, data: Path, out: Path, minutes: float, patien
     }
 
 
-def curve(model_dir: Path) -> list[dict]:
-    """Per validation of a training run (resumed runs included): epoch, seconds, losses, dev WER.
-    (The applied lr is in the run's train_log.csv.)"""
-    history = json.loads((model_dir / "checkpoints" / "last" / "state.json").read_text())["loop"]["history"]
+def curve(history: list[dict]) -> list[dict]:
+    """Per validation of a training run (resumed runs included): epoch, seconds, losses, dev WER."""
     return [{k: h[k] for k in ("epoch", "seconds", "train_loss", "dev_loss", "dev_wer")} for h in history]
 
 

@@ -152,10 +152,11 @@ def test_history_records_the_lr_applied_under_a_clock(trained, tmp_path, monkeyp
     monkeypatch.setattr(loop.Trainer, "time_fraction", lambda self: 0.5)
     result = train_model(tiny_recipe(epochs=2, max_minutes=60.0, warmup_steps=1, decay_steps=10_000),
                          trained[0], tmp_path / "clock", show_progress=False)
-    peak, floor = 5e-3, 5e-3 * load_recipe(tiny_recipe()).train.min_lr_ratio
+    peak, ratio = 5e-3, load_recipe(tiny_recipe()).train.min_lr_ratio
+    floor = peak * ratio
     assert len(result["history"]) == 2
     for row in result["history"]:
-        by_steps = lr_at(row["step"] - 1, "cosine", peak, 1, 10_000, 0.05, 0.0)
+        by_steps = lr_at(row["step"] - 1, "cosine", peak, 1, 10_000, ratio, 0.0)
         assert by_steps > peak * 0.99  # the step count alone says: barely decayed
         assert row["lr"] == pytest.approx(floor + (peak - floor) * 0.5)  # the clock: half-way
 
