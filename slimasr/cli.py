@@ -154,23 +154,15 @@ def _lm(args: argparse.Namespace) -> dict:
 
 
 def _transcribe(args: argparse.Namespace) -> dict:
-    import torch
-
     from slimasr.data.audio import load_audio
-    from slimasr.decode import DecodeConfig, make_decoder
-    from slimasr.frontend import Frontend
-    from slimasr.models import load_model
+    from slimasr.decode import DecodeConfig
+    from slimasr.recognize import Recognizer
 
     if args.stream:
         raise NotAvailable("slimasr transcribe --stream: not yet available in this version")
-    model, frontend = load_model(args.model), Frontend.load(args.model)
-    cfg = DecodeConfig(method="beam", lm_path=args.lm) if args.lm else DecodeConfig()
-    decoder = make_decoder(frontend.tokenizer.tokens, cfg)
+    recognizer = Recognizer(args.model, DecodeConfig(method="beam", lm_path=args.lm) if args.lm else None)
     for path in args.audio:
-        x, x_lens = frontend.batch([load_audio(path)])
-        with torch.inference_mode():
-            log_probs, lens = model(x, x_lens)
-        print(f"{path}\t{decoder.decode_batch(log_probs, lens)[0]}")
+        print(f"{path}\t{recognizer.transcribe(load_audio(path))}")
     return None
 
 

@@ -48,7 +48,9 @@ class AsrDataset(torch.utils.data.Dataset):
     Utterances are ordered longest first. Features come from the cuts' stored features when
     every cut in the batch has them, else are computed from audio (lhotse OnTheFlyFeatures);
     ``on_the_fly`` True forces computing, False requires stored features. In training mode the
-    waveform augmentations (speed, noise) force computing, and SpecAugment runs after CMVN.
+    waveform augmentations (speed, noise) force computing, features computed on the fly get the
+    feature config's dither, and SpecAugment runs after CMVN; otherwise features are exact
+    (stored features never hold dither).
     """
 
     def __init__(
@@ -74,7 +76,9 @@ class AsrDataset(torch.utils.data.Dataset):
         self.cut_transforms = cut_transforms(augment) if augment is not None else []
         self.spec_augment = spec_augment(augment) if augment and augment.spec_augment else None
         # Per-utterance extraction (no padded batch): the last frame then matches stored features.
-        self._compute = OnTheFlyFeatures(fbank_extractor(feature_cfg), use_batch_extract=False)
+        # Dither (feature_cfg.dither) is a training augmentation: evaluation features are exact.
+        extractor = fbank_extractor(feature_cfg, dither=train)
+        self._compute = OnTheFlyFeatures(extractor, use_batch_extract=False)
         self._read = PrecomputedFeatures()
 
     def __getitem__(self, cuts: CutSet) -> dict[str, Any]:

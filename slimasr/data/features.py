@@ -53,9 +53,12 @@ class FeatureConfig:
     num_mel_bins: int = 80  # log-mel filterbank channels (Kaldi --num-mel-bins)
     frame_shift: float = 0.01  # seconds between frames: 100 frames per second
     frame_length: float = 0.025  # seconds per analysis window
-    # Std of Gaussian noise added to the waveform before framing. 1/32768 is one int16 step,
-    # i.e. Kaldi's default dither=1.0 for float audio; it lifts digital silence off the log floor
-    # in the upper bins (FINDINGS: add dither). 0.0 makes features deterministic.
+    # Std of Gaussian noise added to the waveform before framing, in training only (features
+    # computed on the fly for a training batch). 1/32768 is one int16 step, i.e. Kaldi's default
+    # dither=1.0 for float audio; it lifts digital silence off the log floor in the upper bins
+    # (FINDINGS: add dither). Inference, evaluation, CMVN and every stored feature cache use 0,
+    # as runtimes do (sherpa-onnx computes fbank with dither 0): the same audio always gives the
+    # same features.
     dither: float = 1.0 / 32768
     sampling_rate: int = 16000  # Hz; cuts at another rate are resampled to this
     # Optional denoising front end: a stationary spectral gate on the waveform (see spectral_gate).
@@ -89,12 +92,12 @@ class FeatureConfig:
         return dataclasses.asdict(self)
 
 
-def _fbank_config(cfg: FeatureConfig) -> FbankConfig:
+def _fbank_config(cfg: FeatureConfig, dither: bool) -> FbankConfig:
     return FbankConfig(
         sampling_rate=cfg.sampling_rate,
         frame_length=cfg.frame_length,
         frame_shift=cfg.frame_shift,
-        dither=cfg.dither,
+        dither=cfg.dither if dither else 0.0,
         num_filters=cfg.num_mel_bins,
     )
 
@@ -163,14 +166,15 @@ class GatedFbank(FeatureExtractor):
 
     Registered with lhotse under ``name`` so feature-domain mixing of stored features works.
     Extraction is per utterance (``extract``); lhotse's default ``extract_batch`` loops over it.
+    ``dither``: apply ``config.dither`` (training batches only; see :func:`fbank_extractor`).
     """
 
     name = "slimasr-gated-fbank"
     config_type = FeatureConfig
 
-    def __init__(self, config: FeatureConfig | None = None):
+    def __init__(self, config: FeatureConfig | None = None, dither: bool = False):
         super().__init__(config=config)
-        self._fbank = Fbank(_fbank_config(self.config))
+        self._fbank = Fbank(_fbank_config(self.config, dither))
 
     @property
     def frame_shift(self) -> float:
@@ -192,13 +196,21 @@ class GatedFbank(FeatureExtractor):
     compute_energy = staticmethod(Fbank.compute_energy)
 
 
-def fbank_extractor(cfg: FeatureConfig) -> FeatureExtractor:
-    """The lhotse extractor for ``cfg``: ``Fbank``, or :class:`GatedFbank` when ``cfg.denoise``."""
-    return GatedFbank(cfg) if cfg.denoise else Fbank(_fbank_config(cfg))
+def fbank_extractor(cfg: FeatureConfig, dither: bool = False) -> FeatureExtractor:
+    """The lhotse extractor for ``cfg``: ``Fbank``, or :class:`GatedFbank` when ``cfg.denoise``.
+
+    ``dither`` False (the default) gives deterministic features: the same audio, the same
+    features, as inference, evaluation and feature caches need. Only training batches computed
+    on the fly pass True, to add ``cfg.dither`` as an augmentation.
+    """
+    if cfg.denoise:
+        return GatedFbank(cfg, dither=dither)
+    return Fbank(_fbank_config(cfg, dither))
 
 
-def compute_fbank(audio: np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
-    """Log-mel features of one utterance.
+def compute_fbank(audio: np.ndarray, cfg: FeatureConfig, dither: bool = False) -> torch.Tensor:
+    """Log-mel features of one utterance; deterministic unless ``dither`` (see
+    :func:`fbank_extractor`).
 
     audio: ``(S,)`` (or ``(1, S)``) float mono at ``cfg.sampling_rate``.
     Returns ``(num_frames(S, cfg), cfg.num_mel_bins)`` float32.
@@ -207,7 +219,7 @@ def compute_fbank(audio: np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
     if wave.ndim > 1 and wave.shape[0] != 1:
         raise ValueError(f"compute_fbank expects mono audio (S,) or (1, S), got {wave.shape}")
     wave = wave.reshape(-1)
-    feats = fbank_extractor(cfg).extract(wave, cfg.sampling_rate)
+    feats = fbank_extractor(cfg, dither=dither).extract(wave, cfg.sampling_rate)
     return torch.from_numpy(np.asarray(feats, dtype=np.float32))
 
 

@@ -79,7 +79,8 @@ def _feature_stamp(data_dir: str | Path, split: str, cfg: FeatureConfig) -> dict
     if not source.is_file():
         read_split(data_dir, split)  # raises the one-line DataError naming what is missing
     stat = source.stat()
-    return {"features": config_to_dict(cfg), "source": str(source.resolve()),
+    # "dither": stored features are computed without dither (caches older than that are redone).
+    return {"features": config_to_dict(cfg), "dither": False, "source": str(source.resolve()),
             "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 

@@ -72,11 +72,25 @@ def test_extractor_is_kaldi_fbank_unless_denoising() -> None:
 
 def test_dither_changes_features_only_when_on() -> None:
     audio = np.zeros(4000, dtype=np.float32)  # digital silence
-    plain = compute_fbank(audio, FeatureConfig(dither=0.0))
-    assert torch.equal(plain, compute_fbank(audio, FeatureConfig(dither=0.0)))
-    dithered = compute_fbank(audio, FeatureConfig())
+    plain = compute_fbank(audio, FeatureConfig(dither=0.0), dither=True)
+    assert torch.equal(plain, compute_fbank(audio, FeatureConfig(dither=0.0), dither=True))
+    dithered = compute_fbank(audio, FeatureConfig(), dither=True)
     assert dithered.mean() > plain.mean() + 1  # high bins leave the log floor
-    assert not torch.equal(dithered, compute_fbank(audio, FeatureConfig()))
+    assert not torch.equal(dithered, compute_fbank(audio, FeatureConfig(), dither=True))
+
+
+@pytest.mark.parametrize("denoise", [False, True])
+def test_features_are_deterministic_unless_training_asks_for_dither(denoise: bool) -> None:
+    """Inference features: the same audio gives bit-identical features, whatever the config's
+    dither (it is a training augmentation; runtimes such as sherpa-onnx use dither 0)."""
+    audio = np.random.default_rng(1).standard_normal(8000).astype(np.float32) * 0.01
+    audio[:2000] = 0.0  # digital silence, where dither shows most
+    cfg = FeatureConfig(denoise=denoise)
+    assert cfg.dither > 0
+    first = compute_fbank(audio, cfg)
+    assert torch.equal(first, compute_fbank(audio, cfg))
+    assert torch.equal(first, compute_fbank(audio, FeatureConfig(denoise=denoise, dither=0.0)))
+    assert not torch.equal(first, compute_fbank(audio, cfg, dither=True))
 
 
 def test_precomputed_equal_on_the_fly(corpus: Path, cfg: FeatureConfig, tmp_path: Path) -> None:

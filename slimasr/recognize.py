@@ -1,0 +1,43 @@
+"""Recognize audio with a trained model directory: features, the model, a decoder.
+
+    recognizer = Recognizer("exp/teacher")                # or Recognizer(dir, DecodeConfig(...))
+    log_probs = recognizer.log_probs(audio)               # (T', V) float32, deterministic
+    text = recognizer.transcribe(audio)                   # audio: (S,) float32 at 16 kHz
+
+Inference is deterministic: features carry no dither (``slimasr.data.features``) and the model
+runs in eval mode, so the same audio gives bit-identical log-probs on every call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slimasr.decode import DecodeConfig, make_decoder
+from slimasr.frontend import Frontend
+
+
+class Recognizer:
+    """A model directory ready to transcribe: its front end, model (eval mode) and decoder."""
+
+    def __init__(self, model_dir: str | Path, decode: DecodeConfig | None = None):
+        from slimasr.models import load_model
+
+        self.model = load_model(model_dir).eval()
+        self.frontend = Frontend.load(model_dir)
+        self.decoder = make_decoder(self.frontend.tokenizer.tokens, decode or DecodeConfig())
+
+    def log_probs(self, audio: np.ndarray) -> torch.Tensor:
+        """``audio: (S,)`` float32 mono at 16 kHz -> ``(T', V)`` float32 log-posteriors."""
+        x, x_lens = self.frontend.batch([audio])
+        with torch.inference_mode():
+            log_probs, lens = self.model(x, x_lens)
+        return log_probs[0, : int(lens[0])]
+
+    def transcribe(self, audio: np.ndarray) -> str:
+        """The decoded text of one utterance."""
+        log_probs = self.log_probs(audio)
+        lens = torch.tensor([log_probs.shape[0]], dtype=torch.int64)
+        return self.decoder.decode_batch(log_probs[None], lens)[0]
