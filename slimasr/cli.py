@@ -7,34 +7,55 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from slimasr import __version__
 from slimasr.errors import SlimasrError
 
 # Verbs that later work fills; until then they answer clearly instead of failing obscurely.
-PLANNED_VERBS = {
-    "export": "export to ONNX (optionally int8) with a parity check",
-}
+PLANNED_VERBS: dict[str, str] = {}
 
 
-def _corpus_synth(args: argparse.Namespace) -> dict:
+# Each verb with a config has a ``resolve`` function: the config its arguments make, built and
+# checked without running anything (the doc-example test resolves every documented command).
+
+
+def _synth_config(args: argparse.Namespace) -> Any:
     from slimasr.config import load_config
-    from slimasr.data.synth import SynthConfig, synthesize_corpus
+    from slimasr.data.synth import SynthConfig
 
     overrides = list(args.overrides)
     for name in ("hours", "seed", "num_workers"):
         value = getattr(args, name)
         if value is not None:
             overrides.append(f"{name}={value}")
-    cfg = load_config(SynthConfig, args.config, overrides)
-    return synthesize_corpus(args.out, cfg, overwrite=args.overwrite, show_progress=not args.quiet)
+    return load_config(SynthConfig, args.config, overrides)
+
+
+OVERWRITE_HELP = ("replace a model or training run already in --out (its old files, metrics and "
+                  "checkpoints go; never an input)")
+
+
+def _corpus_synth(args: argparse.Namespace) -> dict:
+    from slimasr.data.synth import synthesize_corpus
+
+    from slimasr.io import output_lock
+
+    with output_lock(args.out, "corpus synth"):
+        return synthesize_corpus(args.out, _synth_config(args), overwrite=args.overwrite,
+                                 show_progress=not args.quiet)
 
 
 def _corpus_import(args: argparse.Namespace) -> dict:
+    from slimasr.io import output_lock
+
+    with output_lock(args.out, "corpus import"):
+        return _import(args, not args.quiet)
+
+
+def _import(args: argparse.Namespace, show: bool) -> dict:
     from slimasr.data import importers
 
-    show = not args.quiet
     if args.format == "librispeech":
         return importers.import_librispeech(args.src, args.out, overwrite=args.overwrite, show_progress=show)
     if args.format == "timit":
@@ -43,15 +64,29 @@ def _corpus_import(args: argparse.Namespace) -> dict:
                                   show_progress=show)
 
 
+def _train_recipe(args: argparse.Namespace) -> Any:
+    from slimasr.train.config import load_recipe
+
+    return _with_model_checked(load_recipe(args.config, args.overrides))
+
+
+def _with_model_checked(recipe: Any) -> Any:
+    """The recipe, once its model (a preset's file, or an architecture's config) is found."""
+    from slimasr.train.config import resolve_model
+
+    if recipe.model.preset or recipe.model.architecture:
+        resolve_model(recipe.model)
+    return recipe
+
+
 def _train(args: argparse.Namespace) -> dict:
     from slimasr.train import train_model
 
-    return train_model(args.config, args.data, args.out, resume=args.resume, overrides=args.overrides)
+    return train_model(args.config, args.data, args.out, resume=args.resume, overrides=args.overrides,
+                       overwrite=args.overwrite)
 
 
-def _distill(args: argparse.Namespace) -> dict:
-    from slimasr.distill import distill_model
-
+def _distill_overrides(args: argparse.Namespace) -> list[str]:
     overrides = [f"teacher.path={args.teacher}", *args.overrides]
     student = args.student
     if student in ("teacher", "from-teacher"):
@@ -62,14 +97,27 @@ def _distill(args: argparse.Namespace) -> dict:
         import json
 
         overrides.append(f"unlabelled={json.dumps(args.unlabelled)}")  # a YAML (JSON) list
-    result = distill_model(args.config, args.data, args.out, resume=args.resume, overrides=overrides)
+    return overrides
+
+
+def _distill_recipe(args: argparse.Namespace) -> Any:
+    from slimasr.distill.config import load_distill_recipe
+
+    return _with_model_checked(load_distill_recipe(args.config, _distill_overrides(args)))
+
+
+def _distill(args: argparse.Namespace) -> dict:
+    from slimasr.distill import distill_model
+
+    result = distill_model(args.config, args.data, args.out, resume=args.resume,
+                           overrides=_distill_overrides(args), overwrite=args.overwrite)
     result.pop("history", None)
     return result
 
 
-def _prune(args: argparse.Namespace) -> dict:
+def _prune_config(args: argparse.Namespace) -> Any:
     from slimasr.config import load_config
-    from slimasr.prune.run import PruneConfig, prune_model_dir
+    from slimasr.prune.run import PruneConfig
 
     overrides = [f"criterion={args.criterion}"]
     if args.target_macs is not None:
@@ -90,23 +138,37 @@ def _prune(args: argparse.Namespace) -> dict:
             overrides.append(f"{key}={value}")
     if args.distill:
         overrides.append("distill=true")
-    cfg = load_config(PruneConfig, args.config, [*overrides, *args.overrides])
-    result = prune_model_dir(args.model, args.data, args.out, cfg, show_progress=not args.quiet)
+    return load_config(PruneConfig, args.config, [*overrides, *args.overrides])
+
+
+def _prune(args: argparse.Namespace) -> dict:
+    from slimasr.prune.run import prune_model_dir
+
+    result = prune_model_dir(args.model, args.data, args.out, _prune_config(args),
+                             show_progress=not args.quiet, overwrite=args.overwrite)
     return {"out": args.out, **result["final"]}
 
 
-def _evaluate(args: argparse.Namespace) -> dict:
+def _eval_config(args: argparse.Namespace) -> Any:
     from slimasr.config import load_config
-    from slimasr.evaluate.run import EvalConfig, evaluate_model
+    from slimasr.evaluate.run import EvalConfig
 
     overrides = list(args.overrides)
     if args.beam:
         overrides.append("decode.method=beam")
     if args.lm:
         overrides += ["decode.method=beam", f"decode.lm_path={args.lm}"]
-    cfg = load_config(EvalConfig, None, overrides)
-    result = evaluate_model(args.model, args.data, cfg, json_out=args.json, show_progress=not args.quiet)
-    _print_worst(args.model)
+    return load_config(EvalConfig, None, overrides)
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
+    from slimasr.evaluate.run import evaluate_model, evaluated_on
+
+    config = _eval_config(args)
+    result = evaluate_model(args.model, args.data, config, json_out=args.json,
+                            show_progress=not args.quiet)
+    if evaluated_on(args.model, args.data, config):  # the worst list beside the model is this run's
+        _print_worst(args.model)
     return result
 
 
@@ -130,17 +192,22 @@ def _report(args: argparse.Namespace) -> dict:
     return {name: str(path) for name, path in paths.items()}
 
 
+def _pipeline_recipe(args: argparse.Namespace) -> str:
+    if args.verb == "demo":
+        return "demo_quick" if args.quick else "demo"
+    return args.recipe
+
+
+def _pipeline(args: argparse.Namespace) -> Any:
+    from slimasr.pipeline import load_pipeline
+
+    return load_pipeline(_pipeline_recipe(args), args.overrides)
+
+
 def _run(args: argparse.Namespace) -> dict:
     from slimasr.pipeline import run_pipeline
 
-    return run_pipeline(args.recipe, args.overrides, experiment=args.experiment)
-
-
-def _demo(args: argparse.Namespace) -> dict:
-    from slimasr.pipeline import run_pipeline
-
-    recipe = "demo_quick" if args.quick else "demo"
-    return run_pipeline(recipe, args.overrides, experiment=args.experiment)
+    return run_pipeline(_pipeline_recipe(args), args.overrides, experiment=args.experiment)
 
 
 def _lm(args: argparse.Namespace) -> dict:
@@ -156,18 +223,72 @@ def _lm(args: argparse.Namespace) -> dict:
 def _transcribe(args: argparse.Namespace) -> dict:
     from slimasr.data.audio import load_audio
     from slimasr.decode import DecodeConfig
-    from slimasr.recognize import Recognizer
+    from slimasr.recognize import load_recognizer
 
     if args.stream:
         raise NotAvailable("slimasr transcribe --stream: not yet available in this version")
-    recognizer = Recognizer(args.model, DecodeConfig(method="beam", lm_path=args.lm) if args.lm else None)
+    recognizer = load_recognizer(args.model, DecodeConfig(method="beam", lm_path=args.lm) if args.lm else None)
     for path in args.audio:
         print(f"{path}\t{recognizer.transcribe(load_audio(path))}")
     return None
 
 
+def _export_config(args: argparse.Namespace) -> Any:
+    from slimasr.config import load_config
+    from slimasr.export import ExportConfig
+
+    overrides = ["int8=true"] if args.int8 else []
+    for key, value in (("opset", args.opset), ("max_wer_increase", args.max_wer_increase),
+                       ("wer_manifest", args.calib)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(ExportConfig, None, [*overrides, *args.overrides])
+
+
+def _export(args: argparse.Namespace) -> dict:
+    from slimasr.export import export_model
+
+    info = export_model(args.model, args.out, _export_config(args), overwrite=args.overwrite)
+    return {"bundle": args.out, "int8": info["files"]["model_int8"] or "no", **info["results"]}
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """Options and positional arguments in any order (``run R --experiment D key=value``).
+
+    argparse parses a verb's arguments intermixed only when asked (``parse_intermixed_args``),
+    and cannot intermix a parser that has sub-commands or a REMAINDER argument; so a parser with
+    those parses as usual and hands the rest to its verb's parser, which parses intermixed."""
+
+    _intermixing = False  # inside parse_known_intermixed_args, which calls parse_known_args
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: D102 - argparse's own
+        if self._intermixing or not self._can_intermix():
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+    def _can_intermix(self) -> bool:
+        return all(a.nargs not in (argparse.PARSER, argparse.REMAINDER) for a in self._actions)
+
+
+def _verb(verbs: Any, name: str, help_text: str, *examples: str) -> argparse.ArgumentParser:
+    """A verb's parser; its --help ends with the example command lines (tests/test_docs.py
+    parses and checks every one)."""
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) if examples else None
+    return verbs.add_parser(name, help=help_text, epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_overrides(parser: argparse.ArgumentParser, help_text: str) -> None:
+    # default=[]: argparse otherwise calls an empty "*" positional missing in its error messages
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = IntermixedParser(
         prog="slimasr",
         description="Make speech recognizers small and fast: distillation and structured pruning, measured.",
     )
@@ -179,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     corpus_verbs = corpus.add_subparsers(dest="corpus_verb", metavar="ACTION")
     corpus_verbs.required = True
 
-    synth = corpus_verbs.add_parser("synth", help="synthesize the embedded smart-home corpus with eSpeak NG")
+    synth = _verb(corpus_verbs, "synth", "synthesize the embedded smart-home corpus with eSpeak NG",
+                  "slimasr corpus synth --out data/smarthome",
+                  "slimasr corpus synth --out data/noisy --hours 0.5 --seed 1 snr_min_db=0 clean_share=0.1")
     synth.add_argument("--out", required=True, help="output data directory")
     synth.add_argument("--hours", type=float, default=None, help="hours of training audio (default 1.5)")
     synth.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
@@ -188,10 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--config", default=None, help="YAML/JSON file with SynthConfig fields")
     synth.add_argument("--overwrite", action="store_true", help="replace a complete corpus in --out")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
-    synth.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="SynthConfig overrides, e.g. snr_db=[5,30]")
-    synth.set_defaults(func=_corpus_synth)
+    _add_overrides(synth, "SynthConfig fields (slimasr/data/synth.py), e.g. snr_min_db=5 snr_max_db=20")
+    synth.set_defaults(func=_corpus_synth, resolve=_synth_config)
 
-    imp = corpus_verbs.add_parser("import", help="turn a local corpus into lhotse manifests")
+    imp = _verb(corpus_verbs, "import", "turn a local corpus into lhotse manifests",
+                "slimasr corpus import librispeech /path/to/LibriSpeech --out data/librispeech",
+                "slimasr corpus import jsonl /path/to/train.jsonl --out data/mine")
     imp.add_argument("format", choices=["librispeech", "timit", "jsonl"], help="layout of SRC")
     imp.add_argument("src", help="corpus folder (librispeech, timit) or manifest file (jsonl)")
     imp.add_argument("--out", required=True, help="output data directory")
@@ -200,15 +325,22 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=_corpus_import)
 
-    train = verbs.add_parser("train", help="train a CTC model (teacher or baseline)")
+    train = _verb(verbs, "train", "train a CTC model (teacher or baseline)",
+                  "slimasr train --config recipes/train_crnn_teacher.yaml --data data/smarthome "
+                  "--out exp/teacher train.epochs=20")
     train.add_argument("--config", required=True, help="training recipe YAML (recipes/train_*.yaml)")
     train.add_argument("--data", required=True, help="data directory (corpus synth / corpus import)")
     train.add_argument("--out", required=True, help="model directory to write")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
-    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. train.epochs=5")
-    train.set_defaults(func=_train)
+    train.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    _add_overrides(train, "recipe overrides, e.g. train.epochs=5")
+    train.set_defaults(func=_train, resolve=_train_recipe)
 
-    dist = verbs.add_parser("distill", help="knowledge distillation from a teacher into a small student")
+    dist = _verb(verbs, "distill", "knowledge distillation from a teacher into a small student",
+                 "slimasr distill --teacher exp/teacher --config recipes/distill_crnn_student.yaml "
+                 "--data data/smarthome --out exp/student",
+                 "slimasr distill --teacher exp/teacher --student crnn_student --data data/smarthome "
+                 "--out exp/s2 loss.kd_weight=0.5")
     dist.add_argument("--teacher", required=True,
                       help="teacher model directory (slimasr, or a local HF Wav2Vec2/HuBERT CTC folder)")
     dist.add_argument("--student", default=None,
@@ -221,11 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--unlabelled", action="append", default=[],
                       help="cuts manifest of audio without transcripts (repeatable)")
     dist.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
-    dist.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                      help="recipe overrides, e.g. loss.kd_weight=0.5 loss.temperature=2")
-    dist.set_defaults(func=_distill)
+    dist.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    _add_overrides(dist, "recipe overrides, e.g. loss.kd_weight=0.5 loss.temperature=2")
+    dist.set_defaults(func=_distill, resolve=_distill_recipe)
 
-    prune = verbs.add_parser("prune", help="structured pruning (channels, units, heads) + fine-tuning")
+    prune = _verb(verbs, "prune", "structured pruning (channels, units, heads) + fine-tuning",
+                  "slimasr prune --model exp/teacher --data data/smarthome --out exp/pruned "
+                  "--criterion taylor --target-macs 0.5 --finetune-epochs 4 --distill")
     prune.add_argument("--model", required=True, help="model directory to prune")
     prune.add_argument("--criterion", default="taylor",
                        choices=["magnitude", "taylor", "activation", "apoz", "sensitivity", "random"],
@@ -246,53 +380,81 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--round-to", type=int, help="kept widths are multiples of this (default 8)")
     prune.add_argument("--remove-layers", type=int,
                        help="first remove this many whole layers (Conformer blocks), by measured dev loss")
-    prune.add_argument("--config", default=None, help="PruneConfig YAML (recipes/prune_*.yaml)")
+    prune.add_argument("--config", default=None,
+                       help="YAML/JSON file of PruneConfig fields (slimasr/prune/run.py)")
     prune.add_argument("--data", required=True, help="data directory (train/dev splits)")
     prune.add_argument("--out", required=True, help="pruned model directory to write")
+    prune.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     prune.add_argument("--quiet", action="store_true", help="no progress output")
-    prune.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="PruneConfig overrides")
-    prune.set_defaults(func=_prune)
+    _add_overrides(prune, "PruneConfig overrides, e.g. calibration_cuts=128")
+    prune.set_defaults(func=_prune, resolve=_prune_config)
 
-    ev = verbs.add_parser("evaluate", help="WER, CER, params, MACs, latency and RTF of a model")
+    ev = _verb(verbs, "evaluate", "WER, CER, params, MACs, latency and RTF of a model",
+               "slimasr evaluate --model exp/teacher --data data/smarthome/test_cuts.jsonl.gz "
+               "--lm exp/lm3.arpa --json exp/teacher_test.json")
     ev.add_argument("--model", required=True, help="model directory")
     ev.add_argument("--data", required=True, help="lhotse cuts manifest or NeMo-style JSONL manifest")
-    ev.add_argument("--json", default=None, help="also write the metrics to this file")
+    ev.add_argument("--json", default=None,
+                    help="also write the metrics to this file (the only copy when the model "
+                         "folder is read-only)")
     ev.add_argument("--beam", action="store_true", help="prefix beam search instead of greedy")
     ev.add_argument("--lm", default=None, help="ARPA n-gram LM for beam search (slimasr lm)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
-    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="EvalConfig overrides, e.g. decode.beam.alpha=0.8")
-    ev.set_defaults(func=_evaluate)
+    _add_overrides(ev, "EvalConfig overrides, e.g. decode.beam.alpha=0.8")
+    ev.set_defaults(func=_evaluate, resolve=_eval_config)
 
-    rep = verbs.add_parser("report", help="comparison table and plot of several evaluated models")
+    rep = _verb(verbs, "report", "comparison table and plot of several evaluated models",
+                "slimasr report exp/teacher exp/student exp/pruned --out exp/report")
     rep.add_argument("models", nargs="+", help="model directories (the first is the reference)")
     rep.add_argument("--out", default="report", help="output prefix: writes OUT.md, OUT.json, OUT.png")
     rep.set_defaults(func=_report)
 
-    run = verbs.add_parser("run", help="run a pipeline recipe; finished stages are skipped")
+    run = _verb(verbs, "run", "run a pipeline recipe; finished stages are skipped",
+                "slimasr run recipes/demo.yaml --experiment exp/demo2")
     run.add_argument("recipe", help="pipeline recipe YAML (or a bundled name: demo)")
     run.add_argument("--experiment", default=None, help="experiment folder (default: the recipe's)")
-    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
-    run.set_defaults(func=_run)
+    _add_overrides(run, "recipe overrides (its keys: experiment, stages)")
+    run.set_defaults(func=_run, resolve=_pipeline)
 
-    demo = verbs.add_parser("demo", help="the bundled recipe on the embedded corpus, ending with a report")
+    demo = _verb(verbs, "demo", "the bundled recipe on the embedded corpus, ending with a report",
+                 "slimasr demo", "slimasr demo --quick --experiment exp/quick")
     demo.add_argument("--quick", action="store_true", help="a tiny version (seconds; a smoke test)")
     demo.add_argument("--experiment", default=None, help="experiment folder (default exp/demo)")
-    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
-    demo.set_defaults(func=_demo)
+    _add_overrides(demo, "recipe overrides (its keys: experiment, stages)")
+    demo.set_defaults(func=_run, resolve=_pipeline)
 
-    lm = verbs.add_parser("lm", help="build a word n-gram LM (ARPA) from a corpus's training text")
+    lm = _verb(verbs, "lm", "build a word n-gram LM (ARPA) from a corpus's training text",
+               "slimasr lm --data data/smarthome --out exp/lm3.arpa --order 3")
     lm.add_argument("--data", required=True, help="data directory")
     lm.add_argument("--out", required=True, help="ARPA file to write")
     lm.add_argument("--split", default="train", help="split whose transcripts to use (default train)")
     lm.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
     lm.set_defaults(func=_lm)
 
-    tr = verbs.add_parser("transcribe", help="recognize audio files with a model")
-    tr.add_argument("--model", required=True, help="model directory")
+    tr = _verb(verbs, "transcribe", "recognize audio files with a model",
+               "slimasr transcribe --model exp/teacher some.wav other.flac --lm exp/lm3.arpa")
+    tr.add_argument("--model", required=True,
+                    help="model directory, or a bundle from slimasr export (runs on onnxruntime)")
     tr.add_argument("audio", nargs="+", help="audio files (any rate; resampled to 16 kHz)")
     tr.add_argument("--lm", default=None, help="ARPA n-gram LM: beam search with it")
     tr.add_argument("--stream", action="store_true", help="chunk-by-chunk streaming (not yet available)")
     tr.set_defaults(func=_transcribe)
+
+    exp = _verb(verbs, "export", "ONNX bundle (optionally int8) for onnxruntime and sherpa-onnx, parity-checked",
+                "slimasr export --model exp/teacher --out exp/teacher_onnx --int8")
+    exp.add_argument("--model", required=True, help="model directory to export")
+    exp.add_argument("--out", required=True, help="bundle folder to write (docs/export.md)")
+    exp.add_argument("--format", choices=["onnx"], default="onnx", help="bundle format (onnx, the only one)")
+    exp.add_argument("--int8", action="store_true",
+                     help="also write model.int8.onnx; refused when dev WER rises more than --max-wer-increase")
+    exp.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    exp.add_argument("--max-wer-increase", type=float, default=None,
+                     help="absolute WER points int8 may add over fp32 (default 0.5)")
+    exp.add_argument("--calib", default=None,
+                     help="cuts manifest to score WER on (default: the dev split of the model's training data)")
+    exp.add_argument("--overwrite", action="store_true", help="replace an earlier bundle in --out")
+    _add_overrides(exp, "ExportConfig overrides, e.g. int8_per_channel=true")
+    exp.set_defaults(func=_export, resolve=_export_config)
 
     for verb, help_text in PLANNED_VERBS.items():
         p = verbs.add_parser(verb, help=f"{help_text} (not yet available)", add_help=True)
@@ -323,11 +485,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SlimasrError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a read-only or full disk, a name too long, ...: the file and the reason
+        reason = f"{e.filename}: {e.strerror}" if e.filename else " ".join(str(e).split())
+        print(f"error: {reason}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     if isinstance(result, dict):
         print_summary(result)
+        return int(result.get("exit_code", 0))  # e.g. 3: a pipeline model learned nothing
     return 0
 
 

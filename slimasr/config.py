@@ -8,12 +8,15 @@ module only moves values in and out of them:
 
 Nested dataclasses are addressed with dots (``model.hidden=256``). Values in overrides are parsed
 as YAML scalars/lists (``1e-3``, ``true``, ``[0.9, 1.0, 1.1]``) and then checked against the
-field's type, so a typo is an error that names the key, never a silent default.
+field's type, so a typo is an error that names the key, never a silent default. Numbers must be
+finite (``nan`` and ``inf`` are refused); each config's ``__post_init__`` checks its own ranges,
+usually with :func:`check_numbers`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from pathlib import Path
@@ -108,8 +111,28 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
         kwargs[name] = _coerce(hints[name], value, key)
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise  # already names its key (``train.lr must be ...``)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
+
+
+def check_numbers(section: str, cfg: Any, positive: Sequence[str] = (),
+                  non_negative: Sequence[str] = (), fractions: Sequence[str] = ()) -> None:
+    """ConfigError naming ``section.field`` unless every named field of ``cfg`` is a finite number
+    in its range: ``positive`` > 0, ``non_negative`` >= 0, ``fractions`` in [0, 1]. A field left
+    at None (optional, unset) passes. For ``__post_init__``: it also catches NaN, which every
+    ``<`` comparison lets through."""
+    rules = ((positive, "> 0", lambda v: v > 0), (non_negative, ">= 0", lambda v: v >= 0),
+             (fractions, "in [0, 1]", lambda v: 0 <= v <= 1))
+    for names, wanted, ok in rules:
+        for name in names:
+            value = getattr(cfg, name)
+            if value is None:
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number and _is_finite(value) and ok(value)):
+                raise ConfigError(f"{section}.{name} must be a finite number {wanted}, got {value!r}")
 
 
 def load_config(cls: type[T], source: str | Path | Mapping | None = None,
@@ -137,6 +160,11 @@ def config_to_dict(cfg: Any) -> Any:
     if isinstance(cfg, Path):
         return str(cfg)
     return cfg
+
+
+def _is_finite(value: int | float) -> bool:
+    """False for nan, inf and an int too large for a float (where math.isfinite overflows)."""
+    return abs(value) <= sys.float_info.max
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -182,6 +210,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not _is_finite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -18,5 +18,6 @@ class DataError(SlimasrError):
         super().__init__(self.problem if self.path is None else f"{self.path}: {self.problem}")
 
 
-class ConfigError(SlimasrError):
-    """A bad config file, preset or ``--key=value`` override."""
+class ConfigError(SlimasrError, ValueError):
+    """A bad config file, preset, ``--key=value`` override or option value (also a ValueError,
+    so library callers that catch a bad argument as ValueError still do)."""

@@ -14,23 +14,36 @@ writes ``EXPERIMENT/report.*``). ``EXPERIMENT/pipeline.json`` records the settin
 stage ran with; a stage whose output is complete and whose settings did not change is skipped, so
 a stopped run picks up where it stopped (a half-trained model resumes from its last checkpoint).
 Later stages (distill, prune, export) register themselves the same way: see ``STAGES``.
+
+Names are plain folder names (checked when the recipe is read), each used once and never the name
+of a model or corpus the stage reads. A stage writes (and, when it reruns, replaces) only a folder
+it created: ``EXPERIMENT/.pipeline-folders.json`` records which stage created which folder, and a
+stage whose folder already holds something else stops with a one-line error. The experiment
+folder is locked while a pipeline runs (``slimasr.io.output_lock``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from slimasr.config import config_to_dict, from_dict, parse_overrides, merge, read_config_file
-from slimasr.errors import ConfigError
-from slimasr.io import read_json, write_json_atomic
+from slimasr.errors import ConfigError, DataError
+from slimasr.io import LOCK_NAME, output_lock, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # bundled recipes (editable install)
 STATE_FILE = "pipeline.json"
+MODEL_STAGES = ("train", "distill", "prune")  # stages whose model folder holds a training.json
+LEARNED_NOTHING_EXIT = 3  # exit status of `slimasr run` / `demo` when a model learned nothing
+FOLDERS_FILE = ".pipeline-folders.json"  # folder name -> key of the stage that created it
+STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a plain folder name: no '/', '.', '..'
+RESERVED_NAMES = {STATE_FILE, FOLDERS_FILE, LOCK_NAME, "pipeline"}  # report "pipeline" -> pipeline.json
+FOLDER_STAGES = ("corpus", "train", "distill", "prune")  # kinds that write EXPERIMENT/NAME
 
 
 @dataclass
@@ -130,7 +143,35 @@ def load_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = (
         kind = raw["stage"]
         spec = from_dict(STAGES[kind][0], {k: v for k, v in raw.items() if k != "stage"}, f"stages[{i}]")
         stages.append(Stage(kind, spec, base))
+    check_stage_names(stages, source if base is not None else "pipeline recipe")
     return Path(data["experiment"]), stages
+
+
+def check_stage_names(stages: list[Stage], where: Any) -> None:
+    """Every stage name is a plain folder name inside the experiment, used by one stage only and
+    never the name of a model, teacher or corpus that stage reads (ConfigError otherwise)."""
+    first: dict[str, int] = {}
+    for i, stage in enumerate(stages):
+        name = getattr(stage.spec, "name", None)
+        if name is None:
+            continue
+        at = f"{where}: stages[{i}] ({stage.kind})"
+        if not isinstance(name, str) or not STAGE_NAME.match(name) or name in RESERVED_NAMES:
+            raise ConfigError(f"{at}: name {name!r} must be a plain folder name inside the "
+                              "experiment: letters, digits, '_', '.', '-', not starting with '.', "
+                              f"not one of {', '.join(sorted(RESERVED_NAMES))}")
+        if name in first:
+            raise ConfigError(f"{at}: name {name!r} is already used by stages[{first[name]}]")
+        if name in _reads(stage.spec):
+            raise ConfigError(f"{at}: name {name!r} is also a model or corpus this stage reads; "
+                              "give its output another name")
+        first[name] = i
+
+
+def _reads(spec: Any) -> list[str]:
+    """The stage names (or paths) a stage reads: its model, teacher, corpus, models."""
+    one = [getattr(spec, f, None) for f in ("model", "teacher", "data")]
+    return [r for r in [*one, *getattr(spec, "models", [])] if isinstance(r, str)]
 
 
 def find_recipe(name: str | Path) -> Path:
@@ -149,7 +190,26 @@ def run_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = ()
     """Run every stage not already complete; return ``{stage key: "ran" | "skipped"}``."""
     exp, stages = load_pipeline(source, overrides)
     exp = Path(experiment) if experiment is not None else exp
-    exp.mkdir(parents=True, exist_ok=True)
+    with output_lock(exp, "run"):
+        outcome = _run_stages(stages, exp)
+    return {"experiment": str(exp), "stages": outcome, **_learned_nothing(stages, exp)}
+
+
+def _learned_nothing(stages: list[Stage], exp: Path) -> dict:
+    """``learned_nothing``: the models whose training.json says they learned nothing (ran now or
+    before), each named in a warning; with ``exit_code`` LEARNED_NOTHING_EXIT when there are any."""
+    names = []
+    for stage in stages:
+        path = exp / str(getattr(stage.spec, "name", "")) / "training.json"
+        if stage.kind in MODEL_STAGES and path.is_file() and read_json(path).get("learned_nothing"):
+            names.append(stage.spec.name)
+            log.warning("warning: %s learned nothing (at its best, every dev hypothesis was empty "
+                        "or dev WER >= 100%%): its results measure an untrained model; train "
+                        "longer (train.epochs)", stage.spec.name)
+    return {"learned_nothing": names, **({"exit_code": LEARNED_NOTHING_EXIT} if names else {})}
+
+
+def _run_stages(stages: list[Stage], exp: Path) -> dict:
     state_path = exp / STATE_FILE
     state = read_json(state_path) if state_path.is_file() else {}
     outcome = {}
@@ -161,13 +221,45 @@ def run_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = ()
             outcome[stage.key] = "skipped"
             continue
         log.info("[%s] running", stage.key)
+        claim_folder(stage, exp, finished=stage.key in state)
         state.pop(stage.key, None)
         write_json_atomic(state_path, state)
         run(stage, exp)
         state[stage.key] = settings
         write_json_atomic(state_path, state)
         outcome[stage.key] = "ran"
-    return {"experiment": str(exp), "stages": outcome}
+    return outcome
+
+
+def output_folder(stage: Stage) -> str | None:
+    """The folder (name under the experiment) a stage writes, or None."""
+    if stage.kind not in FOLDER_STAGES or getattr(stage.spec, "path", None) is not None:
+        return None
+    return stage.spec.name
+
+
+def claim_folder(stage: Stage, exp: Path, finished: bool) -> None:
+    """Before a stage runs: its folder must be absent, empty, or one this stage created (recorded
+    in FOLDERS_FILE; ``finished``: pipeline.json says it completed here before, which adopts
+    experiments from before that record). Records the claim; DataError naming the folder else."""
+    name = output_folder(stage)
+    if name is None:
+        return
+    out, path = exp / name, exp / FOLDERS_FILE
+    claims = read_json(path) if path.is_file() else {}
+    owner = claims.get(name) or (stage.key if finished else None)
+    if owner != stage.key and _has_content(out):
+        made_by = f"stage {owner}" if owner else "something other than this stage"
+        raise DataError(out, f"holds files made by {made_by}, which stage {stage.key} will not "
+                             "replace; move the folder away or give the stage another name")
+    if claims.get(name) != stage.key:
+        write_json_atomic(path, {**claims, name: stage.key})
+
+
+def _has_content(folder: Path) -> bool:
+    if not folder.is_dir():
+        return folder.exists()
+    return any(p.name != LOCK_NAME for p in folder.iterdir())
 
 
 def resolve(stage: Stage, path: str) -> Path:
@@ -198,13 +290,13 @@ def _run_corpus(stage: Stage, exp: Path) -> None:
         from slimasr.config import from_dict as build
         from slimasr.data.synth import SynthConfig, synthesize_corpus
 
-        synthesize_corpus(out, build(SynthConfig, spec.synth, "synth"), overwrite=out.exists())
+        synthesize_corpus(out, build(SynthConfig, spec.synth, "synth"), overwrite=True)  # its own
     elif spec.import_format is not None and spec.import_src is not None:
         from slimasr.data import importers
 
         fn = {"librispeech": importers.import_librispeech, "timit": importers.import_timit,
               "jsonl": importers.import_jsonl}[spec.import_format]
-        fn(spec.import_src, out, overwrite=out.exists())
+        fn(spec.import_src, out, overwrite=True)  # the folder is this stage's own (claim_folder)
     else:
         raise ConfigError(f"corpus stage {spec.name}: give synth, import_format + import_src, or path")
 
@@ -222,7 +314,7 @@ def _run_train(stage: Stage, exp: Path) -> None:
     out = exp / spec.name
     resume = (out / "checkpoints" / "last").is_dir()
     train_model(resolve(stage, spec.recipe), _data_of(exp, spec.data), out, resume=resume,
-                overrides=spec.overrides)
+                overrides=spec.overrides, overwrite=True)  # the folder is this stage's own
 
 
 @register_stage("distill", DistillStage, _model_done)
@@ -234,7 +326,7 @@ def _run_distill(stage: Stage, exp: Path) -> None:
     teacher = exp / spec.teacher if (exp / spec.teacher).is_dir() else Path(spec.teacher)
     resume = (out / "checkpoints" / "last").is_dir()
     distill_model(resolve(stage, spec.recipe), _data_of(exp, spec.data), out, resume=resume,
-                  overrides=[f"teacher.path={teacher}", *spec.overrides])
+                  overrides=[f"teacher.path={teacher}", *spec.overrides], overwrite=True)
 
 
 @register_stage("prune", PruneStage, lambda stage, exp: (exp / stage.spec.name / "prune.json").is_file())
@@ -245,33 +337,49 @@ def _run_prune(stage: Stage, exp: Path) -> None:
     spec: PruneStage = stage.spec
     out = exp / spec.name
     source = exp / spec.model if (exp / spec.model).is_dir() else Path(spec.model)
-    if out.exists():  # an interrupted prune starts over (its steps are short)
-        import shutil
-
-        shutil.rmtree(out)
-    prune_model_dir(source, _data_of(exp, spec.data), out, build(PruneConfig, spec.config, "config"))
-
-
-def _eval_done(stage: Stage, exp: Path) -> bool:
-    return all((exp / m / "metrics.json").is_file() for m in stage.spec.models)
+    # An interrupted prune starts over (its steps are short): overwrite clears only what a run
+    # leaves (slimasr.io.OUTPUT_NAMES) in this stage's own folder, never the model it reads.
+    prune_model_dir(source, _data_of(exp, spec.data), out, build(PruneConfig, spec.config, "config"),
+                    overwrite=True)
 
 
-@register_stage("evaluate", EvaluateStage, _eval_done)
-def _run_evaluate(stage: Stage, exp: Path) -> None:
-    from slimasr.evaluate.run import EvalConfig, evaluate_model
+def _eval_plan(stage: Stage, exp: Path) -> tuple[Any, Path]:
+    """The stage's EvalConfig and the manifest it evaluates."""
+    from slimasr.evaluate.run import EvalConfig
 
     spec: EvaluateStage = stage.spec
     data = _data_of(exp, spec.data)
     train_cuts = data / "train_cuts.jsonl.gz"
     decode = dict(spec.decode)
     if spec.lm_order is not None:
-        decode.update(method="beam", lm_path=str(_corpus_lm(data, exp, spec.lm_order)))
+        decode.update(method="beam", lm_path=str(exp / f"lm_{spec.lm_order}gram.arpa"))
     cfg = from_dict(EvalConfig, {"decode": decode, "latency_threads": spec.latency_threads,
                                  "max_utterances": spec.max_utterances,
                                  "intent_reference": str(train_cuts) if spec.intents else None,
                                  "lexicon_reference": str(train_cuts)})
+    return cfg, data / f"{spec.split}_cuts.jsonl.gz"
+
+
+def _eval_done(stage: Stage, exp: Path) -> bool:
+    """Every model's metrics.json was measured on this manifest with these settings (not on the
+    data a user evaluated by hand since, nor with another decoder)."""
+    from slimasr.evaluate.run import evaluated_on
+
+    cfg, manifest = _eval_plan(stage, exp)
+    return all(evaluated_on(exp / m, manifest, cfg) for m in stage.spec.models)
+
+
+@register_stage("evaluate", EvaluateStage, _eval_done)
+def _run_evaluate(stage: Stage, exp: Path) -> None:
+    from slimasr.evaluate.run import evaluate_model, evaluated_on
+
+    spec: EvaluateStage = stage.spec
+    cfg, manifest = _eval_plan(stage, exp)
+    if spec.lm_order is not None:
+        _corpus_lm(_data_of(exp, spec.data), exp, spec.lm_order)
     for model in spec.models:
-        evaluate_model(exp / model, data / f"{spec.split}_cuts.jsonl.gz", cfg)
+        if not evaluated_on(exp / model, manifest, cfg):
+            evaluate_model(exp / model, manifest, cfg)
 
 
 def _corpus_lm(data: Path, exp: Path, order: int) -> Path:

@@ -3,6 +3,7 @@
     recognizer = Recognizer("exp/teacher")                # or Recognizer(dir, DecodeConfig(...))
     log_probs = recognizer.log_probs(audio)               # (T', V) float32, deterministic
     text = recognizer.transcribe(audio)                   # audio: (S,) float32 at 16 kHz
+    recognizer = load_recognizer(path)                    # a model dir, or an ONNX bundle
 
 Inference is deterministic: features carry no dither (``slimasr.data.features``) and the model
 runs in eval mode, so the same audio gives bit-identical log-probs on every call.
@@ -41,3 +42,11 @@ class Recognizer:
         log_probs = self.log_probs(audio)
         lens = torch.tensor([log_probs.shape[0]], dtype=torch.int64)
         return self.decoder.decode_batch(log_probs[None], lens)[0]
+
+
+def load_recognizer(path: str | Path, decode: DecodeConfig | None = None):
+    """The recognizer a folder calls for: an ``OnnxRecognizer`` (onnxruntime) for an exported
+    bundle (a folder holding bundle.json, or one of its .onnx files), else a ``Recognizer``."""
+    from slimasr.runtime import OnnxRecognizer, is_bundle
+
+    return OnnxRecognizer(path, decode) if is_bundle(path) else Recognizer(path, decode)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from slimasr.config import config_to_dict, load_config, parse_overrides
+from slimasr.config import check_numbers, config_to_dict, load_config, parse_overrides
 from slimasr.errors import ConfigError
 
 
@@ -64,3 +64,48 @@ def test_parse_overrides_nests_and_parses_yaml_scalars():
     assert parse_overrides(["a.b=1e-3", "c=true", "--d-e=text"]) == {"a": {"b": 1e-3}, "c": True, "d_e": "text"}
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_overrides(["novalue"])
+
+
+@dataclass
+class Ranged:
+    rate: float = 0.5  # share
+    size: int | None = None  # optional count
+
+    def __post_init__(self) -> None:
+        check_numbers("ranged", self, positive=("size",), fractions=("rate",))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("inner.dropout=nan", "inner.dropout: expected a finite number, got nan"),
+    ("inner.dropout=.inf", "inner.dropout: expected a finite number, got inf"),
+    ("inner.dropout=-.inf", "inner.dropout: expected a finite number, got -inf"),
+    (f"inner.dropout={10 ** 400}", "inner.dropout: expected a finite number, got 1000"),
+    ("rates=[1.0, .nan]", r"rates\[1\]: expected a finite number, got nan"),
+])
+def test_numbers_must_be_finite(override, message):
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        load_config(Outer, None, [override])
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"rate": 1.5}, "ranged.rate must be a finite number in [0, 1], got 1.5"),
+    ({"rate": float("nan")}, "ranged.rate must be a finite number in [0, 1], got nan"),
+    ({"size": 0}, "ranged.size must be a finite number > 0, got 0"),
+    ({"size": True}, "ranged.size must be a finite number > 0, got True"),
+])
+def test_check_numbers_names_the_field(values, message):
+    with pytest.raises(ConfigError) as info:
+        Ranged(**values)
+    assert str(info.value) == message
+    assert Ranged(rate=0.0, size=None).rate == 0.0  # the bounds and None (unset) pass
+
+
+def test_a_config_error_from_post_init_is_not_prefixed_again():
+    with pytest.raises(ConfigError) as info:
+        load_config(Ranged, {"rate": 1.5})
+    assert str(info.value) == "ranged.rate must be a finite number in [0, 1], got 1.5"
+
+
+def test_config_error_is_also_a_value_error():
+    with pytest.raises(ValueError):
+        load_config(Outer, None, ["nmae=x"])

@@ -40,3 +40,31 @@ def test_transcribe_twice_prints_the_same(model_dir: Path, capsys) -> None:
     once = capsys.readouterr().out
     assert main(["transcribe", "--model", str(model_dir), *wavs]) == 0
     assert capsys.readouterr().out == once and len(once.splitlines()) == 3
+
+
+def test_transcribe_refuses_audio_with_nan_samples_in_one_line(model_dir: Path, tmp_path, capsys) -> None:
+    """Ten NaN samples used to transcribe to empty text with exit 0."""
+    from tests.data.fixtures import BAD_SAMPLES, write_bad_audio
+
+    bad = write_bad_audio(tmp_path / "bad.wav", "nan")
+    assert main(["transcribe", "--model", str(model_dir), str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"error: {bad}: {BAD_SAMPLES['nan']}\n"
+
+
+def test_transcribe_refuses_a_model_with_nan_weights_in_one_line(model_dir: Path, tmp_path, capsys) -> None:
+    """A model whose weights hold NaN used to transcribe everything to empty text with exit 0."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights["head.bias"][0] = float("nan")
+    save_file(weights, broken / "model.safetensors")
+    wav = next((model_dir.parent / "data" / "audio").glob("dev-*.wav"))
+    assert main(["transcribe", "--model", str(broken), str(wav)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: {broken / 'model.safetensors'}: tensor head.bias holds 1 NaN/inf values "
+                   f"of {weights['head.bias'].numel()} (a diverged or damaged model)\n")

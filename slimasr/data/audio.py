@@ -8,7 +8,9 @@ Two ways audio reaches a model:
   ``to_mono_16k(recording)`` adds *lazy* transforms (downmix, then lhotse's ``Resample``) so nothing
   is re-encoded on disk; ``cut.load_audio()`` then gives ``(1, T)`` float32 at 16 kHz.
 
-The header checks here also serve the import-time probe in ``slimasr.data.validate``.
+The header checks here also serve the import-time probe in ``slimasr.data.validate``, and
+``samples_problem`` (NaN/inf samples, an absurd peak) serves every place that decodes audio: a
+file that decodes without error can still hold samples no model can read.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import soundfile as sf
 import soxr
 from lhotse import Recording
 from lhotse.augmentation.transform import AudioTransform
+from lhotse.cut import Cut
 from lhotse.utils import Seconds, fastcopy
 
 from slimasr.errors import DataError
@@ -33,6 +36,12 @@ LOSSY_SHORTFALL_S = 0.05  # so a lossy file may decode this much shorter than it
 NIST_HEADER_BYTES = 1024  # a NIST SPHERE header is one 1024-byte ASCII block
 UNREADABLE_MESSAGE = "not a readable audio file (unknown format or damaged header)"
 SOXR_QUALITY = "HQ"  # soxr's high quality preset (what soxr.resample uses by default)
+# Largest |sample| accepted in float audio. Float audio is nominally within [-1, 1]; overshoot
+# by a few dB is normal (inter-sample peaks, resampling ringing, a hot float mix), but a peak 40 dB
+# over full scale means the samples are not float audio (int16 values stored as float, garbage):
+# features of such audio sit far outside anything the model saw, and its output is noise.
+MAX_ABS_AMPLITUDE = 100.0
+BAD_AUDIO_KEY = "bad_audio"  # cut.custom key: why the cut's samples are unusable (mark_bad_audio)
 
 
 @dataclass
@@ -106,30 +115,75 @@ def header_problem(path: str | Path, info: sf._SoundFileInfo) -> str | None:
     return None
 
 
-def decode_problem(path: str | Path, info: sf._SoundFileInfo) -> str | None:
-    """Decode the whole file block by block (bounded memory); describe any failure, else None."""
-    decoded = 0
+def samples_problem(samples: np.ndarray) -> str | None:
+    """Why decoded samples are not usable audio (NaN/inf values, a peak beyond
+    ``MAX_ABS_AMPLITUDE``), else None. ``samples``: any shape, e.g. ``(T,)`` or ``(C, T)``."""
+    return _stats_problem(*_sample_stats(np.asarray(samples)))
+
+
+def _sample_stats(samples: np.ndarray) -> tuple[int, float]:
+    """``(number of NaN/inf samples, largest |finite sample|)``."""
+    finite = np.isfinite(samples)
+    peak = np.abs(samples, where=finite, out=np.zeros(samples.shape, samples.dtype))
+    return samples.size - int(np.count_nonzero(finite)), float(peak.max(initial=0.0))
+
+
+def _stats_problem(nonfinite: int, peak: float) -> str | None:
+    if nonfinite:
+        return f"holds {nonfinite} NaN/inf samples"
+    if peak > MAX_ABS_AMPLITUDE:
+        return (f"peak amplitude {peak:.2g} is absurd "
+                "(float audio should be within about [-1, 1])")
+    return None
+
+
+def mark_bad_audio(cut: Cut, problem: str) -> Cut:
+    """A copy of ``cut`` that says why its samples are unusable (``samples_problem``): feature
+    precomputation writes such a cut without features, and ``filter_cuts`` skips and counts it."""
+    return fastcopy(cut, custom={**(cut.custom or {}), BAD_AUDIO_KEY: problem})
+
+
+def bad_audio_mark(cut: Cut) -> str | None:
+    """The problem ``mark_bad_audio`` recorded on ``cut``, else None."""
+    return (getattr(cut, "custom", None) or {}).get(BAD_AUDIO_KEY)
+
+
+@dataclass
+class DecodeCheck:
+    """What decoding a whole file found: damage (corrupt, truncated) and bad samples, or None."""
+
+    damage: str | None = None  # the file stops decoding, or holds fewer frames than its header says
+    samples: str | None = None  # samples_problem of the decoded samples
+
+
+def check_decode(path: str | Path, info: sf._SoundFileInfo) -> DecodeCheck:
+    """Decode the whole file block by block (bounded memory), checking the samples on the way."""
+    decoded, nonfinite, peak = 0, 0, 0.0
     try:
         with sf.SoundFile(str(path)) as f:
             block = np.empty((DECODE_BLOCK_FRAMES, f.channels), dtype=np.float32)
             while (got := len(f.read(out=block))) > 0:
                 decoded += got
+                bad, top = _sample_stats(block[:got])
+                nonfinite, peak = nonfinite + bad, max(peak, top)
                 if got < DECODE_BLOCK_FRAMES:
                     break
     except (sf.LibsndfileError, RuntimeError) as e:
         where = f"after {decoded} of {info.frames} frames"
-        return f"corrupt or truncated: decoding failed {where} ({_first_line(e)})"
+        return DecodeCheck(damage=f"corrupt or truncated: decoding failed {where} ({_first_line(e)})")
     slack = int(LOSSY_SHORTFALL_S * info.samplerate) if info.format in LOSSY_FORMATS else 0
     if decoded + slack < info.frames:
-        return f"truncated: header says {info.frames} frames, only {decoded} could be decoded"
-    return None
+        return DecodeCheck(damage=f"truncated: header says {info.frames} frames, only {decoded} "
+                                  "could be decoded")
+    return DecodeCheck(samples=_stats_problem(nonfinite, peak))
 
 
 def load_audio(path: str | Path, target_sr: int = TARGET_SAMPLE_RATE) -> np.ndarray:
     """Read a whole audio file as mono float32 at ``target_sr``: shape ``(T,)``.
 
     Channels are averaged; other sample rates are resampled with soxr. Raises DataError naming the
-    file if it is missing, empty, unreadable, corrupt or truncated.
+    file if it is missing, empty, unreadable, corrupt or truncated, or holds NaN/inf samples or an
+    absurd peak (``samples_problem``).
     """
     path = Path(path)
     info = _open_info(path)
@@ -144,6 +198,8 @@ def load_audio(path: str | Path, target_sr: int = TARGET_SAMPLE_RATE) -> np.ndar
             path,
             f"truncated: header says {info.frames} frames, only {len(samples)} could be decoded",
         )
+    if problem := samples_problem(samples):
+        raise DataError(path, problem)
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     if sr != target_sr:
         mono = soxr.resample(mono, sr, target_sr, quality=SOXR_QUALITY)

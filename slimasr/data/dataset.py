@@ -2,7 +2,10 @@
 and a data loader that batches by total duration with lhotse's DynamicBucketingSampler.
 
 Input cuts are assumed already filtered (``slimasr.data.validate.filter_cuts``): a cut with an
-empty transcript yields an empty target (length 0) and is not skipped here.
+empty transcript yields an empty target (length 0) and is not skipped here. The one check made
+here is on audio decoded for features computed on the fly: a cut whose samples are NaN/inf or
+absurdly loud is dropped from its batch and named in ``batch["bad_audio"]`` (the training loop
+counts it), since one such cut would turn the whole batch's loss into NaN.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from slimasr.data.augment import AugmentConfig, cut_transforms, spec_augment
 from slimasr.data.features import FeatureConfig, GlobalCmvn, fbank_extractor, match_sampling_rate
+from slimasr.data.validate import Problem, cut_audio_problem
 from slimasr.errors import ConfigError, DataError
 
 BLANK_ID = 0  # CTC blank; also the padding value of `targets`
@@ -44,6 +48,7 @@ class AsrDataset(torch.utils.data.Dataset):
         target_lens  (N,)      int64
         texts        list[str]          normalized transcripts
         cut_ids      list[str]
+        bad_audio    list[str]          ``path: problem`` of each cut dropped for bad samples
 
     Utterances are ordered longest first. Features come from the cuts' stored features when
     every cut in the batch has them, else are computed from audio (lhotse OnTheFlyFeatures);
@@ -78,7 +83,7 @@ class AsrDataset(torch.utils.data.Dataset):
         # Per-utterance extraction (no padded batch): the last frame then matches stored features.
         # Dither (feature_cfg.dither) is a training augmentation: evaluation features are exact.
         extractor = fbank_extractor(feature_cfg, dither=train)
-        self._compute = OnTheFlyFeatures(extractor, use_batch_extract=False)
+        self._compute = OnTheFlyFeatures(extractor, use_batch_extract=False, return_audio=True)
         self._read = PrecomputedFeatures()
 
     def __getitem__(self, cuts: CutSet) -> dict[str, Any]:
@@ -87,7 +92,9 @@ class AsrDataset(torch.utils.data.Dataset):
             for transform in self.cut_transforms:
                 cuts = transform(cuts)
         cuts = cuts.sort_by_duration(ascending=False)
-        feats, feat_lens = self._features(cuts)
+        feats, feat_lens, bad = self._features(cuts)
+        if bad:
+            cuts, feats, feat_lens = _drop(cuts, feats, feat_lens, bad)
         if self.cmvn is not None:
             feats = self.cmvn(feats)
         feats = _pad_frames(feats, feat_lens)
@@ -102,20 +109,26 @@ class AsrDataset(torch.utils.data.Dataset):
             "target_lens": target_lens,
             "texts": texts,
             "cut_ids": [cut.id for cut in cuts],
+            "bad_audio": [problem.message for problem in bad.values()],
         }
 
-    def _features(self, cuts: CutSet) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(N, T, F)`` float32 features (padding unspecified) and ``(N,)`` int64 lengths."""
+    def _features(self, cuts: CutSet) -> tuple[torch.Tensor, torch.Tensor, dict[int, Problem]]:
+        """``(N, T, F)`` float32 features (padding unspecified), ``(N,)`` int64 lengths, and the
+        problem of each cut (by position) whose audio, decoded just now, is unusable."""
         stored = all(cut.has_features for cut in cuts)
         if self.on_the_fly is False and not stored:
             missing = next(cut.id for cut in cuts if not cut.has_features)
             raise DataError(None, f"cut {missing} has no stored features (on_the_fly=False)")
+        bad = {}
         if stored and not self.on_the_fly:
             feats, lens = self._read(cuts)
             _check_dim(cuts, feats, self.feature_cfg)
         else:
-            feats, lens = self._compute(match_sampling_rate(cuts, self.feature_cfg))
-        return feats.float(), lens.long()
+            feats, lens, audios, audio_lens = self._compute(match_sampling_rate(cuts, self.feature_cfg))
+            for i, cut in enumerate(cuts):
+                if problem := cut_audio_problem(cut, audios[i, : audio_lens[i]].numpy()):
+                    bad[i] = problem
+        return feats.float(), lens.long(), bad
 
     def _targets(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, S)`` int64 padded with BLANK_ID and ``(N,)`` int64 lengths."""
@@ -127,6 +140,16 @@ class AsrDataset(torch.utils.data.Dataset):
         for i, seq in enumerate(ids):
             targets[i, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
         return targets, lens
+
+
+def _drop(cuts: CutSet, feats: torch.Tensor, lens: torch.Tensor, bad: dict[int, Any]
+          ) -> tuple[CutSet, torch.Tensor, torch.Tensor]:
+    """The batch without the cuts at the positions in ``bad`` (frames trimmed to the longest)."""
+    keep = [i for i in range(len(lens)) if i not in bad]
+    lens = lens[keep]
+    frames = int(lens.max()) if keep else 0
+    kept = CutSet.from_cuts(cut for i, cut in enumerate(cuts) if i not in bad)
+    return kept, feats[keep][:, :frames], lens
 
 
 def _transcript(cut: Any) -> str:

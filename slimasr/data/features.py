@@ -30,6 +30,8 @@ from lhotse.features.base import FeatureExtractor, StatsAccumulator, register_ex
 from lhotse.lazy import LazySlicer
 from lhotse.utils import compute_num_frames_from_samples, fastcopy
 
+from slimasr.config import check_numbers
+from slimasr.data.audio import bad_audio_mark, mark_bad_audio, samples_problem
 from slimasr.errors import ConfigError, DataError
 from slimasr.io import atomic_dir, read_json, write_json_atomic
 from slimasr.progress import progress_bar
@@ -39,6 +41,9 @@ FEATURE_CUTS_NAME = "cuts.jsonl.gz"
 # Smallest std CMVN divides by (log-mel units): a constant bin (e.g. above the band edge of
 # band-limited audio) would otherwise be blown up to huge values.
 CMVN_STD_FLOOR = 1e-3
+# Lowest sampling rate: the mel range (20 Hz .. Nyquist - 400 Hz, lhotse's Kaldi defaults) needs
+# a Nyquist frequency above 420 Hz; lower rates fail inside lhotse's filterbank.
+MIN_SAMPLING_RATE = 1000
 # Magnitude floor before taking dB in the spectral gate (about -200 dB; avoids log(0)).
 _GATE_AMP_FLOOR = 1e-10
 
@@ -72,8 +77,15 @@ class FeatureConfig:
     denoise_smooth_time: int = 7  # mask smoothing width in STFT frames (odd; 7 = 56 ms)
 
     def __post_init__(self) -> None:
-        if self.num_mel_bins <= 0 or self.frame_shift <= 0 or self.frame_length <= 0:
-            raise ConfigError("features: num_mel_bins, frame_shift and frame_length must be > 0")
+        check_numbers("features", self, positive=(
+            "num_mel_bins", "frame_shift", "frame_length", "sampling_rate", "denoise_n_fft",
+            "denoise_hop", "denoise_k"), non_negative=("dither",), fractions=("denoise_prop_decrease",))
+        if self.sampling_rate < MIN_SAMPLING_RATE:
+            raise ConfigError(f"features.sampling_rate must be >= {MIN_SAMPLING_RATE} Hz, "
+                              f"got {self.sampling_rate}")
+        if self.frame_shift * self.sampling_rate < 1 or self.frame_shift > self.frame_length:
+            raise ConfigError("features: frame_shift must be at least one sample and at most "
+                              "frame_length")
         if self.denoise_smooth_freq % 2 == 0 or self.denoise_smooth_time % 2 == 0:
             raise ConfigError("features: denoise_smooth_freq and denoise_smooth_time must be odd")
         if not 0.0 < self.denoise_noise_quantile <= 1.0:
@@ -351,14 +363,27 @@ def _extract_shard(
     with LilcomChunkyWriter(archive) as storage, CutSet.open_writer(manifest) as out:
         for cut in match_sampling_rate(cuts, cfg):
             try:
-                cut = cut.compute_and_store_features(extractor, storage)
+                cut = _store_features(cut, extractor, storage)
             except Exception as e:  # any audio decoding failure: report the file, not a trace
                 return _audio_source(cut), f"cut {cut.id}: cannot compute features ({e})"
-            features = fastcopy(cut.features, storage_path=str(final_archive))  # final location
-            out.write(fastcopy(cut, features=features))
+            if cut.has_features:
+                features = fastcopy(cut.features, storage_path=str(final_archive))  # final location
+                cut = fastcopy(cut, features=features)
+            out.write(cut)
             if on_cut is not None:
                 on_cut()
     return None
+
+
+def _store_features(cut: Any, extractor: FeatureExtractor, storage: Any) -> Any:
+    """The cut with its features stored (as ``Cut.compute_and_store_features`` does), or, when
+    its samples are NaN/inf or absurdly loud, the cut without features, marked with the problem
+    (``mark_bad_audio``): nothing non-finite is stored, and training skips and counts it."""
+    samples = cut.load_audio()
+    if problem := samples_problem(samples):
+        return mark_bad_audio(cut, problem)
+    return fastcopy(cut, features=extractor.extract_from_samples_and_store(
+        samples, storage, cut.sampling_rate, offset=cut.start, channel=cut.channel))
 
 
 def _audio_source(cut: Any) -> str | None:
@@ -416,7 +441,9 @@ class GlobalCmvn:
             for i, cut in enumerate(cuts):
                 if max_cuts is not None and i >= max_cuts:
                     break
-                stats.update(_cut_features(cut, cfg, extractor))
+                feats = _cut_features(cut, cfg, extractor)
+                if feats is not None:  # None: bad audio, which training skips and counts
+                    stats.update(feats)
                 bar.advance(task)
         if stats.total_frames == 0:
             raise DataError(None, "no cuts (or no frames) to compute CMVN statistics from")
@@ -452,12 +479,16 @@ class GlobalCmvn:
         return cls(mean=mean, std=std)
 
 
-def _cut_features(cut: Any, cfg: FeatureConfig, extractor: FeatureExtractor) -> np.ndarray:
-    """``(T, F)`` features of one cut: stored ones if present, else computed from its audio."""
+def _cut_features(cut: Any, cfg: FeatureConfig, extractor: FeatureExtractor) -> np.ndarray | None:
+    """``(T, F)`` features of one cut: stored ones if present, else computed from its audio;
+    None for bad audio (marked by precomputation, or NaN/inf/absurd samples: ``samples_problem``)."""
+    if bad_audio_mark(cut):
+        return None
     if not cut.has_features:
         if cut.sampling_rate != cfg.sampling_rate:
             cut = cut.resample(cfg.sampling_rate)
-        return extractor.extract(cut.load_audio().reshape(-1), cfg.sampling_rate)
+        samples = cut.load_audio().reshape(-1)
+        return None if samples_problem(samples) else extractor.extract(samples, cfg.sampling_rate)
     feats = cut.load_features()
     if feats.shape[1] != cfg.num_mel_bins:
         raise DataError(

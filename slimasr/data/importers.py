@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
+import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from slimasr.data.manifests import (
     NemoEntry,
     RecordingIds,
     begin_overwrite,
+    begin_split_update,
     check_out_dir,
     finish_corpus,
     nemo_cut,
@@ -142,8 +145,8 @@ def import_librispeech(
 
 
 def _librispeech_tasks(part_path: Path, report: SkipReport) -> list[Task]:
-    """One task per transcript line; an empty transcript is reported at once (lhotse's parser
-    would fail on it)."""
+    """One task per transcript line; a malformed line or an empty transcript is reported at once
+    (lhotse's parser would look for an audio file the line does not name, or fail)."""
     tasks = []
     for trans in sorted(part_path.rglob("*.trans.txt")):
         try:
@@ -151,13 +154,24 @@ def _librispeech_tasks(part_path: Path, report: SkipReport) -> list[Task]:
         except (OSError, UnicodeDecodeError) as e:
             raise DataError(trans, f"cannot be read as UTF-8 text ({e})") from None
         for lineno, line in enumerate(lines, start=1):
-            fields = line.split(maxsplit=1)
-            if len(fields) == 1:
-                message = f"{trans}:{lineno}: empty transcript for {fields[0]}"
-                _skip(report, Problem(EMPTY_TRANSCRIPT, message))
-            elif fields:
+            if problem := _transcript_line_problem(trans, lineno, line):
+                _skip(report, problem)
+            elif line.strip():
                 tasks.append(partial(_librispeech_utterance, part_path, line))
     return tasks
+
+
+def _transcript_line_problem(trans: Path, lineno: int, line: str) -> Problem | None:
+    """A line must be ``{spk}-{chapter}-{utt} TRANSCRIPT``, speaker and chapter those of its
+    ``{spk}-{chapter}.trans.txt``."""
+    fields = line.split(maxsplit=1)
+    chapter = trans.name.removesuffix(".trans.txt")
+    if fields and not re.fullmatch(rf"{re.escape(chapter)}-\d+", fields[0]):
+        shape = f"expected '{chapter}-NNNN TRANSCRIPT', got {line.strip()[:60]!r}"
+        return Problem(BAD_ANNOTATION, f"{trans}:{lineno}: malformed line ({shape})")
+    if len(fields) == 1:
+        return Problem(EMPTY_TRANSCRIPT, f"{trans}:{lineno}: empty transcript for {fields[0]}")
+    return None
 
 
 def _librispeech_utterance(part_path: Path, line: str) -> Utterance | Problem:
@@ -254,7 +268,9 @@ def import_jsonl(
 
     ``manifest`` is one file, written as ``split``, or a mapping ``{split: file}``. An entry with
     ``offset`` becomes a cut of that segment; otherwise the cut spans the file. A malformed line
-    stops the import (DataError naming ``file:line``). Returns the corpus.json contents.
+    stops the import (DataError naming ``file:line``). Into a complete data directory the splits
+    are added, keeping its others (a split it holds already needs ``overwrite`` and is replaced).
+    Returns the corpus.json contents.
     """
     manifests = {
         s: Path(p).absolute()
@@ -263,9 +279,9 @@ def import_jsonl(
     for name in manifests:
         if not SPLIT_NAME.match(name):
             raise DataError(None, f"split name {name!r} must be letters, digits, '_', '.' or '-'")
-    check_out_dir(out_dir, overwrite)
+    check_out_dir(out_dir, overwrite, splits=manifests)
     # Parse every manifest before probing anything: a malformed line stops the import at once.
-    entries = {s: read_nemo_manifest(p) for s, p in manifests.items()}
+    entries = {s: _read_manifest(p) for s, p in manifests.items()}
     report = SkipReport()
     files = sorted({e.audio for split_entries in entries.values() for e in split_entries})
     probes = _map(probe_recording, files, "probing audio", show_progress, num_jobs)
@@ -276,7 +292,20 @@ def import_jsonl(
         for s, split_entries in entries.items()
     }
     meta = {"corpus": "jsonl", "source": {s: str(p) for s, p in manifests.items()}}
-    return _write_corpus(out_dir, parts, {s: [s] for s in parts}, meta, report)
+    return _write_corpus(out_dir, parts, {s: [s] for s in parts}, meta, report, add=True)
+
+
+def _read_manifest(path: Path) -> list[NemoEntry]:
+    """read_nemo_manifest, with a binary or corrupt (e.g. bad gzip) file as a one-line DataError."""
+    try:
+        return read_nemo_manifest(path)
+    except (UnicodeDecodeError, EOFError, zlib.error) as e:
+        problem = f"{type(e).__name__}: {e}"
+    except OSError as e:
+        if e.filename is not None:
+            raise  # an unreadable file: the OSError names it
+        problem = str(e)  # e.g. gzip's "Not a gzipped file"
+    raise DataError(path, f"cannot be read as a UTF-8 text manifest ({problem})")
 
 
 def _nemo_utterances(
@@ -297,6 +326,8 @@ def _nemo_utterances(
             problem = _add_nemo_utterance(entry, recordings[entry.audio], ids, utterances)
         if problem is not None:
             _skip(report, problem)
+        else:
+            report.checked += 1  # kept: the summary says "skipped N of all checked"
     return list(utterances.values())
 
 
@@ -377,16 +408,18 @@ def _write_corpus(
     split_parts: dict[str, list[str]],
     meta: dict,
     report: SkipReport,
+    add: bool = False,
 ) -> dict:
     """Write every non-empty part, then each split (the utterances of its parts); corpus.json
-    last."""
+    last. ``add``: keep the splits of a corpus already in ``out_dir`` beside these."""
     out_dir = Path(out_dir).absolute()
     splits = {s: [u for name in names for u in parts[name]] for s, names in split_parts.items()}
     splits = {s: utts for s, utts in splits.items() if utts}
     if not splits:
         raise _nothing_usable(meta["source"], report)
-    old_names = begin_overwrite(out_dir) if (out_dir / CORPUS_JSON).exists() else []
     extra = {name: utts for name, utts in parts.items() if utts and name not in splits}
+    kept = begin_split_update(out_dir, [*splits, *extra]) if add else None
+    old_names = [] if add or not (out_dir / CORPUS_JSON).exists() else begin_overwrite(out_dir)
     for name, utts in {**extra, **splits}.items():
         recordings = {u.recording.id: u.recording for u in utts}.values()  # segments may share one
         write_split(out_dir, name, recordings, [u.supervision for u in utts], [u.cut for u in utts])
@@ -398,7 +431,8 @@ def _write_corpus(
         "split_parts": {s: split_parts[s] for s in splits},
         "skipped": dict(sorted(report.counts.items())),
     }
-    finish_corpus(out_dir, meta, stale_splits=sorted(set(old_names) - set(splits) - set(extra)))
+    meta = finish_corpus(out_dir, meta, stale_splits=sorted(set(old_names) - set(splits) - set(extra)),
+                         kept=kept)
     logger.info("%s: %s", out_dir, report.summary())
     return meta
 

@@ -101,15 +101,26 @@ def read_split(data_dir: str | Path, split: str) -> CutSet:
     return _lazy_cuts(path)
 
 
-def check_out_dir(out_dir: str | Path, overwrite: bool) -> None:
-    """Refuse to replace a complete data directory unless ``overwrite`` (DataError naming it)."""
+def check_out_dir(out_dir: str | Path, overwrite: bool, splits: Iterable[str] | None = None) -> None:
+    """Refuse to replace a complete data directory unless ``overwrite`` (DataError naming it).
+    ``splits``: the import adds (or, with ``overwrite``, replaces) only these splits and keeps the
+    others, so only a split that exists already is refused."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(out_dir, "exists and is not a directory")
-    if (out_dir / CORPUS_JSON).is_file() and not overwrite:
+    if not (out_dir / CORPUS_JSON).is_file() or overwrite:
+        return
+    if splits is None:
         raise DataError(
             out_dir,
             "already holds a complete corpus; pass overwrite=True (--overwrite) to replace it",
+        )
+    taken = [s for s in splits if s in _listed_names(_read_corpus_json(out_dir))]
+    if taken:
+        raise DataError(
+            out_dir,
+            f"already holds split {', '.join(map(repr, taken))}; pass overwrite=True (--overwrite) "
+            "to replace it (the corpus's other splits are kept)",
         )
 
 
@@ -118,24 +129,77 @@ def begin_overwrite(out_dir: str | Path) -> list[str]:
     it marked incomplete rather than mixing old and new manifests under a "complete" marker.
     Returns the split and part names the old corpus.json listed."""
     corpus_json = Path(out_dir) / CORPUS_JSON
-    try:
-        old = json.loads(corpus_json.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        old = {}
-    names = [n for key in ("splits", "parts") if isinstance(old.get(key), dict) for n in old[key]]
-    names = [n for n in names if SPLIT_NAME.match(n)]
+    names = _listed_names(_read_corpus_json(out_dir))
     corpus_json.unlink(missing_ok=True)
     return names
 
 
-def finish_corpus(out_dir: str | Path, meta: dict, stale_splits: Iterable[str] = ()) -> None:
+def begin_split_update(out_dir: str | Path, names: Iterable[str]) -> dict:
+    """Before adding or replacing the splits ``names`` of a data directory whose other splits
+    stay: rewrite its corpus.json without ``names`` (so a crash midway never leaves a half-written
+    split listed as complete; the other splits stay usable). Returns that corpus.json, to pass to
+    ``finish_corpus(kept=...)``; ``{}`` when the folder holds no complete corpus."""
+    names = set(names)
+    meta = _read_corpus_json(out_dir)
+    if not meta:
+        return {}
+    kept = {**meta, **{key: {k: v for k, v in meta[key].items() if k not in names}
+                       for key in ("splits", "parts", "split_parts") if isinstance(meta.get(key), dict)}}
+    if kept != meta:
+        write_json_atomic(Path(out_dir) / CORPUS_JSON, kept)
+    return kept
+
+
+def finish_corpus(out_dir: str | Path, meta: dict, stale_splits: Iterable[str] = (),
+                  kept: dict | None = None) -> dict:
     """Remove the manifests of ``stale_splits`` (listed by an overwritten corpus, absent from the
-    new one), then write corpus.json last. Other files in ``out_dir`` are left alone."""
+    new one), then write corpus.json last. Other files in ``out_dir`` are left alone. ``kept``: the
+    corpus.json of the splits an import added to (``begin_split_update``); the new one lists
+    them too (``skipped`` counts this import). Returns what corpus.json now holds."""
     out_dir = Path(out_dir)
     for split in stale_splits:
         for kind in MANIFEST_KINDS:
             split_path(out_dir, split, kind).unlink(missing_ok=True)
+    meta = merge_corpus_meta(kept, meta) if kept else meta
     write_json_atomic(out_dir / CORPUS_JSON, meta)
+    return meta
+
+
+def merge_corpus_meta(kept: dict, new: dict) -> dict:
+    """corpus.json of a data directory whose ``kept`` splits stay beside ``new``'s: splits,
+    parts and split_parts of both, ``source`` per split, ``corpus`` naming both kinds."""
+    merged = {**kept, **new}
+    for key in ("splits", "parts", "split_parts"):
+        merged[key] = {**(kept.get(key) or {}), **(new.get(key) or {})}
+    merged["source"] = {**_sources(kept), **_sources(new)}
+    kinds = [k for k in str(kept.get("corpus", "")).split("+") if k]
+    if new.get("corpus") and new["corpus"] not in kinds:
+        kinds.append(new["corpus"])
+    merged["corpus"] = "+".join(kinds) or new.get("corpus")
+    return merged
+
+
+def _sources(meta: dict) -> dict:
+    """``{split or part: source}`` of a corpus.json (whose source is one folder, or per split)."""
+    source = meta.get("source")
+    if isinstance(source, dict):
+        return dict(source)
+    return {name: source for name in _listed_names(meta)} if source is not None else {}
+
+
+def _read_corpus_json(out_dir: str | Path) -> dict:
+    """The corpus.json of ``out_dir`` as a dict; ``{}`` when absent or unreadable."""
+    try:
+        meta = json.loads((Path(out_dir) / CORPUS_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _listed_names(meta: dict) -> list[str]:
+    """The split and part names a corpus.json lists (safe file names only)."""
+    names = [n for key in ("splits", "parts") if isinstance(meta.get(key), dict) for n in meta[key]]
+    return [n for n in names if SPLIT_NAME.match(n)]
 
 
 def split_summary(cuts: Iterable[Cut]) -> dict:

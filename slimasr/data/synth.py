@@ -15,6 +15,10 @@ Output (the data-directory contract)::
     DIR/{split}_recordings.jsonl.gz, DIR/{split}_supervisions.jsonl.gz, DIR/{split}_cuts.jsonl.gz
     DIR/audio/{split}/{split}_{index:06d}.flac
     DIR/corpus.json      written last: seed, config, per-split counts, hours, voices
+
+Audio paths in the manifests are relative to DIR (``audio/train/...``; ``read_split`` and
+``load_cuts`` resolve them against the manifest's folder), so the folder can be moved or copied;
+``relative_paths=False`` writes absolute paths instead.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from slimasr.data.espeak import (
 )
 from slimasr.data.grammar import Grammar, Utterance, smart_home_grammar
 from slimasr.errors import ConfigError, DataError
-from slimasr.io import atomic_dir, write_json_atomic
+from slimasr.io import LOCK_NAME, atomic_dir, write_json_atomic
 from slimasr.progress import progress_bar
 
 SPLITS = ("train", "dev", "test")
@@ -104,6 +108,7 @@ class SynthConfig:
     dither_lsb: float = 2.0  # Gaussian dither, std in 16-bit steps: never digital silence
     trim_level: float = 3e-4  # eSpeak's own silence (|x| below this, full scale 1) is cut first
     variants: list[str] = field(default_factory=list_variants)  # eSpeak variants to draw from
+    relative_paths: bool = True  # audio paths relative to the corpus folder: it can be moved
 
     def __post_init__(self) -> None:
         checks = {
@@ -187,7 +192,7 @@ def synthesize_corpus(
     """
     out_dir = Path(out_dir)
     _check_destination(out_dir, overwrite)
-    final_dir = out_dir.resolve()
+    audio_root = None if config.relative_paths else out_dir.resolve()  # None: relative paths
     grammar = smart_home_grammar()
     variants = split_variants(config)
     unseen = _unseen_sentences(grammar, config)
@@ -203,7 +208,7 @@ def synthesize_corpus(
             render.run(split, plans[split])
         summary = _summary(grammar, config, plans, render.num_samples)
         for split in SPLITS:
-            _write_manifests(tmp, final_dir, split, plans[split], render.num_samples)
+            _write_manifests(tmp, audio_root, split, plans[split], render.num_samples)
         write_json_atomic(tmp / "corpus.json", summary)  # last: its presence means complete
     return summary
 
@@ -480,21 +485,23 @@ def _check_destination(out_dir: Path, overwrite: bool) -> None:
     if (out_dir / "corpus.json").exists():
         if not overwrite:
             raise DataError(out_dir, "already holds a complete corpus (pass --overwrite to replace it)")
-    elif out_dir.exists() and any(out_dir.iterdir()):
+    elif out_dir.exists() and any(p.name != LOCK_NAME for p in out_dir.iterdir()):
         raise DataError(
             out_dir, "is a non-empty folder without corpus.json; refusing to replace it"
         )
 
 
 def _write_manifests(
-    tmp: Path, final_dir: Path, split: str, plans: list[UtterancePlan], num_samples: dict[str, int]
+    tmp: Path, root: Path | None, split: str, plans: list[UtterancePlan], num_samples: dict[str, int]
 ) -> None:
-    """Write the split's recordings, supervisions and cuts; audio paths point into final_dir."""
+    """Write the split's recordings, supervisions and cuts; audio paths are relative to the
+    corpus folder, or absolute under ``root`` (the final folder) when it is given."""
     recordings, supervisions, cuts = [], [], []
     for plan in plans:
         n = num_samples[plan.id]
         duration = n / SAMPLE_RATE
-        source = AudioSource(type="file", channels=[0], source=str(final_dir / plan.audio_path))
+        path = plan.audio_path if root is None else str(root / plan.audio_path)
+        source = AudioSource(type="file", channels=[0], source=path)
         rec = Recording(plan.id, [source], SAMPLE_RATE, n, duration)
         sup = SupervisionSegment(
             id=plan.id, recording_id=plan.id, start=0.0, duration=duration, channel=0,

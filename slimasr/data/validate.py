@@ -4,10 +4,15 @@ Every problem is one line that names the file (``path: problem``) and has a *rea
 can skip bad items and report a count per reason (``SkipReport``).
 
 - ``probe_recording(path)`` / ``validate_recording(path)``: missing, empty, unreadable, corrupt or
-  truncated audio (soundfile info, the header's claim, and a real decode of every frame).
+  truncated audio (soundfile info, the header's claim, and a real decode of every frame), and
+  samples no model can read (NaN/inf, an absurd peak: ``slimasr.data.audio.samples_problem``).
 - ``filter_cuts(cuts, tokenizer, normalize, frames_after_subsampling)``: drops cuts whose
   transcript is empty after normalization, holds characters outside the vocabulary, or is longer
-  than CTC can label in the frames the model outputs for that audio (``ctc_min_frames``).
+  than CTC can label in the frames the model outputs for that audio (``ctc_min_frames``), and
+  cuts that feature precomputation marked as bad audio (``slimasr.data.audio.mark_bad_audio``).
+- ``filter_cuts(..., scoring=True)``: the same checks as evaluation applies them (``CutCheck``).
+- ``cut_audio_problem(cut, samples)``: bad samples found where audio is decoded anyway (a batch
+  computed on the fly, an evaluation batch), so nothing reads every file twice.
 
 ``filter_cuts`` works on lazy CutSets without loading them: it returns a lazily filtered set and a
 ``SkipReport`` that fills while that set is iterated. The counts are final (``report.final``)
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import soundfile as sf
 from lhotse import CutSet
 from lhotse.cut import Cut
@@ -33,8 +39,10 @@ from lhotse.utils import compute_num_frames
 from slimasr.data.audio import (
     TARGET_SAMPLE_RATE,
     UNREADABLE_MESSAGE,
-    decode_problem,
+    bad_audio_mark,
+    check_decode,
     header_problem,
+    samples_problem,
 )
 
 # Reasons (stable keys: they appear in corpus.json and in training reports).
@@ -42,12 +50,16 @@ MISSING_AUDIO = "missing_audio"
 EMPTY_AUDIO = "empty_audio"
 UNREADABLE_AUDIO = "unreadable_audio"  # not an audio file soundfile can open
 DAMAGED_AUDIO = "damaged_audio"  # truncated or corrupt: the header promises frames the file lacks
+BAD_AUDIO = "bad_audio"  # decodes, but holds NaN/inf samples or an absurd peak (samples_problem)
 EMPTY_TRANSCRIPT = "empty_transcript"
 OOV_CHARACTERS = "oov_characters"
 TOO_SHORT = "too_short"
 BAD_ANNOTATION = "bad_annotation"  # a transcript/alignment file the corpus parser cannot read
 BAD_SEGMENT = "bad_segment"  # a manifest segment that lies outside its audio
 DUPLICATE = "duplicate"
+# What evaluation excludes from scoring, besides TOO_SHORT and BAD_AUDIO (CutCheck(scoring=True)).
+EMPTY_REFERENCE = "empty_reference"  # nothing left after normalization (= metrics.EMPTY_REFERENCE)
+UNKNOWN_CHARACTERS = "unknown_characters"  # not one character of the reference is in the vocabulary
 
 MAX_EXAMPLES = 5  # how many one-line messages a SkipReport keeps to show
 FRAME_SHIFT_S = 0.01  # default feature frame shift (10 ms, as in lhotse's Fbank)
@@ -133,8 +145,13 @@ def probe_recording(path: str | Path) -> Problem | None:
         return Problem(UNREADABLE_AUDIO, f"{path}: {UNREADABLE_MESSAGE}")
     if info.frames <= 0:
         return Problem(EMPTY_AUDIO, f"{path}: holds no audio samples")
-    if problem := header_problem(path, info) or decode_problem(path, info):
+    if problem := header_problem(path, info):
         return Problem(DAMAGED_AUDIO, f"{path}: {problem}")
+    decoded = check_decode(path, info)
+    if decoded.damage:
+        return Problem(DAMAGED_AUDIO, f"{path}: {decoded.damage}")
+    if decoded.samples:
+        return Problem(BAD_AUDIO, f"{path}: {decoded.samples}")
     return None
 
 
@@ -142,6 +159,13 @@ def validate_recording(path: str | Path) -> str | None:
     """The one-line problem with an audio file (``path: problem``), or None if it is usable."""
     problem = probe_recording(path)
     return None if problem is None else problem.message
+
+
+def cut_audio_problem(cut: Cut, samples: np.ndarray) -> Problem | None:
+    """``BAD_AUDIO`` naming the cut's file when its decoded ``samples`` are NaN/inf or absurdly
+    loud (``samples_problem``), else None."""
+    problem = samples_problem(samples)
+    return None if problem is None else Problem(BAD_AUDIO, f"{_cut_name(cut)}: {problem}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,25 +181,41 @@ def ctc_min_frames(token_ids: Sequence[int]) -> int:
 
 @dataclass
 class CutCheck:
-    """The per-cut check behind ``filter_cuts``; calling it returns True to keep the cut."""
+    """The per-cut check behind ``filter_cuts``; calling it returns True to keep the cut.
+
+    ``scoring`` (evaluation) differs from training in two ways: a reference with *some* characters
+    outside the vocabulary is kept (the model cannot write them, so they count as its errors) and
+    only one with none it knows is excluded; and the reasons are named for references
+    (``EMPTY_REFERENCE``, ``UNKNOWN_CHARACTERS``).
+    """
 
     tokenizer: Any = None  # encode(text) -> list[int]; optional oov(text) -> set[str]
     normalize: Callable[[str], str] | None = None  # raw transcript -> text the tokenizer sees
     frames_after_subsampling: Callable[[int], int] | None = None  # input frames -> output frames
     frame_shift: float = FRAME_SHIFT_S  # seconds per input feature frame
     report: SkipReport = field(default_factory=SkipReport)
+    scoring: bool = False  # evaluation's rules (see above) instead of training's
 
     def problem(self, cut: Cut) -> Problem | None:
         """Why ``cut`` cannot be trained on or scored, or None."""
         name = _cut_name(cut)
+        if bad := bad_audio_mark(cut):
+            return Problem(BAD_AUDIO, f"{name}: {bad}")
         text = " ".join(s.text or "" for s in cut.supervisions)
         if self.normalize is not None:
             text = self.normalize(text)
         if not text.strip():
-            return Problem(EMPTY_TRANSCRIPT, f"{name}: empty transcript")
+            return Problem(EMPTY_REFERENCE if self.scoring else EMPTY_TRANSCRIPT,
+                           f"{name}: empty {'reference' if self.scoring else 'transcript'}")
         if self.tokenizer is None:
             return None
-        if hasattr(self.tokenizer, "oov") and (oov := self.tokenizer.oov(text)):
+        oov = self.tokenizer.oov(text) if hasattr(self.tokenizer, "oov") else set()
+        if oov and self.scoring:
+            text = " ".join("".join(c for c in text if c not in oov).split())  # what it can write
+            if not text:
+                return Problem(UNKNOWN_CHARACTERS,
+                               f"{name}: no character of the reference is in the vocabulary")
+        elif oov:
             shown = ", ".join(repr(c) for c in _in_text_order(oov, text))
             return Problem(OOV_CHARACTERS, f"{name}: characters not in the vocabulary: {shown}")
         return self._too_short(cut, name, self.tokenizer.encode(text))
@@ -222,14 +262,17 @@ def filter_cuts(
     normalize: Callable[[str], str] | None = None,
     frames_after_subsampling: Callable[[int], int] | None = None,
     frame_shift: float = FRAME_SHIFT_S,
+    scoring: bool = False,
 ) -> tuple[CutSet, SkipReport]:
-    """Drop cuts with an empty transcript, out-of-vocabulary characters, or too few output frames.
+    """Drop cuts with an empty transcript, out-of-vocabulary characters, or too few output frames,
+    and cuts marked as bad audio.
 
     ``frames_after_subsampling(T)`` gives the model's output length for ``T`` input frames of
     ``frame_shift`` seconds (identity if None). Without a tokenizer only empty transcripts are
-    checked. A lazy ``cuts`` stays lazy (see the module docstring for when the report is final).
+    checked. ``scoring``: evaluation's rules (see ``CutCheck``). A lazy ``cuts`` stays lazy (see
+    the module docstring for when the report is final).
     """
-    check = CutCheck(tokenizer, normalize, frames_after_subsampling, frame_shift)
+    check = CutCheck(tokenizer, normalize, frames_after_subsampling, frame_shift, scoring=scoring)
     check.report.final = False
     if cuts.is_lazy:
         return CutSet(_ReportingFilter(cuts, check)), check.report

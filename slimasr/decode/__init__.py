@@ -16,6 +16,7 @@ from typing import Iterable, Protocol, Sequence
 
 import torch
 
+from slimasr.config import check_numbers
 from slimasr.decode.greedy import WORD_SEP, GreedyDecoder, greedy_decode, ids_to_text
 from slimasr.decode.lm import build_ngram_lm, corpus_vocabulary, load_ngram_lm, read_arpa
 from slimasr.errors import ConfigError
@@ -44,6 +45,9 @@ class BeamConfig:
     hotword_weight: float = 10.0  # bonus per in-lexicon word when there is no LM (natural log)
     beam_prune_logp: float = -10.0  # drop hypotheses this much worse than the best one
     token_min_logp: float = -5.0  # ignore tokens less likely than this in a frame (unless best)
+
+    def __post_init__(self) -> None:
+        check_numbers("decode.beam", self, positive=("beam_width",))
 
 
 @dataclass

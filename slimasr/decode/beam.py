@@ -32,16 +32,18 @@ from slimasr.decode.greedy import BLANK_ID, WORD_SEP
 from slimasr.decode.lm import EOS, INSTALL_HINT, LanguageModel, load_ngram_lm
 from slimasr.errors import SlimasrError
 
+# pyctcdecode warns about things this module handles itself: at import, twice, that kenlm is
+# missing (with a URL to install it from; ARPA files need no kenlm, and a binary LM without it is
+# a one-line error from load_ngram_lm), then few unigrams on a small domain, multi-character
+# tokens. Keep its log quiet from before the import on.
+logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
+
 try:
     from pyctcdecode.alphabet import BPE_TOKEN, UNK_BPE_TOKEN, UNK_TOKEN, Alphabet
     from pyctcdecode.decoder import BeamSearchDecoderCTC
     from pyctcdecode.language_model import AbstractLanguageModel
 except ImportError as e:  # an optional extra
     raise SlimasrError(f"beam search needs the pyctcdecode package: {INSTALL_HINT}") from e
-
-# pyctcdecode warns about things this module handles itself (no kenlm for ARPA files, few
-# unigrams on a small domain, multi-character tokens); keep its log quiet.
-logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
 
 LN10 = math.log(10.0)  # ARPA/KenLM scores are log10; pyctcdecode adds natural-log scores
 UNK_PIECE = "<unk>"  # sentencepiece's unknown piece, mapped to pyctcdecode's own UNK label

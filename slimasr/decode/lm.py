@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
-from slimasr.errors import DataError, SlimasrError
+from slimasr.errors import ConfigError, DataError, SlimasrError
 from slimasr.io import atomic_path
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -52,6 +52,7 @@ MISSING_UNK_LOG10 = -100.0
 # Digits after the decimal point for log10 values in the ARPA file (1e-7 ~ 2e-7 relative error).
 ARPA_DIGITS = 7
 MIN_ORDER = 2  # KenLM refuses unigram-only models
+MAX_ORDER = 6  # the kenlm wheel's compiled limit (KENLM_MAX_ORDER): higher orders would not load
 INSTALL_HINT = 'pip install "slimasr[lm]"'
 
 State = tuple[str, ...]  # pure-Python LM state: the last (order - 1) words
@@ -203,11 +204,11 @@ def corpus_vocabulary(texts: Iterable[str]) -> list[str]:
 
 def estimate_kneser_ney(texts: Iterable[str], order: int = 3) -> NgramModel:
     """Interpolated modified Kneser-Ney n-gram model of ``texts`` (see the module docstring)."""
-    if order < MIN_ORDER:
-        raise ValueError(f"n-gram order must be >= {MIN_ORDER}, got {order}")
+    if isinstance(order, bool) or not isinstance(order, int) or not MIN_ORDER <= order <= MAX_ORDER:
+        raise ConfigError(f"n-gram order must be >= {MIN_ORDER} and <= {MAX_ORDER} (KenLM's limit), "
+                          f"got {order!r}")
     counts = _count_ngrams(texts, order)
-    if not counts[0]:
-        raise ValueError("no words to build a language model from")
+    _check_counts(counts)
     adjusted = _adjusted_counts(counts)
     ngrams: list[dict[State, tuple[float, float]]] = []
     lower: dict[State, float] = {}  # interpolated probabilities of order n - 1 (not log)
@@ -221,6 +222,16 @@ def estimate_kneser_ney(texts: Iterable[str], order: int = 3) -> NgramModel:
         ngrams.append({g: (_log10(p), 0.0) for g, p in probs.items()})
         lower = probs
     return NgramModel(order, ngrams)
+
+
+def _check_counts(counts: list[Counter[State]]) -> None:
+    """ConfigError/DataError unless there are words and n-grams of the highest order."""
+    if not counts[0]:
+        raise DataError(None, "no words to build a language model from (empty transcripts)")
+    if not counts[-1]:
+        longest = max(n for n, table in enumerate(counts, start=1) if table)
+        raise ConfigError(f"n-gram order {len(counts)}: no sentence is long enough (with <s> and "
+                          f"</s> the longest gives {longest}-grams); use order {longest} or less")
 
 
 def _count_ngrams(texts: Iterable[str], order: int) -> list[Counter[State]]:

@@ -106,7 +106,22 @@ def load_distill_recipe(source: str | Path | Mapping | DistillRecipe | None = No
         raise ConfigError("student.init: path needs student.path (a model directory)")
     if s.layers is not None and s.layers < 1:
         raise ConfigError(f"student.layers must be >= 1, got {s.layers}")
+    _check_model_overrides(s.init, overrides)
     return recipe
+
+
+def _check_model_overrides(init: str, overrides: Sequence[str]) -> None:
+    """A ``model.*`` override (``distill --student NAME`` gives ``model.preset=NAME``) chooses the
+    student only when ``student.init`` is scratch; otherwise it would be silently ignored."""
+    if init == "scratch":
+        return
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if key == "model" or key.startswith("model."):
+            source = "cut down from the teacher" if init == "teacher" else "student.path"
+            raise ConfigError(f"{override}: has no effect while student.init is {init} (the "
+                              f"student is {source}); add student.init=scratch to train that "
+                              "model from scratch, or leave it out (--student)")
 
 
 def _near(base: Path, value: str | None) -> str | None:

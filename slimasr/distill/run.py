@@ -50,6 +50,7 @@ from slimasr.train.loop import (
     _finalize,
     _prepare_data,
     seed_everything,
+    writer_lock,
 )
 from slimasr.train.prepare import transcript
 
@@ -60,23 +61,26 @@ STUDENT_INIT = "student_init"  # OUT/student_init: the created student, reloaded
 
 def distill_model(recipe: DistillRecipe | str | Path, data_dir: str | Path, out_dir: str | Path,
                   resume: bool = False, overrides: Sequence[str] = (),
-                  show_progress: bool = True) -> dict:
+                  show_progress: bool = True, overwrite: bool = False) -> dict:
     """Distill ``recipe.teacher.path`` into a student trained on ``data_dir`` (train/dev splits),
-    saved as the model directory ``out_dir``. Returns training.json's content (+ ``teacher``)."""
+    saved as the model directory ``out_dir`` (locked meanwhile; ``overwrite``: replace a model
+    or run already there). Returns training.json's content (+ ``teacher``)."""
     recipe = load_distill_recipe(recipe, overrides)
     if not recipe.teacher.path:
         raise ConfigError("teacher.path: give the teacher's model directory (--teacher)")
     threads = torch.get_num_threads()
     info = distributed.setup(recipe.train.device)
     try:
-        return _distill(recipe, Path(data_dir), Path(out_dir), resume, info, show_progress)
+        with writer_lock(Path(out_dir), "distill", info):
+            return _distill(recipe, Path(data_dir), Path(out_dir), resume, info, show_progress,
+                            overwrite)
     finally:
         distributed.cleanup(info)
         torch.set_num_threads(threads)
 
 
 def _distill(recipe: DistillRecipe, data_dir: Path, out_dir: Path, resume: bool, info: Any,
-             show_progress: bool) -> dict:
+             show_progress: bool, overwrite: bool = False) -> dict:
     cfg = recipe.train
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -88,7 +92,9 @@ def _distill(recipe: DistillRecipe, data_dir: Path, out_dir: Path, resume: bool,
         _adopt_frontend(recipe, teacher)
     elif recipe.student.init == "teacher":
         raise ConfigError("student.init: teacher needs a slimasr teacher (this one is Hugging Face)")
-    resume = _check_out_dir(out_dir, recipe, resume, console)
+    inputs = [data_dir, recipe.teacher.path, *recipe.unlabelled,
+              recipe.student.path if recipe.student.init == "path" else None]
+    resume = _check_out_dir(out_dir, recipe, resume, console, overwrite, inputs, info)
     if teacher.kind == "slimasr" and info.is_main:
         copy_frontend(teacher, out_dir)
     distributed.barrier(info)
@@ -206,7 +212,8 @@ def _teacher_cache(recipe: DistillRecipe, teacher: Any, data: Any, data_dir: Pat
             dataset = AsrDataset(data.tokenizer, data.normalize, recipe.features, data.cmvn, None,
                                  train=False)
             sampler = SimpleCutSampler(cuts, max_duration=TEACHER_BATCH_SECONDS)
-            batches = (dataset[b] for b in sampler)
+            batches = (batch for batch in map(dataset.__getitem__, sampler)
+                       if batch["cut_ids"])  # empty: every cut's audio was unusable
         else:
             batches = hf_batches(cuts, recipe.teacher.batch_size)
         fill_cache(teacher, batches, folder, stamp, recipe.teacher.top_k, data.tokenizer.tokens,

@@ -2,7 +2,8 @@
 
     stats = ErrorRateStats()                       # normalizes with slimasr.text.normalize_text
     stats.append(["utt1", "utt2"], hyps=["turn on the lite", ""], refs=["Turn on the light.", "hi"])
-    stats.summarize()   # {"wer": 40.0, "cer": ..., "sentence_accuracy": 0.0, "num_utterances": 2}
+    stats.summarize()   # {"wer": 40.0, "cer": ..., "sentence_accuracy": 0.0, "num_utterances": 2,
+                        #  "excluded": {}, ...}
     stats.worst(10)     # [{"id", "ref", "hyp", "errors", "wer"}, ...] most errors first
 
 Conventions:
@@ -11,8 +12,14 @@ Conventions:
 - Both texts are normalized before scoring (``normalize``), then split on whitespace; words are
   aligned with ``jiwer.process_words``, characters (spaces included) with
   ``jiwer.process_characters``.
-- Corpus rates are micro-averaged: total errors over total reference words. A set of empty
-  references counts as one word (jiwer's rule), so insertions there still show as errors.
+- Corpus rates are micro-averaged: total errors over total reference words.
+- **Unscorable utterances are excluded, never scored.** A reference that is empty after
+  normalization has no words to count errors against (and an empty hypothesis would make it a
+  "correct sentence"), so ``append`` leaves it out and counts it under ``excluded``
+  (``empty_reference``); callers exclude their own cases with ``exclude`` (evaluation: audio too
+  short for its reference, no character the model knows, unusable audio). Every rate and
+  ``num_utterances`` cover the scored utterances only; ``excluded`` says what was left out.
+  Nothing scored gives WER 0 and sentence accuracy 0 (no correct sentence).
 - Word precision = hits / hypothesis words, recall = hits / reference words; with nothing to
   divide by, they are 100 when the other side is empty too, else 0.
 - Intents (optional): pass ``intents`` (reference labels, None for unlabelled) to ``append`` and
@@ -32,6 +39,7 @@ import jiwer
 Normalizer = Callable[[str], str]
 IntentParser = Callable[[str], "str | None"]
 PERCENT = 100.0
+EMPTY_REFERENCE = "empty_reference"  # excluded-reason key: nothing left after normalization
 
 
 def _default_normalize(text: str) -> str:
@@ -94,6 +102,11 @@ class ErrorRateStats:
         self.normalize = normalize or (lambda text: text)
         self.intent_of = intent_of
         self.scores: list[UtteranceScore] = []
+        self.excluded: Counter = Counter()  # reason -> utterances left out of every rate
+
+    def exclude(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` utterances left out of scoring for ``reason``."""
+        self.excluded[reason] += count
 
     def append(
         self,
@@ -112,15 +125,19 @@ class ErrorRateStats:
                 f"{len(ids)}, {len(hyps)}, {len(refs)}"
             )
         for i, (utt_id, hyp, ref) in enumerate(zip(ids, hyps, refs)):
-            score = score_utterance(str(utt_id), self.normalize(hyp), self.normalize(ref))
+            ref = self.normalize(ref)
+            if not ref.strip():
+                self.exclude(EMPTY_REFERENCE)
+                continue
+            score = score_utterance(str(utt_id), self.normalize(hyp), ref)
             if intents is not None and intents[i] is not None:
                 score.intent = intents[i]
                 score.intent_hyp = self.intent_of(score.hyp) if self.intent_of else None
             self.scores.append(score)
 
     def summarize(self) -> dict[str, float | int]:
-        """Flat corpus-level metrics (rates in percent); intent keys only if any utterance has a
-        reference intent."""
+        """Flat corpus-level metrics (rates in percent) over the scored utterances, plus
+        ``excluded`` (reason -> count); intent keys only if any utterance has a reference intent."""
         total = Counter()
         for s in self.scores:
             total.update({k: v for k, v in asdict(s).items() if isinstance(v, int)})
@@ -131,9 +148,10 @@ class ErrorRateStats:
             "wer": PERCENT * errors / max(total["ref_words"], 1),
             "cer": PERCENT * total["char_errors"] / max(total["ref_chars"], 1),
             "sentence_accuracy": _ratio(
-                sum(s.hyp == s.ref for s in self.scores), len(self.scores), True
+                sum(s.hyp == s.ref for s in self.scores), len(self.scores), False
             ),
             "num_utterances": len(self.scores),
+            "excluded": dict(sorted(self.excluded.items())),
             "word_precision": precision,
             "word_recall": recall,
             "word_f1": _f1(precision, recall),

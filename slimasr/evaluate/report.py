@@ -45,10 +45,7 @@ def collect_rows(model_dirs: Sequence[str | Path]) -> list[dict]:
     """One row per model directory (its metrics.json), with ratios against the first one."""
     rows = []
     for model_dir in model_dirs:
-        path = Path(model_dir) / METRICS_FILE
-        if not path.is_file():
-            raise DataError(path, "no evaluation results; run `slimasr evaluate` on this model first")
-        metrics = read_json(path)
+        metrics = read_metrics(Path(model_dir) / METRICS_FILE)
         rows.append({"model": Path(model_dir).name, "model_dir": str(model_dir), **metrics})
     if rows:
         base = rows[0]
@@ -59,14 +56,32 @@ def collect_rows(model_dirs: Sequence[str | Path]) -> list[dict]:
     return rows
 
 
+def read_metrics(path: Path) -> dict:
+    """A metrics.json whose table columns hold numbers (whole numbers for counts) or are absent;
+    one-line DataError naming the file otherwise."""
+    if not path.is_file():
+        raise DataError(path, "no evaluation results; run `slimasr evaluate` on this model first")
+    metrics = read_json(path)
+    if not isinstance(metrics, dict):
+        raise DataError(path, f"expected a JSON object of metrics, got {type(metrics).__name__}")
+    for column in COLUMNS:
+        value = metrics.get(column.key)
+        kinds = (int,) if column.fmt.endswith("d") else (int, float)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            wanted = "a whole number" if kinds == (int,) else "a number"
+            raise DataError(path, f"'{column.key}' must be {wanted}, got {value!r}")
+    return metrics
+
+
 def markdown_table(rows: Sequence[dict]) -> str:
-    """The rows as a Markdown table (``size x`` and ``MACs x`` are fractions of the first model)."""
-    head = "| model | " + " | ".join(c.title for c in COLUMNS) + " |"
-    rule = "|---|" + "---|" * len(COLUMNS)
+    """The rows as a Markdown table (``size x`` and ``MACs x`` are fractions of the first model);
+    the last column names the data each row was measured on (evaluate's ``data`` label)."""
+    head = "| model | " + " | ".join(c.title for c in COLUMNS) + " | data |"
+    rule = "|---|" + "---|" * (len(COLUMNS) + 1)
     lines = [head, rule]
     for row in rows:
         cells = [_cell(row, c) for c in COLUMNS]
-        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {row.get('data') or '—'} |")
     return "\n".join(lines) + "\n"
 
 

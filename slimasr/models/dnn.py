@@ -43,12 +43,17 @@ class DnnConfig:
 
 
 def stack_frames(x: Tensor, left: int, right: int, stride: int) -> Tensor:
-    """(N, T, F) -> (N, ceil(T / stride), (left + 1 + right) * F); zeros beyond both ends."""
+    """(N, T, F) -> (N, ceil(T / stride), (left + 1 + right) * F); zeros beyond both ends.
+
+    Gathers the windows with an index table instead of ``Tensor.unfold`` (same values): the ONNX
+    exporter cannot export unfold over a dynamic time axis, and gathers this.
+    """
+    n, t, f = x.shape
     width = left + 1 + right
     padded = F.pad(x, (0, 0, left, right))  # (N, T + left + right, F)
-    windows = padded.unfold(1, width, stride)  # (N, T', F, width)
-    n, t, f, w = windows.shape
-    return windows.transpose(2, 3).reshape(n, t, w * f)
+    starts = torch.arange(0, t, stride, device=x.device)  # (T',) first padded frame of each window
+    index = starts[:, None] + torch.arange(width, device=x.device)[None, :]  # (T', width)
+    return padded[:, index].reshape(n, -1, width * f)  # (N, T', width, F) -> (N, T', width * F)
 
 
 @register_model("dnn", DnnConfig)

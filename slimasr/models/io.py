@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from slimasr.config import config_to_dict
@@ -82,12 +83,43 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Aco
     """
     model_dir = Path(model_dir)
     data = read_model_config(model_dir)
+    check_shapes(model_dir, data)  # before any real allocation: config.json may claim any size
     try:
         model = build_model(data["architecture"], data["model"], vocab_size=data.get("vocab_size"))
     except ConfigError as e:
         raise DataError(model_dir / CONFIG_NAME, str(e)) from None
     _load_weights(model, model_dir / WEIGHTS_NAME)
     return model.to(device).eval()
+
+
+def check_shapes(model_dir: Path, data: Mapping[str, Any]) -> None:
+    """DataError unless the model that config.json describes has exactly the tensors (names and
+    shapes) of model.safetensors' header. Costs no memory: the model is built on the meta device
+    and only the header is read, so absurd sizes (hidden 10^9) fail here, not in the allocator."""
+    config_path, path = model_dir / CONFIG_NAME, model_dir / WEIGHTS_NAME
+    found = _header_tensors(path)
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(data["architecture"], data["model"], vocab_size=data.get("vocab_size"))
+    except ConfigError as e:
+        raise DataError(config_path, str(e)) from None
+    except (RuntimeError, OverflowError) as e:  # e.g. a size beyond what a tensor can hold
+        raise DataError(config_path, f"sizes that cannot be built ({e})") from None
+    problem = _state_mismatch(skeleton.state_dict(), found)
+    if problem:
+        raise DataError(path, f"weights do not match {CONFIG_NAME}: {problem}")
+
+
+def _header_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Empty meta tensors with the names and shapes of a safetensors file's header."""
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for a corrupt file; all mean "unreadable"
+        raise DataError(path, f"not a readable safetensors file ({e})") from None
+    return {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
 
 
 def _load_weights(model: AcousticModel, path: Path) -> None:
@@ -100,7 +132,19 @@ def _load_weights(model: AcousticModel, path: Path) -> None:
     problem = _state_mismatch(model.state_dict(), tensors)
     if problem:
         raise DataError(path, f"weights do not match {CONFIG_NAME}: {problem}")
+    _check_finite(tensors, path)
     model.load_state_dict(tensors, strict=True)
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """DataError naming the first tensor (by name) holding NaN/inf: such a model outputs NaN,
+    which decodes to empty text as if the model had heard silence."""
+    for name in sorted(state):
+        tensor = state[name]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise DataError(path, f"tensor {name} holds {bad} NaN/inf values of {tensor.numel()} "
+                                  "(a diverged or damaged model)")
 
 
 def _state_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Mapping
 import torch
 from torch import Tensor
 
+from slimasr.errors import ConfigError
 from slimasr.evaluate.cost import count_macs, count_params, example_input
 from slimasr.models.common import AcousticModel
 from slimasr.prune.groups import Group, prunable_groups
@@ -155,8 +156,9 @@ def plan(model: AcousticModel, scores: Mapping[str, Tensor], target: PruneTarget
         most = measure(candidates(candidates.count - 1))
         wanted = " and ".join(f"{share:.1%} of the {kind}" for kind, share in target.constraints())
         reached = " and ".join(f"{1.0 - most[k] / original[k]:.1%} of the {k}" for k in budget)
-        raise ValueError(f"cannot remove {wanted} within the constraints (at most {reached}: check "
-                         f"protect, round_to, max_group_fraction)")
+        raise ConfigError(f"prune target: cannot remove {wanted} within the constraints (at most "
+                          f"{reached}: lower the target, or check protect, round_to, "
+                          f"max_group_fraction)")
     return keep_lists(groups, scores, best)
 
 

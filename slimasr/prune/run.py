@@ -29,13 +29,20 @@ import torch
 from lhotse.dataset import SimpleCutSampler
 from rich.console import Console
 
-from slimasr.config import config_to_dict
+from slimasr.config import check_numbers, config_to_dict
 from slimasr.data.dataset import AsrDataset
 from slimasr.distill import distill_model
-from slimasr.errors import ConfigError, DataError
+from slimasr.errors import ConfigError
 from slimasr.evaluate.cost import measure_latency
 from slimasr.frontend import Frontend
-from slimasr.io import atomic_dir, read_json, write_json_atomic
+from slimasr.io import (
+    atomic_dir,
+    check_output_dir,
+    clear_output_dir,
+    output_lock,
+    read_json,
+    write_json_atomic,
+)
 from slimasr.models import AcousticModel, load_model, save_model
 from slimasr.models.io import read_model_config
 from slimasr.prune.groups import layer_stack, prunable_groups
@@ -107,6 +114,10 @@ class PruneConfig:
             raise ConfigError("steps must be >= 1, finetune_epochs and remove_layers >= 0")
         if self.latency_threads < 1 or self.latency_runs < 1:
             raise ConfigError("latency_threads and latency_runs must be >= 1")
+        check_numbers("prune", self, positive=("calibration_cuts", "calibration_seconds",
+                                               "sensitivity_cuts", "num_threads"))
+        if not all(0 < r < 1 for r in self.sensitivity_ratios):
+            raise ConfigError(f"prune.sensitivity_ratios must be in (0, 1), got {self.sensitivity_ratios}")
         if self.ratios and self.steps != 1:
             raise ConfigError("ratios: explicit per-group shares are one-shot (steps: 1)")
         bad = {k: v for k, v in self.ratios.items() if not 0.0 <= float(v) < 1.0}
@@ -115,19 +126,25 @@ class PruneConfig:
 
 
 def prune_model_dir(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
-                    cfg: PruneConfig, show_progress: bool = True) -> dict:
-    """Prune the model directory ``model_dir`` into ``out_dir``; returns prune.json's content."""
+                    cfg: PruneConfig, show_progress: bool = True, overwrite: bool = False) -> dict:
+    """Prune the model directory ``model_dir`` into ``out_dir``; returns prune.json's content.
+    ``out_dir`` is locked meanwhile; one that holds a model or a run is refused unless
+    ``overwrite`` (then cleared of it first), and the input model never is replaced."""
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     read_model_config(model_dir)  # one-line error for a broken model directory
-    if (out_dir / PRUNE_JSON).is_file():
-        raise DataError(out_dir, "already holds a pruned model; choose another output folder")
-    threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    try:
-        return _prune(model_dir, data_dir, out_dir, cfg, show_progress)
-    finally:
-        torch.set_num_threads(threads)
+    inputs = [model_dir, data_dir, cfg.latency_table]
+    check_output_dir(out_dir, True, inputs)  # an input is never the output: not even locked
+    with output_lock(out_dir, "prune"):  # then, as the only writer, what the folder holds
+        check_output_dir(out_dir, overwrite, inputs)
+        if overwrite:
+            clear_output_dir(out_dir)
+        threads = torch.get_num_threads()
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        try:
+            return _prune(model_dir, data_dir, out_dir, cfg, show_progress)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _prune(model_dir: Path, data_dir: Path, out_dir: Path, cfg: PruneConfig, show: bool) -> dict:
@@ -191,12 +208,15 @@ def _prune(model_dir: Path, data_dir: Path, out_dir: Path, cfg: PruneConfig, sho
             result = _finetune(current_dir, model_dir, data_dir, tuned, cfg, show)
             current_dir, model = tuned, load_model(tuned).eval()
             row.update({"dev_wer_finetuned": result["dev_wer"], "finetune_seconds": result["train_seconds"],
-                        "dev_loss_finetuned": _mean_loss(model, sens_batches)})
+                        "dev_loss_finetuned": _mean_loss(model, sens_batches),
+                        "learned_nothing": result["learned_nothing"]})
         record["steps"].append(row)
     record["final"] = {"macs": model_cost(model, "macs"), "params": model_cost(model, "params"),
                        "macs_ratio": model_cost(model, "macs") / cost0["macs"],
                        "params_ratio": model_cost(model, "params") / cost0["params"],
-                       "widths": _widths(model)}
+                       "widths": _widths(model),
+                       # the last fine-tuning ended on the all-blank plateau (None: not fine-tuned)
+                       "learned_nothing": record["steps"][-1].get("learned_nothing")}
     if latency0 is not None:
         measured = [r["latency_ms_measured"] for r in record["steps"] if "latency_ms_measured" in r]
         record["original"]["latency_ms"] = latency0
@@ -311,8 +331,6 @@ def _remove_layers(model: AcousticModel, count: int, batches: list[dict], consol
 
 def _finetune(pruned: Path, teacher: Path, data_dir: Path, out: Path, cfg: PruneConfig, show: bool) -> dict:
     """Fine-tune the pruned model (CTC, or CTC + KD from the unpruned teacher)."""
-    if out.exists():
-        shutil.rmtree(out)  # an interrupted fine-tune of this step starts over
     loss = (["loss.ctc_weight=0.5", "loss.kd_weight=0.5", *cfg.distill_overrides] if cfg.distill
             else ["loss.ctc_weight=1.0", "loss.kd_weight=0.0"])
     overrides = [f"teacher.path={teacher}", "student.init=path", f"student.path={pruned}",
@@ -328,7 +346,9 @@ def _batches(frontend: Frontend, cuts: Any, max_cuts: int, seconds: float) -> It
                          None, train=False)
     subset = cuts.subset(first=max_cuts).to_eager()
     for batch_cuts in SimpleCutSampler(subset, max_duration=seconds):
-        yield dataset[batch_cuts]
+        batch = dataset[batch_cuts]
+        if batch["cut_ids"]:  # empty when every cut's audio was unusable (dropped by the dataset)
+            yield batch
 
 
 @torch.no_grad()

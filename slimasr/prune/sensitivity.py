@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from torch import Tensor
 
-from slimasr.errors import DataError
+from slimasr.errors import ConfigError, DataError
 from slimasr.io import atomic_path, read_json, write_json_atomic
 from slimasr.models.common import AcousticModel
 from slimasr.progress import progress_bar
@@ -128,8 +128,9 @@ def ratios_from_scan(model: AcousticModel, scan: Mapping[str, Any], target: Prun
         movable = [c for c in curves.values() if c.can_step()]
         if not movable:
             wanted = " and ".join(f"{f:.1%} of the {k}" for k, f in target.constraints())
-            raise ValueError(f"cannot remove {wanted} within the scanned ratios and the "
-                             f"constraints (protect, round_to, max_group_fraction)")
+            raise ConfigError(f"prune target: cannot remove {wanted} within the scanned ratios "
+                              f"and the constraints (lower the target, or check protect, "
+                              f"round_to, max_group_fraction)")
         best = min(movable, key=lambda c: c.step_price())
         estimated += best.step()
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from slimasr.config import from_dict, merge, parse_overrides, read_config_file
+from slimasr.config import check_numbers, from_dict, merge, parse_overrides, read_config_file
 from slimasr.data.augment import AugmentConfig
 from slimasr.data.features import FeatureConfig
 from slimasr.errors import ConfigError
@@ -104,14 +104,15 @@ class TrainConfig:
     tensorboard: bool = True  # also log to OUT/tensorboard when the tensorboard package exists
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "max_duration", "lr", "checkpoint_every_steps", "log_every_steps")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"train.max_steps must be >= 1 (or null), got {self.max_steps}")
-        if self.warmup_steps < 0 or self.grad_clip <= 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError("train: warmup_steps >= 0, grad_clip > 0, 0 <= min_lr_ratio <= 1")
+        check_numbers("train", self, positive=(
+            "epochs", "max_steps", "max_minutes", "max_duration", "num_buckets", "lr", "eps",
+            "grad_clip", "decay_steps", "num_threads", "checkpoint_every_steps", "log_every_steps",
+            "early_stop_patience", "dev_max_cuts", "feature_jobs", "cmvn_max_cuts"),
+            non_negative=("seed", "num_workers", "augment_start_epoch", "weight_decay",
+                          "warmup_steps", "early_stop_below_wer"),
+            fractions=("min_lr_ratio",))
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}")
 
 
 @dataclass

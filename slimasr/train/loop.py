@@ -38,8 +38,10 @@ DistributedDataParallel; losses and dev error counts are summed over ranks; rank
 from __future__ import annotations
 
 import contextlib
+import copy
 import random
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,11 +58,20 @@ from slimasr import __version__
 from slimasr.config import config_to_dict
 from slimasr.data.dataset import AsrDataset, make_dataloader
 from slimasr.data.features import GlobalCmvn
+from slimasr.data.validate import BAD_AUDIO, Problem
 from slimasr.decode import GreedyDecoder
 from slimasr.errors import ConfigError, DataError
 from slimasr.evaluate.metrics import ErrorRateStats
 from slimasr.frontend import Frontend
-from slimasr.io import atomic_dir, read_json, write_json_atomic
+from slimasr.io import (
+    MODEL_MARKERS,
+    atomic_dir,
+    check_output_dir,
+    clear_output_dir,
+    output_lock,
+    read_json,
+    write_json_atomic,
+)
 from slimasr.models import AcousticModel, build_model, load_model, save_model
 from slimasr.progress import progress_bar
 from slimasr.text import load_tokenizer
@@ -92,6 +103,9 @@ DUPLICATE_ID = re.compile(r"_dup\d+$")  # lhotse pads a rank's last batch with s
 SPM_WORD_SEP = "▁"  # sentencepiece's word-start marker
 PARITY_ATOL = 1e-4  # reload check: max |log-prob difference| between saved and trained model
 PARITY_CUTS = 2  # dev utterances the reload check runs
+# Best dev WER (%) from which a run "learned nothing": an empty hypothesis for every utterance
+# scores exactly 100 (all deletions), so a model at or above it is no better than silence.
+LEARNED_NOTHING_WER = 100.0
 
 
 @dataclass
@@ -119,31 +133,35 @@ class TrainState:
 
 def train_model(recipe: TrainRecipe | str | Path, data_dir: str | Path, out_dir: str | Path,
                 resume: bool = False, overrides: Sequence[str] = (),
-                show_progress: bool = True) -> dict:
+                show_progress: bool = True, overwrite: bool = False) -> dict:
     """Train a CTC model on ``data_dir`` (train/dev splits) into the model directory ``out_dir``.
 
     ``recipe``: a TrainRecipe or a recipe file; ``overrides``: ``key=value`` strings
     (``train.epochs=5``). ``resume``: continue from ``out_dir/checkpoints/last`` (a fresh start
-    when there is none). Returns training.json's content plus ``model_dir`` and
-    ``weights_sha256`` (this rank's final in-memory weights).
+    when there is none). ``overwrite``: replace a model or run already in ``out_dir`` (when not
+    resuming one); without it such a folder is refused. ``out_dir`` is locked while training.
+    Returns training.json's content plus ``model_dir`` and ``weights_sha256`` (this rank's
+    final in-memory weights).
     """
     recipe = load_recipe(recipe, overrides)
     threads = torch.get_num_threads()
     info = distributed.setup(recipe.train.device)
     try:
-        return _train(recipe, Path(data_dir), Path(out_dir), resume, info, show_progress)
+        with writer_lock(Path(out_dir), "train", info), undo_failed_start(Path(out_dir), info):
+            return _train(recipe, Path(data_dir), Path(out_dir), resume, info, show_progress,
+                          overwrite)
     finally:
         distributed.cleanup(info)
         torch.set_num_threads(threads)  # num_threads applies to this run only
 
 
 def _train(recipe: TrainRecipe, data_dir: Path, out_dir: Path, resume: bool, info: DistInfo,
-           show_progress: bool) -> dict:
+           show_progress: bool, overwrite: bool = False) -> dict:
     cfg = recipe.train
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     console = Console(stderr=True, quiet=not (show_progress and info.is_main))
-    resume = _check_out_dir(out_dir, recipe, resume, console)
+    resume = _check_out_dir(out_dir, recipe, resume, console, overwrite, [data_dir], info)
     data = _prepare_data(recipe, data_dir, out_dir, resume, info, show_progress)
     seed_everything(cfg.seed)
     name, model_cfg = resolve_model(recipe.model)
@@ -171,24 +189,70 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_out_dir(out_dir: Path, recipe: TrainRecipe, resume: bool, console: Console) -> bool:
-    """Refuse to overwrite a run; check a resumed one keeps its model. Returns whether to resume."""
+@contextlib.contextmanager
+def undo_failed_start(out_dir: Path, info: DistInfo) -> Iterator[None]:
+    """A run that fails before its first checkpoint removes what it wrote into ``out_dir`` (the
+    tokenizer, CMVN, recipe, log: half a model directory), never what was there before."""
+    before = set(out_dir.rglob("*")) if out_dir.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        if info.is_main and not (out_dir / CHECKPOINTS / LAST).exists():
+            _remove_new(out_dir, before)
+        raise
+
+
+def _remove_new(out_dir: Path, before: set[Path]) -> None:
+    """Remove the topmost entries under ``out_dir`` that are not in ``before``."""
+    for path in sorted(set(out_dir.rglob("*")) - before):
+        if path.parent == out_dir or path.parent in before:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writer_lock(out_dir: Path, verb: str, info: DistInfo) -> Iterator[None]:
+    """Rank 0 holds ``out_dir``'s lock (``slimasr.io.output_lock``) for the whole run; when it
+    cannot, every rank stops with the same one-line error."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if info.is_main:
+            try:
+                stack.enter_context(output_lock(out_dir, verb))
+            except DataError as e:
+                error = e
+        if distributed.any_rank(error is not None, info):
+            raise error or DataError(out_dir, "is being written by another process (see rank 0)")
+        yield
+
+
+def _check_out_dir(out_dir: Path, recipe: TrainRecipe, resume: bool, console: Console,
+                   overwrite: bool = False, inputs: Sequence[Any] = (),
+                   info: DistInfo | None = None) -> bool:
+    """Refuse to replace a model or a run unless ``overwrite`` (and never one of ``inputs``);
+    check a resumed run keeps its model. Returns whether to resume. Without a checkpoint,
+    ``resume`` starts afresh over an unfinished run, not over a finished model."""
     last = out_dir / CHECKPOINTS / LAST
-    if not resume:
-        if last.exists() or (out_dir / "config.json").exists():
-            raise DataError(out_dir, "already holds a training run or a model; pass --resume to "
-                                     "continue it, or choose another output folder")
-        return False
-    if not last.is_dir():
+    check_output_dir(out_dir, overwrite=True, inputs=inputs)
+    if resume and last.is_dir():
+        saved = read_json(out_dir / CHECKPOINTS / RECIPE_NAME)
+        now = config_to_dict(recipe)
+        changed = [s for s in FROZEN_SECTIONS if saved.get(s) != now[s]]
+        if changed:
+            raise ConfigError(f"{out_dir / CHECKPOINTS / RECIPE_NAME}: cannot resume with a different "
+                              f"{', '.join(changed)} section (the checkpoint's model depends on it)")
+        return True
+    if resume:
         console.print(f"resume: no checkpoint in {last}, starting afresh", markup=False)
-        return False
-    saved = read_json(out_dir / CHECKPOINTS / RECIPE_NAME)
-    now = config_to_dict(recipe)
-    changed = [s for s in FROZEN_SECTIONS if saved.get(s) != now[s]]
-    if changed:
-        raise ConfigError(f"{out_dir / CHECKPOINTS / RECIPE_NAME}: cannot resume with a different "
-                          f"{', '.join(changed)} section (the checkpoint's model depends on it)")
-    return True
+    unfinished = resume and not any((out_dir / name).exists() for name in MODEL_MARKERS)
+    check_output_dir(out_dir, overwrite or unfinished, inputs, hint="pass --resume to continue it")
+    if (overwrite or unfinished) and (info is None or info.is_main):
+        clear_output_dir(out_dir)  # only slimasr's own files: no stale metrics or checkpoints
+    if info is not None:
+        distributed.barrier(info)  # no rank checks the folder after rank 0 starts writing it
+    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +266,7 @@ class PreparedData:
     cmvn: GlobalCmvn
     train: Any  # CutSet (lazy), not yet filtered
     dev: Any
-    report: dict = field(default_factory=dict)  # split -> SkipReport.as_dict()
+    report: dict = field(default_factory=dict)  # split -> SkipReport
     train_seconds_audio: float = 0.0  # kept training audio
 
 
@@ -249,7 +313,9 @@ def _filter(data: PreparedData, model: AcousticModel, recipe: TrainRecipe,
                                       model.output_lengths, shift)
     for split, report in (("train", train_report), ("dev", dev_report)):
         console.print(f"{split}: {report.summary()}", markup=False, highlight=False)
-        data.report[split] = report.as_dict()
+        for message in report.examples:  # each names its file
+            console.print(f"  {message}", markup=False, highlight=False)
+        data.report[split] = report
     if train_report.kept == 0 or dev_report.kept == 0:
         raise DataError(None, "no usable training or dev cuts left after filtering "
                               f"(train: {train_report.summary()}; dev: {dev_report.summary()})")
@@ -355,6 +421,9 @@ class Trainer:
         self._last = (float("nan"), 0.0)  # (loss, lr) of the last optimizer step
         self._speed = [0.0, 0, 0.0]  # epoch start time, utterances, audio seconds (progress bar)
         self._clock = (time.perf_counter(), 0.0)  # (session start, seconds before it)
+        # split -> {"path: problem": None} of cuts batches dropped for unusable audio (this rank's)
+        self.bad_audio: dict[str, dict[str, None]] = {"train": {}, "dev": {}}
+        self.warnings = Console(stderr=True, quiet=not info.is_main, soft_wrap=True)  # never quiet
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -486,6 +555,7 @@ class Trainer:
         window = [0.0, 0, 0.0]  # loss sum, batches, grad-norm sum since the last log row
         with self._progress() as (bar, task):
             for batch in _iterate(loader):
+                self.note_bad_audio("train", batch)
                 norm = self.train_step(batch)
                 self._advance(bar, task, batch)
                 if norm is None:
@@ -501,7 +571,8 @@ class Trainer:
         """One update. Returns the gradient norm, or None when the batch was skipped because its
         loss or gradients are not finite (on any rank): then no weight or optimizer state moves."""
         lr = self.schedule.apply(self.optimizer, self.state.step, self.time_fraction())
-        loss = self.loss(batch)
+        empty = not batch.get("cut_ids", True)  # every cut had unusable audio: skip like a NaN loss
+        loss = torch.tensor(float("nan")) if empty else self.loss(batch)
         if distributed.any_rank(not bool(torch.isfinite(loss)), self.info):
             self.state.skipped["nonfinite_loss"] += 1
             if self.info.distributed:
@@ -588,7 +659,10 @@ class Trainer:
         stats = ErrorRateStats(normalize=self.normalize)
         loss_sum, tokens = 0.0, 0
         for batch in _iterate(loader):
+            self.note_bad_audio("dev", batch)
             keep = [i for i, cut_id in enumerate(batch["cut_ids"]) if not DUPLICATE_ID.search(cut_id)]
+            if not keep:
+                continue
             x = batch["features"][keep].to(self.info.device)
             x_lens = batch["feature_lens"][keep].to(self.info.device)
             with self.autocast():
@@ -607,13 +681,13 @@ class Trainer:
         errors = s["substitutions"] + s["deletions"] + s["insertions"]
         correct = s["sentence_accuracy"] * s["num_utterances"] / 100.0
         sums = [loss_sum, tokens, errors, s["num_ref_words"], s["char_errors"],
-                s["num_ref_chars"], correct, s["num_utterances"]]
-        loss_sum, tokens, errors, words, char_errors, chars, correct, utts = (
+                s["num_ref_chars"], correct, s["num_utterances"], s["num_hyp_words"]]
+        loss_sum, tokens, errors, words, char_errors, chars, correct, utts, hyp_words = (
             distributed.all_reduce_sum(sums, self.info))
         return {"dev_loss": loss_sum / max(tokens, 1), "dev_wer": 100.0 * errors / max(words, 1),
                 "dev_cer": 100.0 * char_errors / max(chars, 1),
                 "dev_sentence_accuracy": 100.0 * correct / max(utts, 1),
-                "dev_utterances": int(utts)}
+                "dev_utterances": int(utts), "dev_hyp_words": int(hyp_words)}
 
     # -- progress ------------------------------------------------------------------------------
 
@@ -645,11 +719,33 @@ class Trainer:
 
     # -- results -------------------------------------------------------------------------------
 
+    def best_validation(self) -> dict:
+        """The history row of the best validation (the weights that are saved)."""
+        st = self.state
+        return next(r for r in st.history if r["step"] == st.best_step and r["epoch"] == st.best_epoch)
+
+    def note_bad_audio(self, split: str, batch: dict) -> None:
+        """Remember, and say once, each cut a batch dropped because its audio is unusable."""
+        for message in batch.get("bad_audio", ()):
+            if message not in self.bad_audio[split]:
+                self.bad_audio[split][message] = None
+                self.console.print(f"{split}: skipped {message}", markup=False, highlight=False)
+
+    def skip_reports(self, data: PreparedData) -> dict:
+        """training.json's ``skipped_cuts``: the filter's report per split plus the cuts batches
+        dropped for bad audio (``BAD_AUDIO``; on this rank, so rank 0's share under DDP)."""
+        out = {}
+        for split, report in data.report.items():
+            report = copy.deepcopy(report)
+            for message in self.bad_audio.get(split, ()):
+                report.add(Problem(BAD_AUDIO, message))
+            out[split] = report.as_dict()
+        return out
+
     def summary(self, data: PreparedData) -> dict:
         """training.json: best and last dev metrics, time, counts, skipped cuts and batches."""
         st = self.state
-        best = next(r for r in st.history if r["step"] == st.best_step and r["epoch"] == st.best_epoch)
-        last = st.history[-1]
+        best, last = self.best_validation(), st.history[-1]
         return {
             "dev_wer": best["dev_wer"], "dev_cer": best["dev_cer"], "dev_loss": best["dev_loss"],
             "dev_sentence_accuracy": best["dev_sentence_accuracy"],
@@ -659,11 +755,30 @@ class Trainer:
             "train_seconds": round(st.train_seconds, 2),
             "train_cuts": self.num_train_cuts, "train_hours": round(data.train_seconds_audio / 3600, 4),
             "dev_utterances": best["dev_utterances"],
-            "skipped_batches": dict(st.skipped), "skipped_cuts": data.report,
+            "skipped_batches": dict(st.skipped), "skipped_cuts": self.skip_reports(data),
+            "learned_nothing": learned_nothing(best) is not None,
             "params": sum(p.numel() for p in self.export_model().parameters()),
             "device": str(self.info.device), "precision": self.precision,
             "history": st.history,
         }
+
+
+def learned_nothing(metrics: dict) -> str | None:
+    """Why dev metrics (a validation row) show the model learned nothing, else None: every dev
+    hypothesis is empty (CTC's all-blank plateau), or dev WER is no better than that (>= 100%)."""
+    if metrics.get("dev_hyp_words") == 0:
+        return "every dev hypothesis is empty"
+    if metrics["dev_wer"] >= LEARNED_NOTHING_WER:
+        return f"dev WER {metrics['dev_wer']:.1f}% is no better than writing nothing"
+    return None
+
+
+def warn_if_learned_nothing(trainer: Trainer, out_dir: Path) -> None:
+    """One loud line when the saved (best) model learned nothing: its results would look like a
+    model's but measure an untrained one."""
+    if reason := learned_nothing(trainer.best_validation()):
+        trainer.warnings.print(f"warning: {out_dir}: learned nothing: {reason}; train longer "
+                               "(train.epochs)", markup=False, highlight=False)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -700,6 +815,7 @@ def _finalize(trainer: Trainer, recipe: TrainRecipe, data_dir: Path, out_dir: Pa
     }
     save_model(best, out_dir, extra)
     write_json_atomic(out_dir / TRAINING_NAME, metrics)
+    warn_if_learned_nothing(trainer, out_dir)
     check_reload(best, out_dir, trainer.dev_set[dev_cuts.subset(first=PARITY_CUTS).to_eager()])
 
 

@@ -64,6 +64,30 @@ def make_empty(path: Path) -> Path:
     return path
 
 
+BAD_SAMPLES = {  # kind -> the one-line problem samples_problem reports for write_bad_audio's file
+    "nan": "holds 10 NaN/inf samples",
+    "inf": "holds 1 NaN/inf samples",
+    "loud": "peak amplitude 3.2e+06 is absurd (float audio should be within about [-1, 1])",
+}
+
+
+def write_bad_audio(path: Path, kind: str, seconds: float = 0.5, sr: int = SR,
+                    audio: np.ndarray | None = None) -> Path:
+    """A 32-bit float WAV (the common format that can hold them) of ``audio`` (default: tone and
+    noise) spoiled by ``kind``: ten NaN samples, one inf sample, or one sample of 3.2e6."""
+    audio = tone_noise(seconds, sr) if audio is None else np.array(audio, dtype=np.float32)
+    middle = len(audio) // 2
+    if kind == "nan":
+        audio[middle : middle + 10] = np.nan
+    elif kind == "inf":
+        audio[middle] = -np.inf
+    else:
+        audio[middle] = 3.2e6
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), audio, sr, subtype="FLOAT")
+    return path
+
+
 @dataclass
 class Expected:
     splits: dict[str, list[str]]  # split -> cut ids that must be imported, sorted

@@ -8,9 +8,24 @@ import soundfile as sf
 import soxr
 from lhotse import CutSet, MonoCut, Recording
 
-from slimasr.data.audio import DownmixMono, load_audio, recording_from_file, to_mono_16k
+from slimasr.data.audio import (
+    MAX_ABS_AMPLITUDE,
+    DownmixMono,
+    load_audio,
+    recording_from_file,
+    samples_problem,
+    to_mono_16k,
+)
 from slimasr.errors import DataError
-from tests.data.fixtures import corrupt, make_empty, tone_noise, truncate, write_audio
+from tests.data.fixtures import (
+    BAD_SAMPLES,
+    corrupt,
+    make_empty,
+    tone_noise,
+    truncate,
+    write_audio,
+    write_bad_audio,
+)
 
 
 def test_load_audio_reads_16k_mono_exactly(tmp_path):
@@ -125,3 +140,38 @@ def test_16k_mono_recording_gets_no_transforms(tmp_path):
 def test_recording_from_file_names_a_bad_file(tmp_path):
     with pytest.raises(DataError, match="empty file"):
         recording_from_file(make_empty(tmp_path / "e.wav"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples no model can read
+
+
+def test_samples_problem_counts_nan_inf_and_names_an_absurd_peak():
+    audio = tone_noise(0.5)
+    assert samples_problem(audio) is None
+    assert samples_problem(np.full(10, MAX_ABS_AMPLITUDE, dtype=np.float32)) is None  # the limit
+    spoiled = audio.copy()
+    spoiled[[3, 50, 99]] = [np.nan, np.inf, -np.inf]
+    assert samples_problem(spoiled) == "holds 3 NaN/inf samples"
+    assert samples_problem(spoiled[None, :]) == "holds 3 NaN/inf samples"  # (C, T) too
+    loud = audio.copy()
+    loud[7] = -3.2e6
+    assert samples_problem(loud) == BAD_SAMPLES["loud"]
+    assert samples_problem(np.zeros(0, dtype=np.float32)) is None
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_SAMPLES))
+def test_load_audio_refuses_nan_inf_and_absurd_samples(tmp_path, kind):
+    """Ten NaN samples used to come back as audio (and transcribe to empty text)."""
+    path = write_bad_audio(tmp_path / f"{kind}.wav", kind)
+    with pytest.raises(DataError) as info:
+        load_audio(path)
+    assert str(info.value) == f"{path}: {BAD_SAMPLES[kind]}"
+
+
+def test_float_audio_a_little_over_full_scale_is_read(tmp_path):
+    audio = tone_noise(0.5) * 4.0  # +12 dB over full scale: hot, but audio
+    path = tmp_path / "hot.wav"
+    sf.write(str(path), audio, 16000, subtype="FLOAT")
+    np.testing.assert_array_equal(load_audio(path), audio)
+

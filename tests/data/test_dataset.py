@@ -16,6 +16,7 @@ from slimasr.data.augment import AugmentConfig
 from slimasr.data.dataset import AsrDataset, SortedFirstEpochSampler, make_dataloader
 from slimasr.data.features import FeatureConfig, GlobalCmvn, compute_fbank, num_frames, precompute_features
 from slimasr.errors import ConfigError, DataError
+from tests.data.fixtures import BAD_SAMPLES, write_bad_audio
 
 SR = 16000
 DURATIONS = [0.3 + 0.05 * ((7 * i) % 25) for i in range(25)]  # 25 cuts, 0.3 .. 1.5 s, unsorted
@@ -87,6 +88,23 @@ def test_batch_padding_and_lengths(cuts: CutSet) -> None:
     assert batch["targets"].shape == (3, max(len(e) for e in expected))
     for row, e in zip(batch["targets"].tolist(), expected):
         assert row == e + [0] * (batch["targets"].shape[1] - len(e))
+
+
+def test_on_the_fly_batch_drops_a_cut_with_bad_samples_and_names_it(cuts: CutSet, tmp_path: Path) -> None:
+    """One cut with NaN samples used to make the whole batch's features (and loss) NaN."""
+    path = write_bad_audio(tmp_path / "bad.wav", "nan", seconds=2.0)  # the longest in the batch
+    rec = Recording.from_file(path, recording_id="bad")
+    bad = MonoCut("bad", 0.0, rec.duration, 0, recording=rec,
+                  supervisions=[SupervisionSegment("bad", "bad", 0.0, rec.duration, text="lamp")])
+    good = _batch_of(cuts, ["u00", "u01"])
+    batch = _dataset(train=True)[CutSet.from_cuts([*good, bad])]
+    clean = _dataset(train=True)[good]
+    assert batch["bad_audio"] == [f"{path}: {BAD_SAMPLES['nan']}"] and clean["bad_audio"] == []
+    assert batch["cut_ids"] == clean["cut_ids"] and batch["texts"] == clean["texts"]
+    for key in ("features", "feature_lens", "targets", "target_lens"):
+        assert torch.equal(batch[key], clean[key]), key  # trimmed to the longest kept cut
+    alone = _dataset()[CutSet.from_cuts([bad])]  # nothing left: an empty batch
+    assert alone["cut_ids"] == [] and alone["features"].shape[0] == 0 and len(alone["bad_audio"]) == 1
 
 
 def test_denoising_front_end_on_the_fly(cuts: CutSet) -> None:

@@ -22,7 +22,9 @@ from slimasr.data.features import (
     precompute_features,
     spectral_gate,
 )
+from slimasr.data.audio import bad_audio_mark
 from slimasr.errors import ConfigError, DataError
+from tests.data.fixtures import BAD_SAMPLES, write_bad_audio
 
 SR = 16000
 LILCOM_ATOL = 2.0**-5  # lilcom tick_power=-5 rounds to multiples of 1/32 (error <= 1/64), + slack
@@ -249,3 +251,39 @@ def test_denoise_front_end_lowers_noise_frames_in_features() -> None:
 def test_spectral_gate_leaves_clips_shorter_than_a_window() -> None:
     short = torch.randn(100)
     assert torch.equal(spectral_gate(short, FeatureConfig(denoise=True)), short)
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio with NaN/inf or absurd samples
+
+
+def _with_bad_cut(corpus: Path, tmp_path: Path, kind: str) -> CutSet:
+    """The corpus's cuts plus one whose file holds NaN/inf or absurd samples."""
+    path = write_bad_audio(tmp_path / f"{kind}.wav", kind)
+    rec = Recording.from_file(path, recording_id="bad")
+    sup = SupervisionSegment("bad", "bad", 0.0, rec.duration, text="bad")
+    bad = MonoCut("bad", 0.0, rec.duration, 0, recording=rec, supervisions=[sup])
+    return CutSet.from_cuts([*CutSet.from_jsonl_lazy(corpus), bad])
+
+
+@pytest.mark.parametrize("kind", ["nan", "loud"])
+def test_precompute_marks_bad_samples_instead_of_storing_them(
+    corpus: Path, cfg: FeatureConfig, tmp_path: Path, kind: str
+) -> None:
+    """Ten NaN samples used to be stored as NaN features (and poison CMVN and the model)."""
+    out = list(precompute_features(_with_bad_cut(corpus, tmp_path, kind), tmp_path / "feats", cfg,
+                                   show_progress=False))
+    assert [c.id for c in out] == ["utt0", "utt1", "utt2", "utt3", "bad"]
+    assert not out[-1].has_features and bad_audio_mark(out[-1]) == BAD_SAMPLES[kind]
+    assert all(c.has_features and bad_audio_mark(c) is None for c in out[:-1])
+    assert all(np.isfinite(c.load_features()).all() for c in out[:-1])
+
+
+def test_cmvn_leaves_out_bad_audio(corpus: Path, cfg: FeatureConfig, tmp_path: Path) -> None:
+    clean = GlobalCmvn.compute(CutSet.from_jsonl_lazy(corpus), cfg, show_progress=False)
+    with_bad = _with_bad_cut(corpus, tmp_path, "nan")
+    fresh = GlobalCmvn.compute(with_bad, cfg, show_progress=False)  # computed from audio
+    stored = precompute_features(with_bad, tmp_path / "feats", cfg, show_progress=False)
+    marked = GlobalCmvn.compute(stored, cfg, show_progress=False)  # the bad cut is marked
+    assert torch.equal(fresh.mean, clean.mean) and torch.equal(fresh.std, clean.std)
+    assert torch.allclose(marked.mean, clean.mean, atol=LILCOM_ATOL)

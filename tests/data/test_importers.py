@@ -113,16 +113,15 @@ def test_librispeech_refuses_to_overwrite_a_complete_corpus(tmp_path):
     meta = import_librispeech(src, out, overwrite=True, show_progress=False)
     _check_data_dir(out, expected, meta)
 
-    manifest, expected = make_nemo(tmp_path)  # replace it by a corpus with one split
+    manifest, nemo = make_nemo(tmp_path)  # a jsonl import replaces only the split it names
+    dev_before = (out / "dev_cuts.jsonl.gz").read_bytes()
     meta = import_jsonl(manifest, out, overwrite=True, show_progress=False)
-    _check_data_dir(out, expected, meta)
-    assert sorted(p.name for p in out.iterdir()) == [
-        "corpus.json",
-        "mine_cuts.jsonl.gz",
-        "train_cuts.jsonl.gz",
-        "train_recordings.jsonl.gz",
-        "train_supervisions.jsonl.gz",
-    ]
+    assert set(meta["splits"]) == set(expected.splits) and meta["corpus"] == "librispeech+jsonl"
+    assert meta["source"]["train"] == str(manifest) and meta["source"]["dev"] == str(src.absolute())
+    assert _ids(read_split(out, "train")) == nemo.splits["train"]
+    assert (out / "dev_cuts.jsonl.gz").read_bytes() == dev_before
+    assert json.loads((out / "corpus.json").read_text()) == meta
+    assert (out / "mine_cuts.jsonl.gz").exists()
 
 
 def test_corpus_json_is_written_last(tmp_path, monkeypatch):
@@ -389,6 +388,21 @@ def test_load_cuts_reads_an_imported_split_and_a_nemo_manifest(tmp_path):
     assert all(c.load_audio().shape == (1, round(c.duration * 16000)) for c in cuts)
 
 
+@pytest.mark.parametrize("name, content", [
+    ("binary.jsonl", bytes(range(256)) * 4),  # not UTF-8
+    ("broken.jsonl.gz", b"\x1f\x8b\x08 not deflate data"),  # a gzip header, then garbage
+    ("short.jsonl.gz", b"\x1f\x8b"),  # a truncated gzip file
+])
+def test_binary_or_corrupt_jsonl_manifest_is_a_one_line_error(tmp_path, name, content):
+    manifest = tmp_path / name
+    manifest.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        import_jsonl(manifest, tmp_path / "out", show_progress=False)
+    assert str(info.value).startswith(f"{manifest}: cannot be read as a UTF-8 text manifest (")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "entry, problem",
     [
@@ -465,3 +479,44 @@ def _one_line_manifest(tmp_path):
         json.dumps({"audio_filepath": "corpus/audio/a.wav", "duration": 0.5, "text": "a"}) + "\n"
     )
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages: the summary counts every utterance looked at; a bad line is named as a bad line
+
+
+def _summary_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == logging.INFO]
+
+
+@pytest.mark.parametrize("corpus", ["librispeech", "jsonl"])
+def test_import_summary_counts_kept_and_skipped_utterances(tmp_path, caplog, corpus):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    out = tmp_path / "out"
+    if corpus == "librispeech":
+        src, expected = make_librispeech(tmp_path)
+        meta = import_librispeech(src, out, show_progress=False)
+        kept = len({i for ids in expected.parts.values() for i in ids})  # 9: every part's cuts
+    else:
+        src, expected = make_nemo(tmp_path)
+        meta = import_jsonl(src, out, show_progress=False)
+        kept = len(expected.splits["train"])  # 5
+    skipped = sum(expected.skipped.values())
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(expected.skipped.items()))
+    assert meta["skipped"] == expected.skipped
+    assert _summary_lines(caplog) == [f"{out.absolute()}: skipped {skipped} of {kept + skipped}: {reasons}"]
+
+
+def test_malformed_librispeech_transcript_line_is_named_as_such(tmp_path, caplog):
+    src, expected = make_librispeech(tmp_path)
+    folder = src / "train-clean-100" / "19" / "198"
+    trans = folder / "19-198.trans.txt"
+    trans.write_text(trans.read_text() + "garbage HELLO\n26-495-0000 WRONG CHAPTER\n")
+    meta = import_librispeech(src, tmp_path / "out", show_progress=False)
+    assert meta["skipped"] == {**expected.skipped, "bad_annotation": 2}
+    shape = "expected '19-198-NNNN TRANSCRIPT'"
+    malformed = [line for line in _bad_lines(caplog) if ": malformed line" in line]
+    assert malformed == [f"{trans}:9: malformed line ({shape}, got 'garbage HELLO')",
+                         f"{trans}:10: malformed line ({shape}, got '26-495-0000 WRONG CHAPTER')"]
+    not_found = [line for line in _bad_lines(caplog) if line.endswith("not found")]
+    assert not_found == [f"{folder}/19-198-0007.flac: audio file not found"]  # the fixture's own

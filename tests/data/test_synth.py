@@ -13,6 +13,7 @@ from lhotse import CutSet, RecordingSet, SupervisionSet
 
 from slimasr.data import synth
 from slimasr.data.espeak import ESpeak
+from slimasr.data.manifests import read_split
 from slimasr.data.synth import (
     SAMPLE_RATE,
     SPLITS,
@@ -71,7 +72,7 @@ def test_layout_and_summary(corpus: Path) -> None:
     assert summary["grammar_sentences_at_least"] == 100_000
     assert [summary["splits"][s]["utterances"] for s in ("dev", "test")] == [6, 6]
     assert summary["test_unseen_sentence_share"] == 0.5
-    assert not list(corpus.parent.glob(".corpus*"))  # no temporary folders left beside it
+    assert not list(corpus.parent.glob(".tmp-*"))  # no temporary folders left beside it
 
 
 def test_train_holds_the_requested_hours_and_no_more(corpus: Path) -> None:
@@ -87,7 +88,7 @@ def test_cuts_are_lhotse_loadable_and_match_the_audio(corpus: Path) -> None:
         recordings = RecordingSet.from_jsonl_lazy(corpus / f"{split}_recordings.jsonl.gz")
         supervisions = SupervisionSet.from_jsonl_lazy(corpus / f"{split}_supervisions.jsonl.gz")
         assert len(list(recordings)) == len(list(supervisions)) == len(cuts_of(corpus, split))
-        for cut in cuts_of(corpus, split):
+        for cut in read_split(corpus, split):  # (resolves the relative audio paths)
             (sup,) = cut.supervisions
             assert sup.text and sup.speaker == f"{cut.custom['accent']}+{cut.custom['variant']}"
             assert sup.custom["intent"] and isinstance(sup.custom["slots"], dict)
@@ -106,6 +107,28 @@ def test_audio_is_16_bit_16_khz_mono_flac_without_silence_or_clipping(corpus: Pa
         assert np.abs(audio).max() <= 32768 * 10 ** (-1 / 20) + 20  # peak <= -1 dBFS + dither
         zero_runs = np.diff(np.flatnonzero(np.concatenate([[1], audio, [1]])))
         assert zero_runs.max() < 30  # dither: never digital silence
+
+
+def test_audio_paths_are_relative_so_a_moved_corpus_trains_and_evaluates(tmp_path: Path) -> None:
+    from slimasr.evaluate.run import EvalConfig, evaluate_model
+    from slimasr.train import train_model
+    from tests.train.helpers import tiny_recipe
+
+    synthesize_corpus(tmp_path / "made", tiny(hours=0.002), show_progress=False)
+    moved = (tmp_path / "made").rename(tmp_path / "moved")
+    for cut in cuts_of(moved, "test"):
+        assert cut.recording.sources[0].source == f"audio/test/{cut.id}.flac"
+    train_model(tiny_recipe(epochs=1, max_steps=1), moved, tmp_path / "model", show_progress=False)
+    result = evaluate_model(tmp_path / "model", moved / "test_cuts.jsonl.gz",
+                            EvalConfig(latency_seconds=0.5), show_progress=False)
+    assert result["num_utterances"] == 6
+
+
+def test_relative_paths_false_writes_absolute_paths(tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    synthesize_corpus(out, tiny(hours=0.002, relative_paths=False), show_progress=False)
+    for cut in cuts_of(out, "dev"):
+        assert cut.recording.sources[0].source == str(out.resolve() / "audio" / "dev" / f"{cut.id}.flac")
 
 
 # ---- voice and sentence splits --------------------------------------------------------------
@@ -191,7 +214,7 @@ def test_an_interrupted_run_leaves_nothing_and_keeps_the_old_corpus(
     with pytest.raises(KeyboardInterrupt):
         synthesize_corpus(corpus, tiny(seed=5), overwrite=True, show_progress=False)
     assert manifest_lines(corpus) == before
-    assert not list(corpus.parent.glob(".corpus*"))
+    assert not list(corpus.parent.glob(".tmp-*"))
 
 
 def test_bad_config_is_one_line_config_error() -> None:

@@ -8,23 +8,36 @@ import pytest
 from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
 from rich.console import Console
 
+from slimasr.data.audio import mark_bad_audio
 from slimasr.data.validate import (
+    BAD_AUDIO,
     DAMAGED_AUDIO,
     EMPTY_AUDIO,
+    EMPTY_REFERENCE,
     EMPTY_TRANSCRIPT,
     MAX_EXAMPLES,
     MISSING_AUDIO,
     OOV_CHARACTERS,
     TOO_SHORT,
+    UNKNOWN_CHARACTERS,
     UNREADABLE_AUDIO,
     Problem,
     SkipReport,
     ctc_min_frames,
+    cut_audio_problem,
     filter_cuts,
     probe_recording,
     validate_recording,
 )
-from tests.data.fixtures import corrupt, make_empty, truncate, write_audio
+from tests.data.fixtures import (
+    BAD_SAMPLES,
+    corrupt,
+    make_empty,
+    tone_noise,
+    truncate,
+    write_audio,
+    write_bad_audio,
+)
 
 
 class Chars:
@@ -89,6 +102,27 @@ def test_probe_accepts_good_files_of_any_rate_and_channels(tmp_path):
         assert probe_recording(path) is None and validate_recording(path) is None
 
 
+@pytest.mark.parametrize("kind", sorted(BAD_SAMPLES))
+def test_probe_names_nan_inf_and_absurd_samples(tmp_path, kind):
+    """Such files decode without error; they used to be imported as good audio."""
+    path = write_bad_audio(tmp_path / f"{kind}.wav", kind)
+    assert probe_recording(path) == Problem(BAD_AUDIO, f"{path}: {BAD_SAMPLES[kind]}")
+
+
+def test_import_skips_and_counts_a_file_with_nan_samples(tmp_path):
+    from slimasr.data.importers import import_jsonl
+
+    good = write_audio(tmp_path / "good.wav", 0.5)
+    bad = write_bad_audio(tmp_path / "bad.wav", "nan")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(
+        f'{{"audio_filepath": "{p.name}", "duration": 0.5, "text": "hello"}}\n' for p in (good, bad)))
+    result = import_jsonl(manifest, tmp_path / "data", show_progress=False)
+    assert result["skipped"] == {BAD_AUDIO: 1}
+    imported = CutSet.from_file(tmp_path / "data" / "train_cuts.jsonl.gz")
+    assert [c.recording.sources[0].source for c in imported] == [str(good)]
+
+
 def test_truncation_at_a_flac_frame_boundary_is_caught(tmp_path):
     """Keep only whole frames: no decode error, but fewer frames than the header promises."""
     path = write_audio(tmp_path / "a.flac", 2.0)
@@ -147,6 +181,47 @@ def test_filter_cuts_skips_each_reason_with_a_one_line_message(tmp_path):
         f"{audio['repeats_short']}: too short for the model: 0.15 s gives 3 output frames, "
         "but its 3 tokens need at least 4 for CTC",
     ]
+
+
+def test_filter_cuts_skips_and_counts_cuts_marked_as_bad_audio(tmp_path):
+    """Feature precomputation marks a cut whose samples are NaN/inf (instead of storing NaN)."""
+    good, bad = _cut(tmp_path, "good", "on"), _cut(tmp_path, "bad", "on")
+    cuts = CutSet.from_cuts([good, mark_bad_audio(bad, BAD_SAMPLES["nan"])])
+    kept, report = filter_cuts(cuts, tokenizer=Chars())
+    assert [c.id for c in kept] == ["good"] and dict(report.counts) == {BAD_AUDIO: 1}
+    assert report.examples == [f"{bad.recording.sources[0].source}: {BAD_SAMPLES['nan']}"]
+
+
+def test_cut_audio_problem_names_the_file(tmp_path):
+    cut = _cut(tmp_path, "c", "on")
+    audio = tone_noise(0.5)
+    assert cut_audio_problem(cut, audio) is None
+    audio[3] = float("nan")
+    assert cut_audio_problem(cut, audio) == Problem(
+        BAD_AUDIO, f"{cut.recording.sources[0].source}: holds 1 NaN/inf samples")
+
+
+def test_scoring_rules_exclude_only_what_cannot_be_scored(tmp_path):
+    """Evaluation keeps a reference with some unknown characters (they count as errors) and
+    excludes empty references, references with no known character, and too-short audio."""
+    cuts = CutSet.from_cuts([
+        _cut(tmp_path, "good", "turn on", seconds=1.0),
+        _cut(tmp_path, "some_unknown", "café on", seconds=1.0),  # 'é' is an error to score
+        _cut(tmp_path, "empty", "?!"),
+        _cut(tmp_path, "unknown", "éé ßß"),
+        _cut(tmp_path, "short", "turn on", seconds=0.01),  # 10 ms: 1 frame for 7 labels
+    ])
+    normalize = lambda text: "".join(c for c in text.lower() if c not in "?!")  # noqa: E731
+    kept, report = filter_cuts(cuts, Chars(), normalize, scoring=True)
+    assert [c.id for c in kept] == ["good", "some_unknown"]
+    assert dict(report.counts) == {EMPTY_REFERENCE: 1, UNKNOWN_CHARACTERS: 1, TOO_SHORT: 1}
+    assert report.examples[:2] == [
+        f"{cuts['empty'].recording.sources[0].source}: empty reference",
+        f"{cuts['unknown'].recording.sources[0].source}: no character of the reference is in "
+        "the vocabulary",
+    ]
+    _, training = filter_cuts(cuts, Chars(), normalize)  # training drops any unknown character
+    assert dict(training.counts) == {EMPTY_TRANSCRIPT: 1, OOV_CHARACTERS: 2, TOO_SHORT: 1}
 
 
 def test_filter_cuts_without_tokenizer_checks_only_empty_transcripts(tmp_path):

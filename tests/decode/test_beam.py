@@ -116,3 +116,34 @@ def test_missing_pyctcdecode_says_how_to_install(monkeypatch):
         SlimasrError, match=r'needs the pyctcdecode package: pip install "slimasr\[lm\]"'
     ):
         importlib.import_module("slimasr.decode.beam")
+
+
+BEAM_WITH_ARPA = """
+import logging, sys
+sys.modules["kenlm"] = None  # as on a machine without the optional kenlm module
+logging.basicConfig(level=logging.INFO, format="%(message)s")  # as the slimasr command does
+import torch
+from slimasr.decode import DecodeConfig, build_ngram_lm, make_decoder
+tokens, lm = sys.argv[1].split(","), sys.argv[2]
+build_ngram_lm(["open the door", "close the door"], lm, order=2)
+decoder = make_decoder(tokens, DecodeConfig(method="beam", lm_path=lm))
+ids = [tokens.index(c) for c in "open"]
+log_probs = torch.full((1, 4, len(tokens)), -20.0)
+log_probs[0, torch.arange(4), ids] = 0.0
+print(decoder.decode_batch(log_probs, torch.tensor([4]))[0])
+"""
+
+
+def test_beam_search_with_an_arpa_lm_prints_nothing_about_kenlm(tmp_path):
+    """pyctcdecode warns at import that kenlm is missing and points to a URL; ARPA needs no kenlm."""
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", BEAM_WITH_ARPA, ",".join(TOKENS), str(tmp_path / "lm.arpa")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "open\n"
+    assert out.stderr == ""

@@ -12,7 +12,7 @@ from slimasr.decode.lm import (
     read_arpa,
     read_arpa_vocabulary,
 )
-from slimasr.errors import DataError
+from slimasr.errors import ConfigError, DataError
 
 CORPUS = [
     "turn on the light",
@@ -122,6 +122,20 @@ def test_bad_files_give_one_line_errors(tmp_path):
         read_arpa(bad)
     with pytest.raises(ValueError, match="order must be >= 2"):
         build_ngram_lm(CORPUS, tmp_path / "x.arpa", order=1)
+
+
+@pytest.mark.parametrize("order, texts, message", [
+    (1, ["a b"], r"n-gram order must be >= 2 and <= 6 \(KenLM's limit\), got 1"),
+    (7, ["a b"], r"n-gram order must be >= 2 and <= 6 \(KenLM's limit\), got 7"),
+    (5, ["a b", "b"], r"n-gram order 5: no sentence is long enough \(with <s> and </s> the longest "
+                      r"gives 4-grams\); use order 4 or less"),
+])
+def test_orders_the_estimator_cannot_build_are_config_errors(tmp_path, order, texts, message):
+    with pytest.raises(ConfigError, match=message):
+        build_ngram_lm(texts, tmp_path / "x.arpa", order=order)
+    with pytest.raises(DataError, match="no words to build a language model from"):
+        build_ngram_lm(["", " "], tmp_path / "x.arpa", order=2)
+    assert not list(tmp_path.iterdir())
 
 
 def test_binary_lm_without_kenlm_says_how_to_install(tmp_path, monkeypatch):

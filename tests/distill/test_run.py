@@ -153,3 +153,40 @@ def test_time_warp_is_off_only_against_cached_posteriors(teacher, loss, cache, w
     _no_time_warp_with_frame_targets(recipe, Console(quiet=True))
     assert recipe.augment.time_warp == warp
     assert recipe.augment.num_time_masks > 0  # masks keep frames in place and stay on
+
+
+def test_student_preset_conflicting_with_init_teacher_is_one_line_error(tmp_path, capsys) -> None:
+    """`--student NAME` used to be silently ignored when the recipe cuts the student from the
+    teacher (student.init: teacher)."""
+    from slimasr.distill.config import load_distill_recipe
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "distill_crnn_student.yaml"
+    code = main(["distill", "--teacher", str(tmp_path / "t"), "--student", "crnn_student",
+                 "--config", str(recipe), "--data", str(tmp_path), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith("error: model.preset=crnn_student: has no effect while student.init "
+                             "is teacher")
+    assert not (tmp_path / "s").exists()
+    chosen = load_distill_recipe(recipe, ["model.preset=crnn_student", "student.init=scratch"])
+    assert chosen.model.preset == "crnn_student"  # with init scratch the preset is the student
+
+
+def test_teacher_with_nan_weights_is_one_line_error(teacher, tmp_path, capsys) -> None:
+    """A NaN teacher used to end distillation in a traceback."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    data, teacher_dir = teacher
+    broken = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights["head.weight"][0, 0] = float("nan")
+    save_file(weights, broken / "model.safetensors")
+    code = main(["distill", "--teacher", str(broken), "--data", str(data), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1] == (
+        f"error: {broken / 'model.safetensors'}: tensor head.weight holds 1 NaN/inf values of "
+        f"{weights['head.weight'].numel()} (a diverged or damaged model)")
+    assert not any(line.startswith("Traceback") for line in err)

@@ -46,27 +46,31 @@ def test_insertions_count_and_wer_can_exceed_100():
 
 def test_empty_hypothesis_and_empty_reference():
     stats = plain()
-    stats.append(["e1", "e2", "e3"], hyps=["", "hello there", ""], refs=["hi you", "", ""])
-    first, second, third = stats.scores
+    stats.append(["e1", "e2", "e3"], hyps=["", "hello there", ""], refs=["hi you", "", "  "])
+    (first,) = stats.scores  # empty references are not scored
     assert (first.deletions, first.errors, first.ref_words) == (2, 2, 2)
-    assert (second.insertions, second.errors, second.ref_words) == (2, 2, 0)
-    assert third.errors == 0
     out = stats.summarize()
-    assert out["wer"] == pytest.approx(200.0)  # 4 errors over 2 reference words
-    assert out["sentence_accuracy"] == pytest.approx(100 / 3)  # both empty counts as correct
+    assert out["num_utterances"] == 1 and out["excluded"] == {"empty_reference": 2}
+    assert out["wer"] == pytest.approx(100.0)  # 2 deletions over 2 reference words
+    assert out["sentence_accuracy"] == 0.0  # an empty reference is never a correct sentence
     assert out["word_precision"] == 0.0 and out["word_recall"] == 0.0 and out["word_f1"] == 0.0
+    assert [u["id"] for u in stats.utterances()] == ["e1"]
+    # score_utterance itself still aligns an empty reference: insertions are errors
+    second = score_utterance("e2", "hello there", "")
+    assert (second.insertions, second.errors, second.ref_words) == (2, 2, 0)
 
 
 def test_only_empty_references_and_empty_corpus():
     stats = plain()
-    stats.append(["x"], hyps=[""], refs=[""])
+    stats.append(["x", "y"], hyps=["", "oops"], refs=["", ""])
     out = stats.summarize()
-    assert (out["wer"], out["cer"], out["sentence_accuracy"]) == (0.0, 0.0, 100.0)
-    assert (out["word_precision"], out["word_recall"]) == (100.0, 100.0)
-    stats.append(["y"], hyps=["oops"], refs=[""])
-    assert stats.summarize()["wer"] == pytest.approx(100.0)  # empty references count as 1 word
+    assert out["num_utterances"] == 0 and out["excluded"] == {"empty_reference": 2}
+    assert (out["wer"], out["cer"], out["sentence_accuracy"]) == (0.0, 0.0, 0.0)
+    stats.exclude("bad_audio", 3)  # a caller's own reason
+    assert stats.summarize()["excluded"] == {"bad_audio": 3, "empty_reference": 2}
     empty = plain().summarize()
-    assert empty["num_utterances"] == 0 and empty["wer"] == 0.0
+    assert empty["num_utterances"] == 0 and empty["wer"] == 0.0 and empty["excluded"] == {}
+    assert empty["sentence_accuracy"] == 0.0
 
 
 def test_default_normalization_is_applied_to_both_sides():

@@ -41,3 +41,17 @@ def test_unevaluated_model_is_a_one_line_error(tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(DataError, match=r"metrics.json: no evaluation results"):
         collect_rows([tmp_path / "m"])
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("[1, 2]", "expected a JSON object of metrics, got list"),
+    ('{"wer": "low"}', "'wer' must be a number, got 'low'"),
+    ('{"wer": true}', "'wer' must be a number, got True"),
+    ('{"params": 12.5}', "'params' must be a whole number, got 12.5"),
+])
+def test_malformed_metrics_are_one_line_errors_naming_the_file(tmp_path, content, problem):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "metrics.json").write_text(content)
+    with pytest.raises(DataError) as info:
+        collect_rows([tmp_path / "m"])
+    assert str(info.value) == f"{tmp_path / 'm' / 'metrics.json'}: {problem}"

@@ -21,6 +21,7 @@ from slimasr.models import (
     register_model,
     save_model,
 )
+from slimasr.models import io as model_io
 from slimasr.models import registry
 
 FEATS, VOCAB = 8, 7
@@ -139,6 +140,33 @@ def test_bad_model_dirs_give_one_line_errors_naming_the_file(tmp_path, breakage,
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("changes, file, message", [
+    ({"vocab_size": 10**9}, "model.safetensors",
+     r"wrong shape: head.bias \(7,\) vs \(1000000000,\) expected"),
+    ({"model": {"num_features": FEATS, "subsampling_channels": [3, 4], "rnn_hidden_sizes": [20000, 4]}},
+     "model.safetensors", r"rnns.0.bwd.weight_hh_l0 \(24, 6\) vs \(80000, 20000\) expected \(\+7 more\)"),
+    ({"model": {"num_features": FEATS, "subsampling_channels": [3, 4], "rnn_hidden_sizes": [10**9]}},
+     "config.json", "sizes that cannot be built"),
+])
+def test_config_sizes_are_checked_against_the_header_before_allocating(tmp_path, monkeypatch, changes,
+                                                                      file, message):
+    """config.json may claim any size: the shapes are compared on the meta device with the
+    safetensors header, so nothing is allocated (or read) for a model that does not match."""
+    model_dir = save_model(tiny_crnn(), tmp_path / "m")
+    break_config(model_dir / "config.json", **changes)
+    real_build = model_io.build_model
+
+    def build_on_meta_only(*args, **kwargs):
+        assert torch.empty(0).device.type == "meta", "a model was built for real before the check"
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(model_io, "build_model", build_on_meta_only)
+    monkeypatch.setattr(model_io, "load_file", lambda *a, **k: pytest.fail("tensors were read"))
+    with pytest.raises(DataError, match=message) as info:
+        load_model(model_dir)
+    assert info.value.path == str(model_dir / file)
+
+
 def test_missing_model_dir_is_reported(tmp_path):
     with pytest.raises(DataError, match="model directory not found") as info:
         load_model(tmp_path / "nope")
@@ -167,3 +195,17 @@ def test_preset_overrides_and_unknown_keys(tmp_path):
     bad.write_text("architecture: dnn\nmodel:\n  hiden_sizes: [3]\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: dnn: unknown key\(s\) hiden_sizes"):
         load_preset(bad)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_with_nan_or_inf_are_refused_naming_the_first_bad_tensor(tmp_path, value):
+    """Such a model used to load, output NaN and transcribe everything to empty text."""
+    model = tiny_crnn()
+    with torch.no_grad():
+        model.head.bias[2] = value
+        model.head.weight[0, :3] = value
+    model_dir = save_model(model, tmp_path / "m")
+    with pytest.raises(DataError) as info:
+        load_model(model_dir)
+    assert str(info.value) == (f"{model_dir / 'model.safetensors'}: tensor head.bias holds 1 NaN/inf "
+                               "values of 7 (a diverged or damaged model)")

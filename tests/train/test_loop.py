@@ -258,3 +258,70 @@ def test_recipes_load_and_reject_unknown_keys(tmp_path) -> None:
     (tmp_path / "r.yaml").write_text("model: {preset: p.yaml, config: {stride: 3}}\n")
     name, cfg = resolve_model(load_recipe(tmp_path / "r.yaml").model)  # relative to the recipe
     assert (name, cfg.hidden_sizes, cfg.stride) == ("dnn", [7], 3)
+
+
+def _fail_at_model(*args, **kwargs):
+    raise ConfigError("model: cannot be built (injected)")
+
+
+def _fail_at_first_step(*args, **kwargs):
+    raise RuntimeError("first step failed (injected)")
+
+
+@pytest.mark.parametrize("where, fail", [("resolve_model", _fail_at_model),
+                                         ("compute_loss", _fail_at_first_step)])
+@pytest.mark.parametrize("had_folder", [False, True])
+def test_a_failed_start_leaves_no_half_model_dir(trained, tmp_path, monkeypatch, where, fail,
+                                                 had_folder) -> None:
+    """Failing after the tokenizer, CMVN and recipe are written (or in the first steps), before
+    any checkpoint: what this run wrote goes, what was there before stays."""
+    out = tmp_path / "model"
+    if had_folder:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    monkeypatch.setattr(loop, where, fail)
+    with pytest.raises((ConfigError, RuntimeError), match="injected"):
+        train_model(tiny_recipe(), trained[0], out, show_progress=False)
+    if had_folder:
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    else:
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("precompute", [True, False])
+def test_nan_audio_is_skipped_and_counted_and_an_untrained_model_is_flagged(tmp_path, capsys,
+                                                                           precompute) -> None:
+    """A file with NaN samples used to be trained on (a NaN loss skipped its whole batch) and
+    scored on dev; a model stopped after 2 steps used to be saved as if it had learned. Both
+    the stored-feature path and the features-on-the-fly path skip and count the cut."""
+    import soundfile as sf
+
+    from tests.data.fixtures import BAD_SAMPLES, write_bad_audio
+
+    data = make_corpus(tmp_path / "data", n_train=6)
+    spoiled = [data / "audio" / "train-002.wav", data / "audio" / "dev-004.wav"]
+    for path in spoiled:
+        write_bad_audio(path, "nan", audio=sf.read(path, dtype="float32")[0])
+    out = tmp_path / "model"
+    result = train_model(tiny_recipe(epochs=1, max_steps=2, precompute_features=precompute),
+                         data, out, show_progress=False)
+    for split, path in zip(("train", "dev"), spoiled):
+        report = result["skipped_cuts"][split]
+        assert report["skipped"] == {"bad_audio": 1} and report["kept"] == 5, split
+        assert report["examples"] == [f"{path}: {BAD_SAMPLES['nan']}"]
+    assert result["skipped_batches"] == {"nonfinite_loss": 0, "nonfinite_grad": 0}
+    assert result["dev_utterances"] == 5 and math.isfinite(result["dev_loss"])
+    assert result["learned_nothing"] is True
+    assert json.loads((out / "training.json").read_text())["learned_nothing"] is True
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if "learned nothing" in line] == [
+        f"warning: {out}: learned nothing: dev WER 100.0% is no better than writing nothing; "
+        "train longer (train.epochs)"]
+
+
+def test_learned_nothing_is_the_all_blank_plateau_or_no_better() -> None:
+    assert loop.learned_nothing({"dev_wer": 100.0, "dev_hyp_words": 0}) == "every dev hypothesis is empty"
+    assert loop.learned_nothing({"dev_wer": 130.0, "dev_hyp_words": 9}) == (
+        "dev WER 130.0% is no better than writing nothing")
+    assert loop.learned_nothing({"dev_wer": 99.5, "dev_hyp_words": 9}) is None
+    assert loop.learned_nothing({"dev_wer": 0.0}) is None  # a row from before dev_hyp_words

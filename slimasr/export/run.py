@@ -1,0 +1,304 @@
+"""``slimasr export``: a model directory becomes a deployment bundle (``slimasr.runtime.bundle``).
+
+    result = export_model("exp/teacher", "exp/teacher_bundle", ExportConfig(int8=True))
+
+Steps, all inside a temporary folder that replaces ``BUNDLE_DIR`` only when every check passed
+(``slimasr.io.atomic_dir``), so a failed export publishes nothing:
+
+1. load the model and its front end; fold global CMVN into the graph; export ``model.onnx``;
+2. parity: ONNX against PyTorch on synthetic and real inputs (``slimasr.export.parity``);
+3. write ``tokens.txt`` and ``bundle.json``;
+4. with ``int8``: quantize (``slimasr.export.quantize``), then score fp32 and int8 on the dev
+   split (or ``wer_manifest``); int8 WER more than ``max_wer_increase`` above fp32 fails;
+5. measure sizes and batch-1 latency, and record everything in ``bundle.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slimasr import __version__
+from slimasr.config import check_numbers, config_to_dict
+from slimasr.errors import ConfigError, DataError
+from slimasr.export.graph import ExportWrapper, export_onnx
+from slimasr.export.parity import ExportCheckFailed, check_parity, parity_cases
+from slimasr.export.quantize import quantize_int8
+from slimasr.frontend import Frontend
+from slimasr.io import atomic_dir, atomic_path, file_sha256, write_json_atomic
+from slimasr.runtime.bundle import (
+    BUNDLE_FILE,
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    INT8_FILE,
+    MODEL_FILE,
+    TOKENS_FILE,
+    tokens_txt,
+)
+from slimasr.runtime.recognizer import OnnxRecognizer, measure_session_latency, open_session
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"  # the source model's weights (hashed into bundle.json)
+SPM_WORD_SEP = "\u2581"  # sentencepiece's word-start marker "▁"
+# Feature settings sherpa-onnx's fbank shares with ours (its defaults; ours are lhotse's Kaldi ones)
+SHERPA_FEATURES = {"frame_shift": 0.01, "frame_length": 0.025, "denoise": False}
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 17  # ONNX opset (17: LayerNormalization is one op; onnxruntime >= 1.14 runs it)
+    int8: bool = False  # also write model.int8.onnx (dynamic quantization), gated by dev WER
+    # operators whose weights become int8; Conv stays fp32 (slower as int8). Measured: docs/export.md
+    int8_op_types: list[str] = field(default_factory=lambda: ["MatMul", "LSTM"])
+    int8_per_channel: bool = False  # one scale per output channel: no better once the head is fp32
+    int8_keep_head_fp32: bool = True  # output layer in fp32: 1/20 of the log-prob error, +0.2% bytes
+    max_wer_increase: float = 0.5  # absolute WER points int8 may add over fp32, else it is refused
+    parity_atol: float = 1e-4  # largest |ONNX - PyTorch| allowed on any valid log-prob
+    parity_lengths: list[int] = field(
+        default_factory=lambda: [37, 160, 523])  # synthetic inputs (frames): each alone, then padded
+    parity_utterances: int = 3  # real utterances checked the same way (from the WER manifest, if any)
+    wer_manifest: str | None = None  # cuts to score WER on (--calib); None: the training data's dev split
+    max_wer_utterances: int | None = None  # score only the first N utterances (None: all)
+    # utterances per onnxruntime call while scoring. 1: int8 activations are quantized with scales
+    # taken over the whole batch, padding included, so int8 output depends on the batch; a device
+    # recognizes one utterance at a time
+    wer_batch: int = 1
+    latency_seconds: float = 3.0  # utterance length for the batch-1 latency
+    latency_threads: int = 1  # threads while timing latency (a device's core)
+
+    def __post_init__(self) -> None:
+        check_numbers("export", self, positive=("opset", "parity_atol", "wer_batch", "latency_seconds",
+                                                "latency_threads", "max_wer_utterances"),
+                      non_negative=("max_wer_increase", "parity_utterances"))
+        if not self.parity_lengths or min(self.parity_lengths) < 1:
+            raise ConfigError("export.parity_lengths needs at least one length, each >= 1 frame")
+
+
+@dataclass
+class Source:
+    """The model directory being exported, loaded."""
+
+    path: Path
+    config: dict  # its config.json
+    wrapper: ExportWrapper  # CMVN + model, eval mode
+    frontend: Frontend
+
+
+def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfig | None = None,
+                 overwrite: bool = False) -> dict:
+    """Export ``model_dir`` to the bundle folder ``out_dir``; returns bundle.json's content."""
+    config = config or ExportConfig()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    check_bundle_out(out_dir, model_dir, overwrite)
+    source = load_source(model_dir)
+    cuts, manifest = scoring_cuts(source, config)
+    if config.int8 and cuts is None:
+        raise DataError(model_dir, "--int8 needs utterances to check WER on: its training data has "
+                                   "no dev split here; pass --calib MANIFEST")
+    with atomic_dir(out_dir) as tmp:
+        info = write_fp32(source, tmp, config, real_features(source, cuts, config.parity_utterances))
+        wer = measure_wers(tmp, cuts, manifest, config)
+        info["results"].update(wer)
+        if config.int8:
+            check_wer_gate(wer, config, model_dir)
+        info["results"].update(measure_cost(source, tmp, config))
+        write_json_atomic(tmp / BUNDLE_FILE, info)
+    log.info("wrote %s", out_dir)
+    return info
+
+
+def check_bundle_out(out_dir: Path, model_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace anything but an earlier bundle, and an earlier bundle without ``overwrite``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(out_dir, "exists and is not a folder")
+    if out_dir.resolve() == model_dir.resolve():
+        raise DataError(out_dir, "is the model directory itself; choose another --out folder")
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    if not (out_dir / BUNDLE_FILE).is_file():
+        raise DataError(out_dir, "holds files that are not a slimasr bundle; choose another --out folder")
+    if not overwrite:
+        raise DataError(out_dir, "already holds a bundle; pass --overwrite to replace it")
+
+
+def load_source(model_dir: Path) -> Source:
+    from slimasr.models import load_model, read_model_config
+
+    config = read_model_config(model_dir)
+    frontend = Frontend.load(model_dir)
+    model = load_model(model_dir)
+    if model.config.num_features != frontend.features.num_mel_bins:
+        raise DataError(model_dir / "config.json", f"the model takes {model.config.num_features} "
+                        f"features, the feature config gives {frontend.features.num_mel_bins}")
+    return Source(model_dir, config, ExportWrapper(model, frontend.cmvn), frontend)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fp32 graph, tokens.txt and bundle.json
+
+
+def write_fp32(source: Source, tmp: Path, config: ExportConfig, real: list[torch.Tensor]) -> dict:
+    """Export model.onnx into ``tmp``, check parity, write tokens.txt and a first bundle.json."""
+    model_path = tmp / MODEL_FILE
+    export_onnx(source.wrapper, model_path, config.opset, onnx_metadata(source))
+    cases = parity_cases(source.wrapper, config.parity_lengths, real)
+    parity = check_parity(source.wrapper, open_session(model_path), cases, config.parity_atol,
+                          where=str(source.path))
+    with atomic_path(tmp / TOKENS_FILE) as path:
+        path.write_text(tokens_txt(source.frontend.tokenizer.tokens), encoding="utf-8")
+    info = bundle_info(source, config)
+    info["results"].update(parity)
+    if config.int8:
+        quantize_int8(model_path, tmp / INT8_FILE, config.int8_op_types, config.int8_per_channel,
+                      config.int8_keep_head_fp32)
+        info["files"]["model_int8"] = INT8_FILE
+    write_json_atomic(tmp / BUNDLE_FILE, info)
+    return info
+
+
+def onnx_metadata(source: Source) -> dict[str, str]:
+    """metadata_props of model.onnx. ``model_type``: sherpa-onnx's name for this I/O contract
+    (lets it detect the model without being told)."""
+    model = source.wrapper.model
+    return {"model_type": "zipformer2_ctc", "producer": f"slimasr {__version__}",
+            "architecture": model.arch, "vocab_size": str(model.vocab_size),
+            "subsampling_factor": str(model.subsampling), "feature_dim": str(model.config.num_features),
+            "cmvn_folded": "1", "blank_id": "0"}
+
+
+def bundle_info(source: Source, config: ExportConfig) -> dict[str, Any]:
+    """bundle.json before measurements (docs/export.md lists every key)."""
+    model, frontend = source.wrapper.model, source.frontend
+    kind = getattr(frontend.tokenizer, "kind", "char")
+    features = config_to_dict(frontend.features)
+    sherpa = all(features.get(k) == v for k, v in SHERPA_FEATURES.items())
+    return {
+        "format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "slimasr_version": __version__,
+        "files": {"model": MODEL_FILE, "model_int8": None, "tokens": TOKENS_FILE},
+        "source": {"model_dir": str(source.path.resolve()), "architecture": model.arch,
+                   "weights_sha256": file_sha256(source.path / WEIGHTS_FILE),
+                   "params": sum(p.numel() for p in model.parameters())},
+        "graph": {"inputs": {"x": ["N", "T", model.config.num_features], "x_lens": ["N"]},
+                  "outputs": {"log_probs": ["N", "T_out", model.vocab_size], "log_probs_len": ["N"]},
+                  "opset": config.opset, "cmvn_folded": frontend.cmvn is not None},
+        "vocabulary": {"kind": kind, "tokens": list(frontend.tokenizer.tokens), "blank_id": 0,
+                       "word_separator": " " if kind == "char" else SPM_WORD_SEP},
+        "features": features, "feature_dim": model.config.num_features,
+        "normalizer": config_to_dict(frontend.normalizer),
+        "subsampling_factor": model.subsampling,
+        "sherpa_onnx": {"compatible": sherpa, "sample_rate": frontend.features.sampling_rate,
+                        "feature_dim": model.config.num_features},
+        "int8": ({"op_types": list(config.int8_op_types), "per_channel": config.int8_per_channel,
+                  "keep_head_fp32": config.int8_keep_head_fp32} if config.int8 else None),
+        "results": {},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Utterances: parity inputs and WER
+
+
+def scoring_cuts(source: Source, config: ExportConfig) -> tuple[Any, str | None]:
+    """(cuts, manifest name) to score WER on: ``wer_manifest``, else the dev split of the data the
+    model was trained on (config.json's provenance), else (None, None)."""
+    from slimasr.data.manifests import load_cuts, split_path
+
+    if config.wer_manifest:
+        cuts = load_cuts(config.wer_manifest)
+        manifest = config.wer_manifest
+    else:
+        data_dir = (source.config.get("provenance") or {}).get("data_dir")
+        dev = split_path(data_dir, "dev") if data_dir else None
+        if dev is None or not dev.is_file():
+            return None, None
+        cuts, manifest = load_cuts(dev), str(dev)
+    if config.max_wer_utterances is not None:
+        cuts = cuts.subset(first=config.max_wer_utterances)
+    return cuts, manifest
+
+
+def real_features(source: Source, cuts: Any, count: int) -> list[torch.Tensor]:
+    """Raw fbank ``(T, F)`` of the first ``count`` utterances (none without cuts)."""
+    from slimasr.data.features import compute_fbank
+
+    if cuts is None or count == 0:
+        return []
+    return [compute_fbank(c.load_audio().reshape(-1), source.frontend.features)
+            for c in cuts.subset(first=count)]
+
+
+def measure_wers(bundle_dir: Path, cuts: Any, manifest: str | None, config: ExportConfig) -> dict:
+    """Greedy WER of model.onnx (and model.int8.onnx) on ``cuts``; nulls without cuts."""
+    if cuts is None:
+        return {"wer_manifest": None, "wer_utterances": 0, "wer_fp32": None, "wer_int8": None}
+    fp32, count = score(OnnxRecognizer(bundle_dir / MODEL_FILE), cuts, config.wer_batch)
+    int8 = score(OnnxRecognizer(bundle_dir / INT8_FILE), cuts, config.wer_batch)[0] if config.int8 else None
+    return {"wer_manifest": manifest, "wer_utterances": count, "wer_fp32": fp32, "wer_int8": int8}
+
+
+def score(recognizer: OnnxRecognizer, cuts: Any, batch: int) -> tuple[float, int]:
+    """(WER in percent, utterances) of greedy transcripts, scored as ``slimasr evaluate`` scores."""
+    from slimasr.evaluate.metrics import ErrorRateStats
+    from slimasr.train.prepare import transcript
+
+    stats = ErrorRateStats(normalize=recognizer.frontend.normalize)
+    for group in _batches(cuts, batch):
+        hyps = recognizer.transcribe_batch([c.load_audio().reshape(-1) for c in group])
+        stats.append([c.id for c in group], hyps, [transcript(c) for c in group])
+    summary = stats.summarize()
+    return summary["wer"], summary["num_utterances"]
+
+
+def _batches(cuts: Any, size: int):
+    group = []
+    for cut in cuts:
+        group.append(cut)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def check_wer_gate(wer: dict, config: ExportConfig, model_dir: Path) -> None:
+    """ExportCheckFailed when int8 WER exceeds fp32 WER by more than ``max_wer_increase``."""
+    rise = wer["wer_int8"] - wer["wer_fp32"]
+    if rise > config.max_wer_increase:
+        raise ExportCheckFailed(
+            model_dir, f"int8 WER {wer['wer_int8']:.2f}% is {rise:.2f} above fp32 {wer['wer_fp32']:.2f}% "
+                       f"on {wer['wer_utterances']} utterances of {wer['wer_manifest']} (allowed: "
+                       f"{config.max_wer_increase:g}); nothing published: export without --int8, or "
+                       "quantize fewer operators (int8_op_types=...)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Size and latency
+
+
+def measure_cost(source: Source, bundle_dir: Path, config: ExportConfig) -> dict:
+    """Bytes on disk and batch-1 latency (p50/p90 ms) of PyTorch, ONNX fp32 and ONNX int8."""
+    from slimasr.evaluate.cost import measure_latency
+
+    seconds, threads = config.latency_seconds, config.latency_threads
+    result: dict[str, Any] = {"latency_seconds": seconds, "latency_threads": threads,
+                              "bytes_pytorch": (source.path / WEIGHTS_FILE).stat().st_size}
+    torch_latency = measure_latency(source.wrapper, seconds, threads, feat_dim=source.wrapper.num_features)
+    result.update(_suffixed(torch_latency, "pytorch"))
+    for label, name in (("fp32", MODEL_FILE), ("int8", INT8_FILE)):
+        path = bundle_dir / name
+        if path.is_file():
+            result[f"bytes_{label}"] = path.stat().st_size
+            session = open_session(path, threads)
+            latency = measure_session_latency(session, source.wrapper.num_features, seconds)
+            result.update(_suffixed(latency, label))
+    return result
+
+
+def _suffixed(latency: dict, label: str) -> dict:
+    return {f"{key}_{label}": value for key, value in latency.items() if key != "rtf"}
+

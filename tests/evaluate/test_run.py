@@ -1,0 +1,82 @@
+"""``evaluate_model``: what cannot be scored is excluded, counted and reported, never scored."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from slimasr.errors import DataError
+from slimasr.evaluate.run import EvalConfig, evaluate_model
+from slimasr.train import train_model
+from tests.data.fixtures import BAD_SAMPLES, write_bad_audio
+from tests.train.helpers import SR, make_corpus, synth, tiny_recipe
+
+FAST = EvalConfig(latency_seconds=0.5)  # quality is what these tests look at, not latency
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A barely trained model (quality does not matter here) that keeps accents in its text, so
+    a reference can hold characters its vocabulary lacks."""
+    root = tmp_path_factory.mktemp("evaluate")
+    data = make_corpus(root / "data", n_train=6)
+    recipe = tiny_recipe(epochs=1, max_steps=2)
+    recipe["normalizer"] = {"strip_accents": False}
+    train_model(recipe, data, root / "model", show_progress=False)
+    return root / "model"
+
+
+def _manifest(folder: Path, rows: list[tuple[str, np.ndarray | Path, str]]) -> Path:
+    """A NeMo JSONL manifest of ``(name, audio or file, text)`` rows; audio is written as WAV."""
+    lines = []
+    for name, audio, text in rows:
+        path = audio if isinstance(audio, Path) else folder / f"{name}.wav"
+        if not isinstance(audio, Path):
+            sf.write(path, audio, SR, subtype="PCM_16")
+        duration = sf.info(str(path)).duration
+        lines.append(json.dumps({"audio_filepath": str(path), "duration": duration, "text": text}))
+    manifest = folder / "eval.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def test_unscorable_utterances_are_excluded_counted_and_reported(model_dir, tmp_path, caplog):
+    """Empty references, 10 ms audio, references the model cannot write and NaN audio used to
+    be scored silently (an empty reference and an empty hypothesis made a "correct sentence")."""
+    rng = np.random.default_rng(0)
+    bad = write_bad_audio(tmp_path / "nan.wav", "nan", audio=synth("lamp", rng))
+    manifest = _manifest(tmp_path, [
+        ("good1", synth("lamp on", rng), "lamp on"),
+        ("good2", synth("fan", rng), "fan"),
+        ("empty", synth("door", rng), "?!"),  # nothing left after normalization
+        ("unknown", synth("red", rng), "éé"),  # not one character the model can write
+        ("short", np.zeros(160, dtype=np.float32), "lamp on"),  # 10 ms
+        ("nan", bad, "lamp"),
+    ])
+    with caplog.at_level(logging.WARNING):
+        result = evaluate_model(model_dir, manifest, FAST, show_progress=False)
+    assert result["excluded"] == {"empty_reference": 1, "too_short": 1, "unknown_characters": 1,
+                                  "bad_audio": 1}
+    assert result["num_utterances"] == 2 and result["num_ref_words"] == 3
+    scored = [json.loads(line)["ref"] for line in
+              (model_dir / "eval_utterances.jsonl").read_text().splitlines()]
+    assert scored == ["lamp on", "fan"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings[0] == (f"warning: {manifest}: 4 of 6 utterances not scored (bad_audio 1, "
+                           "empty_reference 1, too_short 1, unknown_characters 1); see "
+                           "\"excluded\" in the metrics")
+    assert f"  {bad}: {BAD_SAMPLES['nan']}" in warnings
+
+
+def test_nothing_scorable_is_a_one_line_error(model_dir, tmp_path):
+    rng = np.random.default_rng(1)
+    manifest = _manifest(tmp_path, [("a", synth("on", rng), ""), ("b", synth("off", rng), "...")])
+    with pytest.raises(DataError) as info:
+        evaluate_model(model_dir, manifest, FAST, show_progress=False)
+    assert str(info.value) == (f"{manifest}: no utterance can be scored (skipped 2 of 2: "
+                               "empty_reference 2)")
