@@ -7,14 +7,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from slimasr import __version__
 from slimasr.errors import SlimasrError
-
-# Verbs that later work fills; until then they answer clearly instead of failing obscurely.
-PLANNED_VERBS: dict[str, str] = {}
-
 
 # Each verb with a config has a ``resolve`` function: the config its arguments make, built and
 # checked without running anything (the doc-example test resolves every documented command).
@@ -67,7 +63,7 @@ def _import(args: argparse.Namespace, show: bool) -> dict:
 def _train_recipe(args: argparse.Namespace) -> Any:
     from slimasr.train.config import load_recipe
 
-    return _with_model_checked(load_recipe(args.config, args.overrides))
+    return _with_model_checked(load_recipe(args.config, [*_regularize_overrides(args), *args.overrides]))
 
 
 def _with_model_checked(recipe: Any) -> Any:
@@ -82,12 +78,24 @@ def _with_model_checked(recipe: Any) -> Any:
 def _train(args: argparse.Namespace) -> dict:
     from slimasr.train import train_model
 
-    return train_model(args.config, args.data, args.out, resume=args.resume, overrides=args.overrides,
-                       overwrite=args.overwrite)
+    return train_model(args.config, args.data, args.out, resume=args.resume,
+                       overrides=[*_regularize_overrides(args), *args.overrides], overwrite=args.overwrite)
+
+
+def _regularize_overrides(args: argparse.Namespace, prefix: str = "sparsity.regularize") -> list[str]:
+    """``--regularize KIND --reg-strength L`` as config overrides (train, distill, prune)."""
+    out = [f"{prefix}.kind={args.regularize}"] if args.regularize else []
+    if args.reg_strength is not None:
+        if not args.regularize:
+            from slimasr.errors import ConfigError
+
+            raise ConfigError("--reg-strength needs --regularize (l1, group-lasso or slimming)")
+        out.append(f"{prefix}.strength={args.reg_strength}")
+    return out
 
 
 def _distill_overrides(args: argparse.Namespace) -> list[str]:
-    overrides = [f"teacher.path={args.teacher}", *args.overrides]
+    overrides = [f"teacher.path={args.teacher}", *_regularize_overrides(args), *args.overrides]
     student = args.student
     if student in ("teacher", "from-teacher"):
         overrides.insert(0, "student.init=teacher")
@@ -119,7 +127,20 @@ def _prune_config(args: argparse.Namespace) -> Any:
     from slimasr.config import load_config
     from slimasr.prune.run import PruneConfig
 
-    overrides = [f"criterion={args.criterion}"]
+    unstructured = args.method == "unstructured"
+    overrides = [f"method={args.method}"] if args.method else []
+    if args.criterion:
+        overrides.append(f"{'unstructured.' if unstructured else ''}criterion={args.criterion}")
+    if args.sparsity is not None or args.gradual:
+        if not unstructured:
+            from slimasr.errors import ConfigError
+
+            raise ConfigError("--sparsity and --gradual need --method unstructured")
+        overrides += [f"unstructured.sparsity={args.sparsity}"] if args.sparsity is not None else []
+        overrides += ["gradual=true"] if args.gradual else []
+    if args.remove_below is not None:
+        overrides.append(f"remove_below={args.remove_below}")
+    overrides += _regularize_overrides(args, "regularize")
     if args.target_macs is not None:
         overrides += ["target.kind=macs", f"target.fraction={args.target_macs}"]
     elif args.target_params is not None:
@@ -135,6 +156,7 @@ def _prune_config(args: argparse.Namespace) -> Any:
         value = getattr(args, name)
         if value is not None:
             key = f"target.{name}" if name in ("scope", "round_to") else name
+            key = "unstructured.scope" if name == "scope" and unstructured else key
             overrides.append(f"{key}={value}")
     if args.distill:
         overrides.append("distill=true")
@@ -172,13 +194,11 @@ def _evaluate(args: argparse.Namespace) -> dict:
     return result
 
 
-def _print_worst(model_dir: str) -> None:
-    from pathlib import Path
-
-    from slimasr.evaluate.run import WORST_FILE
+def _print_worst(model: str) -> None:
+    from slimasr.evaluate.outputs import outputs_of
     from slimasr.io import read_json
 
-    path = Path(model_dir) / WORST_FILE
+    path = outputs_of(model).worst
     for row in read_json(path)[:5] if path.is_file() else []:
         print(f"  {row['errors']} errors  {row['id']}\n    ref: {row['ref']}\n    hyp: {row['hyp']}")
 
@@ -211,12 +231,12 @@ def _run(args: argparse.Namespace) -> dict:
 
 
 def _lm(args: argparse.Namespace) -> dict:
-    from slimasr.data.manifests import read_split
+    from slimasr.data.manifests import read_split, split_path
     from slimasr.decode import build_ngram_lm
     from slimasr.text import normalize_text
 
     texts = (normalize_text(s.text or "") for c in read_split(args.data, args.split) for s in c.supervisions)
-    model = build_ngram_lm(texts, args.out, order=args.order)
+    model = build_ngram_lm(texts, args.out, order=args.order, source=split_path(args.data, args.split))
     return {"lm": args.out, "order": args.order, **{f"{n + 1}-grams": len(g) for n, g in enumerate(model.ngrams)}}
 
 
@@ -225,8 +245,14 @@ def _transcribe(args: argparse.Namespace) -> dict:
     from slimasr.decode import DecodeConfig
     from slimasr.recognize import load_recognizer
 
-    if args.stream:
-        raise NotAvailable("slimasr transcribe --stream: not yet available in this version")
+    from slimasr.errors import ConfigError
+
+    if args.stream or args.mic:
+        from slimasr.streaming.console import transcribe_stream
+
+        return transcribe_stream(args.model, args.audio, args.chunk_ms, mic=args.mic, lm=args.lm)
+    if not args.audio or args.chunk_ms is not None:
+        raise ConfigError("--chunk-ms needs --stream" if args.audio else "transcribe needs audio files")
     recognizer = load_recognizer(args.model, DecodeConfig(method="beam", lm_path=args.lm) if args.lm else None)
     for path in args.audio:
         print(f"{path}\t{recognizer.transcribe(load_audio(path))}")
@@ -282,6 +308,15 @@ def _verb(verbs: Any, name: str, help_text: str, *examples: str) -> argparse.Arg
                             formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def _add_regularize(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """--regularize and --reg-strength: the recipe's sparsity.regularize (docs/pruning.md)."""
+    parser.add_argument("--regularize", choices=["l1", "group-lasso", "slimming"],
+                        help=f"{when}a penalty driving weights (l1), whole units (group-lasso) or norm "
+                             "scales (slimming) to exactly zero")
+    parser.add_argument("--reg-strength", type=float,
+                        help="its strength lambda: each step shrinks by lr x lambda (decoupled)")
+
+
 def _add_overrides(parser: argparse.ArgumentParser, help_text: str) -> None:
     # default=[]: argparse otherwise calls an empty "*" positional missing in its error messages
     parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=help_text)
@@ -333,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="model directory to write")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
     train.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    _add_regularize(train)
     _add_overrides(train, "recipe overrides, e.g. train.epochs=5")
     train.set_defaults(func=_train, resolve=_train_recipe)
 
@@ -354,16 +390,30 @@ def build_parser() -> argparse.ArgumentParser:
                       help="cuts manifest of audio without transcripts (repeatable)")
     dist.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
     dist.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    _add_regularize(dist)
     _add_overrides(dist, "recipe overrides, e.g. loss.kd_weight=0.5 loss.temperature=2")
     dist.set_defaults(func=_distill, resolve=_distill_recipe)
 
-    prune = _verb(verbs, "prune", "structured pruning (channels, units, heads) + fine-tuning",
+    prune = _verb(verbs, "prune", "structured pruning (channels, units, heads) or unstructured (weights) + fine-tuning",
                   "slimasr prune --model exp/teacher --data data/smarthome --out exp/pruned "
-                  "--criterion taylor --target-macs 0.5 --finetune-epochs 4 --distill")
+                  "--criterion taylor --target-macs 0.5 --finetune-epochs 4 --distill",
+                  "slimasr prune --model exp/teacher --data data/smarthome --out exp/sparse "
+                  "--method unstructured --criterion magnitude --sparsity 0.8 --finetune-epochs 4 --distill")
     prune.add_argument("--model", required=True, help="model directory to prune")
-    prune.add_argument("--criterion", default="taylor",
-                       choices=["magnitude", "taylor", "activation", "apoz", "sensitivity", "random"],
-                       help="how units are scored (default taylor)")
+    prune.add_argument("--method", choices=["structured", "unstructured"],
+                       help="remove units: a dense, smaller model (default); or zero single weights "
+                            "(same shapes, saved compactly, fine-tuned with the mask kept)")
+    prune.add_argument("--criterion", default=None,
+                       choices=["magnitude", "taylor", "activation", "apoz", "sensitivity", "random", "gradient"],
+                       help="how units are scored (default taylor); unstructured: magnitude (default) "
+                            "or gradient (|w * dL/dw| on calibration audio)")
+    prune.add_argument("--sparsity", type=float,
+                       help="unstructured: share of the weights set to zero, e.g. 0.8 (default 0.8)")
+    prune.add_argument("--gradual", action="store_true",
+                       help="unstructured: reach --sparsity during fine-tuning (cubic schedule) instead of at once")
+    prune.add_argument("--remove-below", type=float,
+                       help="structured, instead of a target: remove every unit whose weights' L2 norm is at "
+                            "most this (after group-lasso training: 0 removes the units it emptied)")
     goal = prune.add_mutually_exclusive_group()
     goal.add_argument("--target-macs", type=float, help="share of MACs to remove, e.g. 0.5 (the default)")
     goal.add_argument("--target-params", type=float, help="share of parameters to remove")
@@ -386,13 +436,18 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--out", required=True, help="pruned model directory to write")
     prune.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     prune.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_regularize(prune, "during fine-tuning: ")
     _add_overrides(prune, "PruneConfig overrides, e.g. calibration_cuts=128")
     prune.set_defaults(func=_prune, resolve=_prune_config)
 
     ev = _verb(verbs, "evaluate", "WER, CER, params, MACs, latency and RTF of a model",
                "slimasr evaluate --model exp/teacher --data data/smarthome/test_cuts.jsonl.gz "
-               "--lm exp/lm3.arpa --json exp/teacher_test.json")
-    ev.add_argument("--model", required=True, help="model directory")
+               "--lm exp/lm3.arpa --json exp/teacher_test.json",
+               "slimasr evaluate --model exp/teacher_onnx/model.int8.onnx "
+               "--data data/smarthome/test_cuts.jsonl.gz")
+    ev.add_argument("--model", required=True,
+                    help="model directory, or a bundle from slimasr export (runs on onnxruntime; "
+                         "BUNDLE/model.int8.onnx: its int8 graph)")
     ev.add_argument("--data", required=True, help="lhotse cuts manifest or NeMo-style JSONL manifest")
     ev.add_argument("--json", default=None,
                     help="also write the metrics to this file (the only copy when the model "
@@ -404,8 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_evaluate, resolve=_eval_config)
 
     rep = _verb(verbs, "report", "comparison table and plot of several evaluated models",
-                "slimasr report exp/teacher exp/student exp/pruned --out exp/report")
-    rep.add_argument("models", nargs="+", help="model directories (the first is the reference)")
+                "slimasr report exp/teacher exp/student exp/pruned --out exp/report",
+                "slimasr report exp/teacher exp/teacher_onnx --out exp/deploy_report")
+    rep.add_argument("models", nargs="+",
+                     help="model directories or bundles (a row per evaluated graph); the first is the reference")
     rep.add_argument("--out", default="report", help="output prefix: writes OUT.md, OUT.json, OUT.png")
     rep.set_defaults(func=_report)
 
@@ -435,9 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
                "slimasr transcribe --model exp/teacher some.wav other.flac --lm exp/lm3.arpa")
     tr.add_argument("--model", required=True,
                     help="model directory, or a bundle from slimasr export (runs on onnxruntime)")
-    tr.add_argument("audio", nargs="+", help="audio files (any rate; resampled to 16 kHz)")
+    tr.add_argument("audio", nargs="*", help="audio files (any rate; resampled to 16 kHz)")
     tr.add_argument("--lm", default=None, help="ARPA n-gram LM: beam search with it")
-    tr.add_argument("--stream", action="store_true", help="chunk-by-chunk streaming (not yet available)")
+    tr.add_argument("--stream", action="store_true",
+                    help="stream chunk by chunk through a causal model, printing the partial text (docs/streaming.md)")
+    tr.add_argument("--chunk-ms", type=float, default=None,
+                    help="with --stream: audio per model call in ms (default 160)")
+    tr.add_argument("--mic", action="store_true",
+                    help="stream the microphone until Ctrl-C (needs sounddevice: pip install 'slimasr[mic]')")
     tr.set_defaults(func=_transcribe)
 
     exp = _verb(verbs, "export", "ONNX bundle (optionally int8) for onnxruntime and sherpa-onnx, parity-checked",
@@ -455,23 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true", help="replace an earlier bundle in --out")
     _add_overrides(exp, "ExportConfig overrides, e.g. int8_per_channel=true")
     exp.set_defaults(func=_export, resolve=_export_config)
-
-    for verb, help_text in PLANNED_VERBS.items():
-        p = verbs.add_parser(verb, help=f"{help_text} (not yet available)", add_help=True)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_not_yet(verb))
     return parser
-
-
-def _not_yet(verb: str) -> Callable[[argparse.Namespace], dict]:
-    def run(args: argparse.Namespace) -> dict:
-        raise NotAvailable(f"slimasr {verb}: not yet available in this version")
-
-    return run
-
-
-class NotAvailable(SlimasrError):
-    """A verb the design names but this version does not implement yet."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -479,9 +525,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except NotAvailable as e:
-        print(str(e), file=sys.stderr)
-        return 2
     except SlimasrError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

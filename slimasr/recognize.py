@@ -6,7 +6,10 @@
     recognizer = load_recognizer(path)                    # a model dir, or an ONNX bundle
 
 Inference is deterministic: features carry no dither (``slimasr.data.features``) and the model
-runs in eval mode, so the same audio gives bit-identical log-probs on every call.
+runs in eval mode, so the same audio gives bit-identical log-probs on every call. Audio with
+NaN/inf samples or an absurd peak is refused with the one-line DataError ``load_audio`` gives
+(``slimasr.runtime.recognizer.checked_audio``); text is joined at the tokenizer's word separator
+(a space for characters, "▁" for sentencepiece pieces).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slimasr.decode import DecodeConfig, make_decoder
+from slimasr.decode import DecodeConfig, make_decoder, word_separator
 from slimasr.frontend import Frontend
+from slimasr.runtime.recognizer import checked_audio
 
 
 class Recognizer:
@@ -28,11 +32,13 @@ class Recognizer:
 
         self.model = load_model(model_dir).eval()
         self.frontend = Frontend.load(model_dir)
-        self.decoder = make_decoder(self.frontend.tokenizer.tokens, decode or DecodeConfig())
+        tokenizer = self.frontend.tokenizer
+        self.decoder = make_decoder(tokenizer.tokens, decode or DecodeConfig(),
+                                    word_sep=word_separator(tokenizer.kind))
 
     def log_probs(self, audio: np.ndarray) -> torch.Tensor:
         """``audio: (S,)`` float32 mono at 16 kHz -> ``(T', V)`` float32 log-posteriors."""
-        x, x_lens = self.frontend.batch([audio])
+        x, x_lens = self.frontend.batch([checked_audio(audio)])
         with torch.inference_mode():
             log_probs, lens = self.model(x, x_lens)
         return log_probs[0, : int(lens[0])]

@@ -5,22 +5,14 @@ import sys
 
 import pytest
 
-from slimasr.cli import PLANNED_VERBS, build_parser, main
+from slimasr.cli import build_parser, main
 
 
 def test_version_and_help_run_as_a_module():
     out = subprocess.run([sys.executable, "-m", "slimasr", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for verb in ["corpus", *PLANNED_VERBS]:
+    for verb in ["corpus", "transcribe", "export"]:
         assert verb in out.stdout
-
-
-def test_what_is_not_built_yet_answers_not_yet_available(tmp_path, capsys):
-    assert not PLANNED_VERBS  # every verb of the design is built; streaming is not yet
-    wav = tmp_path / "a.wav"
-    assert main(["transcribe", "--model", str(tmp_path), "--stream", str(wav)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "slimasr transcribe --stream: not yet available in this version"
 
 
 def test_bad_input_is_one_line_error_naming_the_file(tmp_path, capsys):
@@ -46,6 +38,8 @@ MIXED_ORDER = [
      {"quick": True, "experiment": "D", "overrides": ["experiment=E", "experiment=F"]}),
     (["transcribe", "--model", "M", "a.wav", "--lm", "X", "b.wav"],
      {"model": "M", "audio": ["a.wav", "b.wav"], "lm": "X"}),
+    (["transcribe", "a.wav", "--stream", "--model", "M", "--chunk-ms", "80", "b.wav"],
+     {"model": "M", "audio": ["a.wav", "b.wav"], "stream": True, "chunk_ms": 80.0, "mic": False}),
     (["report", "A", "--out", "R", "B"], {"models": ["A", "B"], "out": "R"}),
     (["train", "train.epochs=5", "--config", "C", "--data", "D", "train.lr=0.1", "--out", "O"],
      {"config": "C", "data": "D", "out": "O", "overrides": ["train.epochs=5", "train.lr=0.1"]}),
@@ -74,3 +68,20 @@ def test_unknown_option_is_still_an_error(capsys):
         build_parser().parse_args(["run", "R.yaml", "--no-such-option", "x"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_lm_without_words_names_the_data_file(tmp_path, capsys):
+    """``slimasr lm`` on transcripts with no words said so without naming any file."""
+    from lhotse import Recording, SupervisionSegment
+
+    from slimasr.data.manifests import finish_corpus, write_split
+    from tests.data.fixtures import write_audio
+
+    data = tmp_path / "data"
+    rec = Recording.from_file(write_audio(data / "a.wav"), recording_id="a")
+    write_split(data, "train", [rec], [SupervisionSegment("a", "a", 0.0, rec.duration, text="?!")])
+    finish_corpus(data, {"name": "blank", "splits": {"train": {}}})
+    assert main(["lm", "--data", str(data), "--out", str(tmp_path / "lm.arpa")]) == 1
+    assert capsys.readouterr().err == (f"error: {data / 'train_cuts.jsonl.gz'}: no words to build a "
+                                       "language model from (empty transcripts)\n")
+    assert not (tmp_path / "lm.arpa").exists()

@@ -68,3 +68,36 @@ def test_transcribe_refuses_a_model_with_nan_weights_in_one_line(model_dir: Path
     err = capsys.readouterr().err
     assert err == (f"error: {broken / 'model.safetensors'}: tensor head.bias holds 1 NaN/inf values "
                    f"of {weights['head.bias'].numel()} (a diverged or damaged model)\n")
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "loud"])
+def test_recognizer_refuses_bad_arrays_as_load_audio_refuses_bad_files(model_dir: Path, tmp_path,
+                                                                         kind) -> None:
+    """An array with NaN/inf samples or an absurd peak, given from Python, used to be
+    transcribed (to empty text) without a word."""
+    import soundfile as sf
+
+    from slimasr.errors import DataError
+    from tests.data.fixtures import BAD_SAMPLES, write_bad_audio
+
+    samples, _ = sf.read(str(write_bad_audio(tmp_path / "bad.wav", kind)), dtype="float32")
+    with pytest.raises(DataError) as from_file:
+        load_audio(tmp_path / "bad.wav")
+    recognizer = Recognizer(model_dir)
+    for call in (recognizer.transcribe, recognizer.log_probs):
+        with pytest.raises(DataError) as from_array:
+            call(samples)
+        assert str(from_array.value) == f"audio: {BAD_SAMPLES[kind]}"
+        assert from_array.value.problem == from_file.value.problem
+
+
+def test_sentencepiece_model_transcribes_words_without_piece_markers(tmp_path, capsys) -> None:
+    """Recognizer decoded sentencepiece pieces with a space as the word separator: "▁lamp"."""
+    from tests.evaluate.helpers import WORD, constant_piece_model
+
+    model = constant_piece_model(tmp_path)
+    wav = next((tmp_path / "data" / "audio").glob("dev-*.wav"))
+    assert Recognizer(model).transcribe(load_audio(wav)) == WORD
+    capsys.readouterr()
+    assert main(["transcribe", "--model", str(model), str(wav)]) == 0
+    assert capsys.readouterr().out == f"{wav}\t{WORD}\n"

@@ -1,6 +1,7 @@
 """CTC decoding: greedy or prefix beam search (optionally with a word n-gram LM).
 
     decoder = make_decoder(tokenizer.tokens, DecodeConfig(method="beam", lm_path="3gram.arpa"),
+                           word_sep=word_separator(tokenizer.kind),
                            lexicon=corpus_vocabulary(train_texts))
     texts = decoder.decode_batch(log_probs, lens)   # log_probs: (N, T, V), lens: (N,)
 
@@ -17,7 +18,14 @@ from typing import Iterable, Protocol, Sequence
 import torch
 
 from slimasr.config import check_numbers
-from slimasr.decode.greedy import WORD_SEP, GreedyDecoder, greedy_decode, ids_to_text
+from slimasr.decode.greedy import (
+    SPM_WORD_SEP,
+    WORD_SEP,
+    GreedyDecoder,
+    greedy_decode,
+    ids_to_text,
+    word_separator,
+)
 from slimasr.decode.lm import build_ngram_lm, corpus_vocabulary, load_ngram_lm, read_arpa
 from slimasr.errors import ConfigError
 
@@ -66,8 +74,10 @@ def make_decoder(
     word_sep: str = WORD_SEP,
     lexicon: Iterable[str] | None = None,
 ) -> Decoder:
-    """A greedy or beam decoder for a vocabulary (``tokens[0]`` is the blank). ``lexicon``: the
-    domain's words (``corpus_vocabulary(train_texts)``), used by beam search only."""
+    """A greedy or beam decoder for a vocabulary (``tokens[0]`` is the blank). ``word_sep``: the
+    token that separates words (``word_separator(tokenizer.kind)``: " " for characters, "▁" for
+    sentencepiece pieces). ``lexicon``: the domain's words (``corpus_vocabulary(train_texts)``),
+    used by beam search only."""
     config = config or DecodeConfig()
     if config.method not in DECODE_METHODS:
         raise ConfigError(
@@ -86,6 +96,8 @@ __all__ = [
     "BeamConfig",
     "DecodeConfig",
     "Decoder",
+    "SPM_WORD_SEP",
+    "WORD_SEP",
     "GreedyDecoder",
     "build_ngram_lm",
     "corpus_vocabulary",
@@ -94,4 +106,5 @@ __all__ = [
     "load_ngram_lm",
     "make_decoder",
     "read_arpa",
+    "word_separator",
 ]

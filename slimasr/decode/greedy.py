@@ -12,6 +12,13 @@ import torch
 
 BLANK_ID = 0  # the CTC blank is token 0 in every slimasr vocabulary
 WORD_SEP = " "  # default word separator token (characters); sentencepiece vocabularies use "▁"
+SPM_WORD_SEP = "\u2581"  # "▁": sentencepiece's word-start marker, the separator of bpe/unigram pieces
+
+
+def word_separator(kind: str) -> str:
+    """The token that marks a word boundary in a tokenizer of ``kind`` ("char", "bpe",
+    "unigram"): a space for characters, "▁" for sentencepiece pieces."""
+    return WORD_SEP if kind == "char" else SPM_WORD_SEP
 
 
 def greedy_decode(

@@ -189,10 +189,12 @@ def _looks_like_arpa(path: Path) -> bool:
 # Estimation (interpolated modified Kneser-Ney)
 
 
-def build_ngram_lm(texts: Iterable[str], out_path: str | Path, order: int = 3) -> NgramModel:
+def build_ngram_lm(texts: Iterable[str], out_path: str | Path, order: int = 3,
+                   source: str | Path | None = None) -> NgramModel:
     """Estimate a word n-gram LM from ``texts`` (one sentence each, words split on whitespace,
-    already normalized) and write it as an ARPA file. Returns the model."""
-    model = estimate_kneser_ney(texts, order)
+    already normalized) and write it as an ARPA file. Returns the model. ``source``: the file
+    the texts come from, which an error about them names."""
+    model = estimate_kneser_ney(texts, order, source)
     write_arpa(model, out_path)
     return model
 
@@ -202,13 +204,15 @@ def corpus_vocabulary(texts: Iterable[str]) -> list[str]:
     return sorted({word for text in texts for word in text.split()})
 
 
-def estimate_kneser_ney(texts: Iterable[str], order: int = 3) -> NgramModel:
-    """Interpolated modified Kneser-Ney n-gram model of ``texts`` (see the module docstring)."""
+def estimate_kneser_ney(texts: Iterable[str], order: int = 3,
+                        source: str | Path | None = None) -> NgramModel:
+    """Interpolated modified Kneser-Ney n-gram model of ``texts`` (see the module docstring);
+    ``source``: the file the texts come from (named by a DataError about them)."""
     if isinstance(order, bool) or not isinstance(order, int) or not MIN_ORDER <= order <= MAX_ORDER:
         raise ConfigError(f"n-gram order must be >= {MIN_ORDER} and <= {MAX_ORDER} (KenLM's limit), "
                           f"got {order!r}")
     counts = _count_ngrams(texts, order)
-    _check_counts(counts)
+    _check_counts(counts, source)
     adjusted = _adjusted_counts(counts)
     ngrams: list[dict[State, tuple[float, float]]] = []
     lower: dict[State, float] = {}  # interpolated probabilities of order n - 1 (not log)
@@ -224,10 +228,11 @@ def estimate_kneser_ney(texts: Iterable[str], order: int = 3) -> NgramModel:
     return NgramModel(order, ngrams)
 
 
-def _check_counts(counts: list[Counter[State]]) -> None:
-    """ConfigError/DataError unless there are words and n-grams of the highest order."""
+def _check_counts(counts: list[Counter[State]], source: str | Path | None = None) -> None:
+    """ConfigError/DataError (naming ``source``) unless there are words and n-grams of the
+    highest order."""
     if not counts[0]:
-        raise DataError(None, "no words to build a language model from (empty transcripts)")
+        raise DataError(source, "no words to build a language model from (empty transcripts)")
     if not counts[-1]:
         longest = max(n for n, table in enumerate(counts, start=1) if table)
         raise ConfigError(f"n-gram order {len(counts)}: no sentence is long enough (with <s> and "

@@ -29,6 +29,7 @@ from slimasr.distill.config import DistillRecipe, load_distill_recipe
 from slimasr.distill.student import student_from_config, student_from_teacher
 from slimasr.distill.teacher import (
     CACHE_DIR,
+    META,
     TeacherCache,
     cache_is_complete,
     copy_frontend,
@@ -50,6 +51,7 @@ from slimasr.train.loop import (
     _finalize,
     _prepare_data,
     seed_everything,
+    undo_failed_start,
     writer_lock,
 )
 from slimasr.train.prepare import transcript
@@ -64,14 +66,17 @@ def distill_model(recipe: DistillRecipe | str | Path, data_dir: str | Path, out_
                   show_progress: bool = True, overwrite: bool = False) -> dict:
     """Distill ``recipe.teacher.path`` into a student trained on ``data_dir`` (train/dev splits),
     saved as the model directory ``out_dir`` (locked meanwhile; ``overwrite``: replace a model
-    or run already there). Returns training.json's content (+ ``teacher``)."""
+    or run already there). A run that fails before its first checkpoint removes what it wrote,
+    except a complete teacher cache (expensive, and reused by the next run with the same
+    teacher and data). Returns training.json's content (+ ``teacher``)."""
     recipe = load_distill_recipe(recipe, overrides)
     if not recipe.teacher.path:
         raise ConfigError("teacher.path: give the teacher's model directory (--teacher)")
     threads = torch.get_num_threads()
     info = distributed.setup(recipe.train.device)
     try:
-        with writer_lock(Path(out_dir), "distill", info):
+        out = Path(out_dir)
+        with writer_lock(out, "distill", info), undo_failed_start(out, info, keep=_complete_cache):
             return _distill(recipe, Path(data_dir), Path(out_dir), resume, info, show_progress,
                             overwrite)
     finally:
@@ -133,6 +138,12 @@ def _distill(recipe: DistillRecipe, data_dir: Path, out_dir: Path, resume: bool,
                               "student_init": config_to_dict(recipe.student)})
     distributed.barrier(info)
     return {**result, "model_dir": str(out_dir)}
+
+
+def _complete_cache(path: Path) -> bool:
+    """Whether ``path`` is a teacher cache that was written to the end (its meta.json, holding
+    the stamp of what it was computed from, is written last)."""
+    return path.name == CACHE_DIR and (path / META).is_file()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,12 +223,11 @@ def _teacher_cache(recipe: DistillRecipe, teacher: Any, data: Any, data_dir: Pat
             dataset = AsrDataset(data.tokenizer, data.normalize, recipe.features, data.cmvn, None,
                                  train=False)
             sampler = SimpleCutSampler(cuts, max_duration=TEACHER_BATCH_SECONDS)
-            batches = (batch for batch in map(dataset.__getitem__, sampler)
-                       if batch["cut_ids"])  # empty: every cut's audio was unusable
+            batches = map(dataset.__getitem__, sampler)  # cuts with unusable audio: in "bad_audio"
         else:
             batches = hf_batches(cuts, recipe.teacher.batch_size)
         fill_cache(teacher, batches, folder, stamp, recipe.teacher.top_k, data.tokenizer.tokens,
-                   decode, texts, total, show_progress and info.is_main)
+                   decode, texts, total, show_progress and info.is_main, kind=data.tokenizer.kind)
     distributed.barrier(info)
     return TeacherCache.load(folder)
 

@@ -7,7 +7,9 @@ student's characters where they share symbols, else only its transcripts are use
 
 The cache (``OUT/teacher_cache/``) holds, per training cut, the teacher's top-k log-posteriors
 per frame (fp16 values, int16 ids, in the student's vocabulary) and its transcript, so training
-epochs do not run the teacher. ``meta.json`` is written last: its presence means complete.
+epochs do not run the teacher. ``meta.json`` is written last: its presence means complete. A
+cut whose audio is unusable (NaN/inf samples, an absurd peak) gets no entry: it is skipped,
+counted and named in meta.json's ``bad_audio`` (either teacher), and training skips it too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from slimasr.decode import DecodeConfig, corpus_vocabulary, make_decoder
+from slimasr.data.validate import cut_audio_problem
+from slimasr.decode import DecodeConfig, corpus_vocabulary, make_decoder, word_separator
 from slimasr.errors import DataError
 from slimasr.frontend import Frontend
 from slimasr.io import atomic_path, read_json, write_json_atomic
@@ -140,61 +143,82 @@ def cache_is_complete(folder: Path, stamp: dict) -> bool:
 
 def fill_cache(teacher: Any, batches: Iterable[dict], folder: Path, stamp: dict, top_k: int,
                student_tokens: Sequence[str], decode: DecodeConfig, lexicon_texts: Iterable[str],
-               total: int, show_progress: bool = True) -> TeacherCache:
+               total: int, show_progress: bool = True, kind: str = "char") -> TeacherCache:
     """Run the teacher once over ``batches`` and write the cache atomically.
 
     Batches are ``AsrDataset`` batches (slimasr teacher: their features) or
-    ``{"cut_ids", "waves"}`` (HF teacher). Transcripts use ``decode`` (greedy or beam + LM) in
-    the student's vocabulary."""
-    index = None
-    if teacher.kind == "hf":
-        index = teacher.vocab_map(list(student_tokens))
+    ``{"cut_ids", "waves"}`` (HF teacher; ``hf_batches``); either names the cuts it dropped for
+    unusable audio in ``"bad_audio"``, which meta.json counts. Transcripts use ``decode``
+    (greedy or beam + LM) in the student's vocabulary (a ``kind`` tokenizer's)."""
+    index = teacher.vocab_map(list(student_tokens)) if teacher.kind == "hf" else None
     frame_level = teacher.kind == "slimasr" or index is not None
-    decoder = make_decoder(list(student_tokens), decode,
+    decoder = make_decoder(list(student_tokens), decode, word_sep=word_separator(kind),
                            lexicon=corpus_vocabulary(lexicon_texts) if decode.method == "beam" else None)
     tensors: dict[str, torch.Tensor] = {}
     transcripts: dict[str, str] = {}
+    bad_audio: list[str] = []
     with progress_bar(disable=not show_progress) as bar:
         task = bar.add_task("teacher outputs", total=total)
         for batch in batches:
-            if teacher.kind == "slimasr":
-                logp, lens, _ = teacher.forward_features(batch["features"], batch["feature_lens"])
-            else:
-                logp, lens, _ = teacher.forward(batch["waves"])
-                if index is not None:
-                    logp = teacher.map_log_probs(logp, index)
-            logp, lens = logp.float().cpu(), lens.cpu()
-            # Without a shared vocabulary only the teacher's own greedy transcripts can be used.
-            texts = decoder.decode_batch(logp, lens) if frame_level else teacher.transcribe(batch["waves"])
-            for i, cut_id in enumerate(batch["cut_ids"]):
-                transcripts[cut_id] = " ".join(texts[i].split())
-                if frame_level:
-                    k = min(top_k, logp.shape[-1])
-                    values, ids = logp[i, : int(lens[i])].topk(k, dim=-1)
-                    tensors[f"{cut_id}.logp"] = values.half().contiguous()
-                    tensors[f"{cut_id}.ids"] = ids.to(torch.int16).contiguous()
-            bar.update(task, advance=len(batch["cut_ids"]))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / META).unlink(missing_ok=True)
-    if frame_level:
-        with atomic_path(folder / POSTERIORS) as tmp:
-            save_file(tensors, str(tmp))
-    write_json_atomic(folder / TRANSCRIPTS, transcripts)
-    vocab = len(student_tokens) if frame_level else None
-    write_json_atomic(folder / META, {"stamp": stamp, "vocab_size": vocab, "cuts": len(transcripts),
-                                      "top_k": top_k})
+            bad_audio += batch.get("bad_audio", [])
+            if batch["cut_ids"]:  # empty: every cut's audio was unusable
+                _cache_batch(teacher, batch, index, decoder, top_k, tensors, transcripts)
+            bar.update(task, advance=len(batch["cut_ids"]) + len(batch.get("bad_audio", [])))
+    _write_cache(folder, tensors if frame_level else None, transcripts, {
+        "stamp": stamp, "vocab_size": len(student_tokens) if frame_level else None,
+        "cuts": len(transcripts), "top_k": top_k, "bad_audio": bad_audio})
     return TeacherCache.load(folder)
 
 
+def _cache_batch(teacher: Any, batch: dict, index: torch.Tensor | None, decoder: Any, top_k: int,
+                 tensors: dict[str, torch.Tensor], transcripts: dict[str, str]) -> None:
+    """The teacher's top-k posteriors (when they are in the student's vocabulary) and transcripts
+    of one batch, added to ``tensors`` and ``transcripts``."""
+    frame_level = teacher.kind == "slimasr" or index is not None
+    if teacher.kind == "slimasr":
+        logp, lens, _ = teacher.forward_features(batch["features"], batch["feature_lens"])
+    else:
+        logp, lens, _ = teacher.forward(batch["waves"])
+        if index is not None:
+            logp = teacher.map_log_probs(logp, index)
+    logp, lens = logp.float().cpu(), lens.cpu()
+    # Without a shared vocabulary only the teacher's own greedy transcripts can be used.
+    texts = decoder.decode_batch(logp, lens) if frame_level else teacher.transcribe(batch["waves"])
+    for i, cut_id in enumerate(batch["cut_ids"]):
+        transcripts[cut_id] = " ".join(texts[i].split())
+        if frame_level:
+            k = min(top_k, logp.shape[-1])
+            values, ids = logp[i, : int(lens[i])].topk(k, dim=-1)
+            tensors[f"{cut_id}.logp"] = values.half().contiguous()
+            tensors[f"{cut_id}.ids"] = ids.to(torch.int16).contiguous()
+
+
+def _write_cache(folder: Path, tensors: dict[str, torch.Tensor] | None, transcripts: dict[str, str],
+                 meta: dict) -> None:
+    """Posteriors (None: transcripts only), transcripts, then meta.json (last: complete)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / META).unlink(missing_ok=True)
+    if tensors is not None:
+        with atomic_path(folder / POSTERIORS) as tmp:
+            save_file(tensors, str(tmp))
+    write_json_atomic(folder / TRANSCRIPTS, transcripts)
+    write_json_atomic(folder / META, meta)
+
+
 def hf_batches(cuts: Any, batch_size: int) -> Iterable[dict]:
-    """``{"cut_ids", "waves"}`` batches of 16 kHz mono waveforms for an HF teacher."""
-    ids: list[str] = []
-    waves: list[np.ndarray] = []
+    """``{"cut_ids", "waves", "bad_audio"}`` batches of 16 kHz mono waveforms for an HF teacher:
+    up to ``batch_size`` usable cuts each; a cut whose samples are NaN/inf or absurdly loud is
+    left out and named in ``bad_audio`` (``path: problem``), as ``AsrDataset`` does."""
+    batch: dict[str, list] = {"cut_ids": [], "waves": [], "bad_audio": []}
     for cut in cuts:
-        ids.append(cut.id)
-        waves.append(cut.resample(16000).load_audio()[0].astype(np.float32))
-        if len(ids) == batch_size:
-            yield {"cut_ids": ids, "waves": waves}
-            ids, waves = [], []
-    if ids:
-        yield {"cut_ids": ids, "waves": waves}
+        wave = cut.resample(16000).load_audio()[0].astype(np.float32)
+        if problem := cut_audio_problem(cut, wave):
+            batch["bad_audio"].append(problem.message)
+        else:
+            batch["cut_ids"].append(cut.id)
+            batch["waves"].append(wave)
+        if len(batch["cut_ids"]) == batch_size:
+            yield batch
+            batch = {"cut_ids": [], "waves": [], "bad_audio": []}
+    if batch["cut_ids"] or batch["bad_audio"]:
+        yield batch

@@ -4,7 +4,9 @@
     write_report(rows, "exp/demo/report")   # report.md, report.json, report.png
 
 Each row comes from the ``metrics.json`` that ``evaluate`` left in a model directory; the first
-model is the reference the ratios (size, MACs, speed-up) are computed against.
+model is the reference the ratios (size, MACs, speed-up) are computed against. A bundle folder
+from ``slimasr export`` gives a row per evaluated graph (``student_onnx (fp32)``,
+``student_onnx (int8)``; ``slimasr.evaluate.outputs``), and a bundle's .onnx file that graph's row.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from pathlib import Path
 from typing import Sequence
 
 from slimasr.errors import DataError
+from slimasr.evaluate.outputs import METRICS_FILE, Outputs, bundle_outputs, outputs_of
 from slimasr.io import atomic_path, read_json, write_json_atomic, write_text_atomic
+from slimasr.runtime.bundle import is_bundle
 
-METRICS_FILE = "metrics.json"  # written by evaluate into the model directory
+__all__ = ["COLUMNS", "METRICS_FILE", "collect_rows", "markdown_table", "plot_wer_vs_macs",
+           "read_metrics", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -42,11 +47,14 @@ COLUMNS = (
 
 
 def collect_rows(model_dirs: Sequence[str | Path]) -> list[dict]:
-    """One row per model directory (its metrics.json), with ratios against the first one."""
+    """One row per model directory (its metrics.json) or evaluated bundle graph, with ratios
+    against the first one."""
     rows = []
     for model_dir in model_dirs:
-        metrics = read_metrics(Path(model_dir) / METRICS_FILE)
-        rows.append({"model": Path(model_dir).name, "model_dir": str(model_dir), **metrics})
+        for outputs in _evaluated(Path(model_dir)):
+            name = outputs.folder.name + (f" ({outputs.label})" if outputs.label else "")
+            rows.append({"model": name, "model_dir": str(outputs.folder),
+                         **read_metrics(outputs.metrics)})
     if rows:
         base = rows[0]
         for row in rows:
@@ -54,6 +62,20 @@ def collect_rows(model_dirs: Sequence[str | Path]) -> list[dict]:
             row["macs_ratio"] = _div(row.get("macs_per_second_audio"), base.get("macs_per_second_audio"))
             row["speedup"] = _div(base.get("latency_ms_p50"), row.get("latency_ms_p50"))
     return rows
+
+
+def _evaluated(path: Path) -> list[Outputs]:
+    """The results a path contributes: a model directory's or a bundle graph's (whether present
+    or not: ``read_metrics`` says when they are missing), or every evaluated graph of a bundle
+    folder (at least one)."""
+    if path.suffix == ".onnx" or not is_bundle(path):
+        return [outputs_of(path)]
+    graphs = bundle_outputs(path)
+    evaluated = [outputs for outputs in graphs if outputs.metrics.is_file()]
+    if not evaluated:
+        raise DataError(graphs[0].metrics, "no evaluation results; run `slimasr evaluate` on this "
+                                           "bundle (or its model.int8.onnx) first")
+    return evaluated
 
 
 def read_metrics(path: Path) -> dict:

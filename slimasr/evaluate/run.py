@@ -1,12 +1,16 @@
 """``slimasr evaluate``: recognize a manifest with a model and measure quality and cost.
 
     result = evaluate_model("exp/demo/teacher", "exp/demo/data/test_cuts.jsonl.gz")
+    result = evaluate_model("exp/demo/student_onnx/model.int8.onnx", manifest)   # a bundle graph
 
 writes ``MODEL_DIR/metrics.json`` (one flat object with the DESIGN.md keys: ``wer, cer,
 sentence_accuracy, num_utterances, params, nonzero_params, macs_per_second_audio, latency_ms_p50,
 latency_ms_p90, rtf, model_bytes`` and more) ``MODEL_DIR/eval_utterances.jsonl`` (every
 utterance's normalized reference and hypothesis) and ``MODEL_DIR/eval_worst.json`` (the utterances
-with the most errors), and returns the flat object.
+with the most errors), and returns the flat object. A bundle from ``slimasr export`` runs on
+onnxruntime (``slimasr.evaluate.runners``) and gets the same keys, scored the same way, in its
+own folder (``slimasr.evaluate.outputs``: ``metrics.json`` for model.onnx, ``metrics.int8.json``
+for model.int8.onnx).
 
 Results say what they were measured on: ``data`` (a short label: folder/name@hash),
 ``data_path`` (the manifest's resolved path), ``data_sha256`` (of its bytes) and ``eval_config``
@@ -49,21 +53,20 @@ from slimasr.data.validate import (
 )
 from slimasr.decode import DecodeConfig, corpus_vocabulary, make_decoder
 from slimasr.errors import ConfigError, DataError
-from slimasr.evaluate.cost import cost_report
 from slimasr.evaluate.metrics import ErrorRateStats
+from slimasr.evaluate.outputs import METRICS_FILE, UTTERANCES_FILE, WORST_FILE, Outputs, outputs_of
+from slimasr.evaluate.runners import OnnxRunner, TorchRunner, load_runner
 from slimasr.frontend import Frontend
 from slimasr.io import atomic_path, file_sha256, output_lock, read_json, write_json_atomic
-from slimasr.models.io import WEIGHTS_NAME  # what model_sha256 in metrics.json hashes
 from slimasr.progress import progress_bar
 from slimasr.train.prepare import transcript
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
+__all__ = ["METRICS_FILE", "UTTERANCES_FILE", "WORST_FILE", "EvalConfig", "evaluate_model",
+           "evaluated_on", "recognize"]
 # Why evaluation leaves an utterance out of every rate (keys of the result's "excluded").
 EXCLUDED_REASONS = (EMPTY_REFERENCE, TOO_SHORT, UNKNOWN_CHARACTERS, BAD_AUDIO)
-UTTERANCES_FILE = "eval_utterances.jsonl"
-WORST_FILE = "eval_worst.json"
 MIN_LATENCY_SECONDS = 0.1  # shortest timed input: 10 frames, enough for every subsampling front end
 
 
@@ -72,7 +75,7 @@ class EvalConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # greedy or beam (+ LM)
     max_duration: float = 60.0  # seconds of audio per recognition batch
     max_utterances: int | None = None  # score only the first N utterances (None: all)
-    latency_threads: int = 1  # torch threads while timing batch-1 latency (a device's core)
+    latency_threads: int = 1  # torch/onnxruntime threads while timing batch-1 latency (a device's core)
     latency_seconds: float = 3.0  # utterance length for latency, RTF and MACs
     worst: int = 10  # worst utterances listed in the result
     intent_reference: str | None = None  # labelled manifest for intent scoring (None: no intents)
@@ -87,14 +90,17 @@ class EvalConfig:
                               f"got {self.latency_seconds}")
 
 
-def recognize(model: torch.nn.Module, frontend: Frontend, cuts: CutSet, decoder,
+def recognize(model: Callable, frontend: Frontend, cuts: CutSet, decoder,
               max_duration: float, device: torch.device,
-              on_bad_audio: Callable[[Problem], None] | None = None) -> Iterator[tuple[list, list[str]]]:
-    """Yield ``(cuts, hypotheses)`` batch by batch (batches of at most ``max_duration`` s).
+              on_bad_audio: Callable[[Problem], None] | None = None,
+              max_cuts: int | None = None) -> Iterator[tuple[list, list[str]]]:
+    """Yield ``(cuts, hypotheses)`` batch by batch (batches of at most ``max_duration`` s and
+    ``max_cuts`` utterances). ``model``: ``(x, x_lens) -> (log_probs, lens)``, a slimasr model
+    or an ``OnnxRecognizer``.
 
     A cut whose audio is unusable (NaN/inf samples, an absurd peak) is left out of its batch and
     handed to ``on_bad_audio`` (its ``BAD_AUDIO`` problem naming the file)."""
-    sampler = DynamicCutSampler(cuts, max_duration=max_duration, shuffle=False)
+    sampler = DynamicCutSampler(cuts, max_duration=max_duration, max_cuts=max_cuts, shuffle=False)
     for batch in sampler:
         batch_cuts, audios = _usable(list(batch), on_bad_audio)
         if not batch_cuts:
@@ -121,83 +127,114 @@ def _usable(cuts: list, on_bad_audio: Callable[[Problem], None] | None) -> tuple
 
 def evaluate_model(model_dir: str | Path, manifest: str | Path, config: EvalConfig | None = None,
                    json_out: str | Path | None = None, show_progress: bool = True) -> dict:
-    """Recognize ``manifest`` (lhotse cuts or NeMo JSONL) with the model; write and return metrics
-    (beside the model when its folder is writable; to ``json_out`` when given)."""
-    from slimasr.models.io import read_model_config
-
+    """Recognize ``manifest`` (lhotse cuts or NeMo JSONL) with the model (a model directory, a
+    bundle folder or a bundle's .onnx file); write and return metrics (beside the model when its
+    folder is writable; to ``json_out`` when given)."""
     config = config or EvalConfig()
-    model_dir = Path(model_dir)
-    read_model_config(model_dir)  # one-line error for a missing or broken model folder
-    writable = os.access(model_dir, os.W_OK)
+    if json_out is not None and Path(json_out).is_dir():
+        raise DataError(json_out, "is a folder; give a file name")  # before any work
+    outputs = outputs_of(model_dir)
+    _check_model(outputs)
+    writable = os.access(outputs.folder, os.W_OK)
     if not writable and json_out is None:
-        raise DataError(model_dir, "is not writable, so the metrics cannot go beside the model; "
-                                   "pass --json FILE to write them elsewhere")
-    with output_lock(model_dir, "evaluate") if writable else contextlib.nullcontext():
-        return _evaluate(model_dir, manifest, config, json_out, show_progress, writable)
+        raise DataError(outputs.folder, "is not writable, so the metrics cannot go beside the model; "
+                                        "pass --json FILE to write them elsewhere")
+    with output_lock(outputs.folder, "evaluate") if writable else contextlib.nullcontext():
+        return _evaluate(Path(model_dir), outputs, manifest, config, json_out, show_progress, writable)
 
 
-def _evaluate(model_dir: Path, manifest: str | Path, config: EvalConfig, json_out: str | Path | None,
-              show_progress: bool, write_model_dir: bool) -> dict:
-    from slimasr.data.manifests import load_cuts
-    from slimasr.models import load_model
+def _check_model(outputs: Outputs) -> None:
+    """A one-line DataError for a missing or broken model folder or bundle, before any work."""
+    from slimasr.models.io import read_model_config
+    from slimasr.runtime.bundle import read_bundle
+
+    if outputs.label is None:
+        read_model_config(outputs.folder)
+    else:
+        read_bundle(outputs.folder).model_path(int8=outputs.label == "int8")
+
+
+def _evaluate(model_path: Path, outputs: Outputs, manifest: str | Path, config: EvalConfig,
+              json_out: str | Path | None, show_progress: bool, write_folder: bool) -> dict:
     from slimasr.train.distributed import pick_device
 
-    device = pick_device(config.device)
-    model = load_model(model_dir).to(device).eval()
-    frontend = Frontend.load(model_dir)
+    runner = load_runner(model_path, pick_device(config.device))
+    cuts, excluded = _scorable(_cuts(manifest, config), runner)
+    lexicon = _words_of(config.lexicon_reference, runner.frontend.normalize)
+    decoder = make_decoder(runner.frontend.tokenizer.tokens, config.decode, word_sep=runner.word_sep,
+                           lexicon=lexicon)
+    stats = ErrorRateStats(normalize=runner.frontend.normalize,
+                           intent_of=_intent_classifier(config.intent_reference, runner.frontend.normalize))
+    start = time.perf_counter()
+    audio_seconds = _score_all(runner, cuts, decoder, stats, excluded, config, show_progress)
+    decode_seconds = time.perf_counter() - start
+    result = {
+        **_quality(stats, excluded, manifest),
+        **runner.cost(config.latency_seconds, config.latency_threads),
+        "runtime": runner.runtime,
+        "model_file": outputs.model_file.name,
+        "decode": config.decode.method,
+        "manifest": str(manifest),
+        **data_signature(manifest),
+        "eval_config": _settings(config),
+        "model_sha256": file_sha256(outputs.model_file),
+        "audio_hours": audio_seconds / 3600,
+        "batch_decode_rtf": decode_seconds / max(audio_seconds, 1e-9),
+    }
+    _write_results(outputs, stats, result, config, json_out, write_folder)
+    return result
+
+
+def _cuts(manifest: str | Path, config: EvalConfig) -> CutSet:
+    """The manifest's cuts (the first ``max_utterances``), after checking their audio exists."""
+    from slimasr.data.manifests import load_cuts
+
     cuts = load_cuts(manifest)
     if config.max_utterances is not None:
         cuts = cuts.subset(first=config.max_utterances)
     _check_audio_present(cuts, manifest)
-    cuts, excluded = _scorable(cuts, model, frontend)
-    lexicon = _words_of(config.lexicon_reference, frontend.normalize)
-    decoder = make_decoder(frontend.tokenizer.tokens, config.decode, lexicon=lexicon)
-    stats = ErrorRateStats(normalize=frontend.normalize,
-                           intent_of=_intent_classifier(config.intent_reference, frontend.normalize))
-    start, audio_seconds = time.perf_counter(), 0.0
+    return cuts
+
+
+def _score_all(runner: TorchRunner | OnnxRunner, cuts: CutSet, decoder, stats: ErrorRateStats,
+               excluded: SkipReport, config: EvalConfig, show_progress: bool) -> float:
+    """Recognize and score every cut into ``stats`` (bad audio into ``excluded``); returns the
+    seconds of audio scored."""
+    audio_seconds = 0.0
     with progress_bar(transient=True, disable=not show_progress) as bar:
         task = bar.add_task("recognizing", total=_count(cuts) if show_progress else None)
-        for batch_cuts, hyps in recognize(model, frontend, cuts, decoder, config.max_duration, device,
-                                          on_bad_audio=excluded.add):
+        for batch_cuts, hyps in recognize(runner.model, runner.frontend, cuts, decoder,
+                                          config.max_duration, runner.device,
+                                          on_bad_audio=excluded.add, max_cuts=runner.max_cuts):
             refs = [transcript(c) for c in batch_cuts]
             intents = [_intent_of_cut(c) for c in batch_cuts]
             stats.append([c.id for c in batch_cuts], hyps, refs,
                          intents if any(i is not None for i in intents) else None)
             audio_seconds += sum(c.duration for c in batch_cuts)
             bar.advance(task, len(batch_cuts))
-    decode_seconds = time.perf_counter() - start
-    result = {
-        **_quality(stats, excluded, manifest),
-        **cost_report(model.cpu(), model_dir, seconds=config.latency_seconds, threads=config.latency_threads,
-                      feat_dim=model.config.num_features),
-        "decode": config.decode.method,
-        "manifest": str(manifest),
-        **data_signature(manifest),
-        "eval_config": _settings(config),
-        "model_sha256": file_sha256(model_dir / WEIGHTS_NAME),
-        "audio_hours": audio_seconds / 3600,
-        "batch_decode_rtf": decode_seconds / max(audio_seconds, 1e-9),
-    }
-    if write_model_dir:
-        _write_utterances(model_dir / UTTERANCES_FILE, stats.utterances())
-        write_json_atomic(model_dir / WORST_FILE, stats.worst(config.worst))
-        write_json_atomic(model_dir / METRICS_FILE, result)
+    return audio_seconds
+
+
+def _write_results(outputs: Outputs, stats: ErrorRateStats, result: dict, config: EvalConfig,
+                   json_out: str | Path | None, write_folder: bool) -> None:
+    """metrics, utterances and worst list beside the model (when its folder is writable), and
+    the metrics to ``json_out`` (when given)."""
+    if write_folder:
+        _write_utterances(outputs.utterances, stats.utterances())
+        write_json_atomic(outputs.worst, stats.worst(config.worst))
+        write_json_atomic(outputs.metrics, result)
     else:
-        log.warning("%s is not writable: the metrics are written to %s only", model_dir, json_out)
+        log.warning("%s is not writable: the metrics are written to %s only", outputs.folder, json_out)
     if json_out is not None:
         write_json_atomic(json_out, result)
-    return result
 
 
-def _scorable(cuts: CutSet, model: torch.nn.Module, frontend: Frontend) -> tuple[CutSet, SkipReport]:
+def _scorable(cuts: CutSet, runner: TorchRunner | OnnxRunner) -> tuple[CutSet, SkipReport]:
     """The cuts that can be scored (lazily filtered) and the report that counts the others as
     the filtered set is read: empty reference, no character the model knows, audio too short
     for its reference (``slimasr.data.validate.CutCheck`` with ``scoring``)."""
-
-    def frames_after_subsampling(num: int) -> int:
-        return int(model.output_lengths(torch.tensor([num], dtype=torch.int64))[0])
-
-    return filter_cuts(cuts, frontend.tokenizer, frontend.normalize, frames_after_subsampling,
+    frontend = runner.frontend
+    return filter_cuts(cuts, frontend.tokenizer, frontend.normalize, runner.output_frames,
                        frontend.features.frame_shift, scoring=True)
 
 
@@ -230,17 +267,18 @@ def data_signature(manifest: str | Path) -> dict:
 
 
 def evaluated_on(model_dir: str | Path, manifest: str | Path, config: EvalConfig) -> bool:
-    """Whether ``model_dir/metrics.json`` holds results of this manifest (same path and bytes)
-    measured with these settings on the model's current weights: only then may a caller reuse
-    them."""
-    path = Path(model_dir) / METRICS_FILE
+    """Whether the model's metrics (``model_dir/metrics.json``; a bundle graph's, for a bundle)
+    hold results of this manifest (same path and bytes) measured with these settings on the
+    model's current weights: only then may a caller reuse them."""
+    outputs = outputs_of(model_dir)
+    path = outputs.metrics
     if not path.is_file() or not Path(manifest).is_file():
         return False
     try:
         metrics = read_json(path)
     except DataError:
         return False
-    weights = Path(model_dir) / WEIGHTS_NAME
+    weights = outputs.model_file
     signature = {**data_signature(manifest),
                  "model_sha256": file_sha256(weights) if weights.is_file() else None}
     return (isinstance(metrics, dict) and metrics.get("eval_config") == _settings(config)

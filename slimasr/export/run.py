@@ -2,40 +2,53 @@
 
     result = export_model("exp/teacher", "exp/teacher_bundle", ExportConfig(int8=True))
 
-Steps, all inside a temporary folder that replaces ``BUNDLE_DIR`` only when every check passed
-(``slimasr.io.atomic_dir``), so a failed export publishes nothing:
+``BUNDLE_DIR`` follows the rules of every writing verb (``slimasr.io``): it is locked while the
+export writes it, an earlier bundle there is replaced only with ``overwrite``, and a folder
+holding anything else is refused. Steps, all inside a temporary folder in ``BUNDLE_DIR`` whose
+files are moved into place only when every check passed, so a failed export publishes nothing:
 
 1. load the model and its front end; fold global CMVN into the graph; export ``model.onnx``;
 2. parity: ONNX against PyTorch on synthetic and real inputs (``slimasr.export.parity``);
-3. write ``tokens.txt`` and ``bundle.json``;
+3. write ``tokens.txt`` (and a sentencepiece model's ``tokenizer.model``) and ``bundle.json``;
 4. with ``int8``: quantize (``slimasr.export.quantize``), then score fp32 and int8 on the dev
    split (or ``wer_manifest``); int8 WER more than ``max_wer_increase`` above fp32 fails;
-5. measure sizes and batch-1 latency, and record everything in ``bundle.json``.
+5. measure sizes and batch-1 latency, and record everything in ``bundle.json``;
+6. publish (``publish``): the bundle's files replace an earlier bundle's, ``bundle.json`` last;
+   the earlier graphs' evaluation results go with them; nothing else in the folder is touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from slimasr import __version__
 from slimasr.config import check_numbers, config_to_dict
+from slimasr.decode import word_separator
 from slimasr.errors import ConfigError, DataError
+from slimasr.evaluate.outputs import RESULT_NAMES
 from slimasr.export.graph import ExportWrapper, export_onnx
 from slimasr.export.parity import ExportCheckFailed, check_parity, parity_cases
 from slimasr.export.quantize import quantize_int8
+from slimasr.export.streaming import write_streaming
 from slimasr.frontend import Frontend
-from slimasr.io import atomic_dir, atomic_path, file_sha256, write_json_atomic
+from slimasr.io import LOCK_NAME, TMP_PREFIX, atomic_path, file_sha256, output_lock, write_json_atomic
 from slimasr.runtime.bundle import (
     BUNDLE_FILE,
     BUNDLE_FORMAT,
+    BUNDLE_NAMES,
     BUNDLE_VERSION,
     INT8_FILE,
     MODEL_FILE,
+    TOKENIZER_MODEL,
     TOKENS_FILE,
     tokens_txt,
 )
@@ -44,7 +57,6 @@ from slimasr.runtime.recognizer import OnnxRecognizer, measure_session_latency, 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"  # the source model's weights (hashed into bundle.json)
-SPM_WORD_SEP = "\u2581"  # sentencepiece's word-start marker "▁"
 # Feature settings sherpa-onnx's fbank shares with ours (its defaults; ours are lhotse's Kaldi ones)
 SHERPA_FEATURES = {"frame_shift": 0.01, "frame_length": 0.025, "denoise": False}
 
@@ -70,10 +82,14 @@ class ExportConfig:
     wer_batch: int = 1
     latency_seconds: float = 3.0  # utterance length for the batch-1 latency
     latency_threads: int = 1  # threads while timing latency (a device's core)
+    # causal models also get model.streaming.onnx; this is the chunk sherpa-onnx feeds it (its
+    # metadata T, rounded up to a multiple of the subsampling); slimasr's runner takes any chunk
+    streaming_chunk_ms: float = 160.0
 
     def __post_init__(self) -> None:
         check_numbers("export", self, positive=("opset", "parity_atol", "wer_batch", "latency_seconds",
-                                                "latency_threads", "max_wer_utterances"),
+                                                "latency_threads", "max_wer_utterances",
+                                                "streaming_chunk_ms"),
                       non_negative=("max_wer_increase", "parity_utterances"))
         if not self.parity_lengths or min(self.parity_lengths) < 1:
             raise ConfigError("export.parity_lengths needs at least one length, each >= 1 frame")
@@ -94,13 +110,14 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
     """Export ``model_dir`` to the bundle folder ``out_dir``; returns bundle.json's content."""
     config = config or ExportConfig()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    check_bundle_out(out_dir, model_dir, overwrite)
+    check_bundle_out(out_dir, model_dir, overwrite)  # before the lock: an input is never locked
     source = load_source(model_dir)
     cuts, manifest = scoring_cuts(source, config)
     if config.int8 and cuts is None:
         raise DataError(model_dir, "--int8 needs utterances to check WER on: its training data has "
                                    "no dev split here; pass --calib MANIFEST")
-    with atomic_dir(out_dir) as tmp:
+    with output_lock(out_dir, "export"), staging_dir(out_dir) as tmp:
+        check_bundle_out(out_dir, model_dir, overwrite)  # again, as the only writer
         info = write_fp32(source, tmp, config, real_features(source, cuts, config.parity_utterances))
         wer = measure_wers(tmp, cuts, manifest, config)
         info["results"].update(wer)
@@ -108,22 +125,61 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
             check_wer_gate(wer, config, model_dir)
         info["results"].update(measure_cost(source, tmp, config))
         write_json_atomic(tmp / BUNDLE_FILE, info)
+        publish(tmp, out_dir)
     log.info("wrote %s", out_dir)
     return info
 
 
 def check_bundle_out(out_dir: Path, model_dir: Path, overwrite: bool) -> None:
-    """Refuse to replace anything but an earlier bundle, and an earlier bundle without ``overwrite``."""
+    """Refuse to replace anything but an earlier bundle (or what is left of one: its files and
+    their evaluation results only), and an earlier bundle without ``overwrite``."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(out_dir, "exists and is not a folder")
     if out_dir.resolve() == model_dir.resolve():
         raise DataError(out_dir, "is the model directory itself; choose another --out folder")
-    if not out_dir.exists() or not any(out_dir.iterdir()):
+    found = _entries(out_dir)
+    if not found:
         return
-    if not (out_dir / BUNDLE_FILE).is_file():
+    if not (out_dir / BUNDLE_FILE).is_file() and not set(found) <= {*BUNDLE_NAMES, *RESULT_NAMES}:
         raise DataError(out_dir, "holds files that are not a slimasr bundle; choose another --out folder")
     if not overwrite:
         raise DataError(out_dir, "already holds a bundle; pass --overwrite to replace it")
+
+
+def _entries(out_dir: Path) -> list[str]:
+    """The names in ``out_dir`` besides the lock and temporary files of a writer."""
+    if not out_dir.is_dir():
+        return []
+    return [p.name for p in out_dir.iterdir() if p.name != LOCK_NAME and not p.name.startswith(TMP_PREFIX)]
+
+
+@contextlib.contextmanager
+def staging_dir(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder inside ``out_dir`` (same file system: its files move in by rename),
+    removed with whatever is left in it."""
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out_dir))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(tmp: Path, out_dir: Path) -> None:
+    """Move the bundle in ``tmp`` into ``out_dir``. bundle.json goes first (a half-replaced bundle
+    never reads as complete) and comes back last; an earlier bundle's files that this one lacks
+    (an int8 graph) and the evaluation results of its graphs (they describe the old graphs) are
+    removed; nothing else in ``out_dir`` is touched."""
+    (out_dir / BUNDLE_FILE).unlink(missing_ok=True)
+    for name in RESULT_NAMES:
+        (out_dir / name).unlink(missing_ok=True)
+    for name in BUNDLE_NAMES:
+        if name == BUNDLE_FILE:
+            continue
+        if (tmp / name).is_file():
+            os.replace(tmp / name, out_dir / name)
+        else:
+            (out_dir / name).unlink(missing_ok=True)
+    os.replace(tmp / BUNDLE_FILE, out_dir / BUNDLE_FILE)
 
 
 def load_source(model_dir: Path) -> Source:
@@ -151,8 +207,12 @@ def write_fp32(source: Source, tmp: Path, config: ExportConfig, real: list[torch
                           where=str(source.path))
     with atomic_path(tmp / TOKENS_FILE) as path:
         path.write_text(tokens_txt(source.frontend.tokenizer.tokens), encoding="utf-8")
+    if getattr(source.frontend.tokenizer, "kind", "char") != "char":
+        shutil.copyfile(source.path / TOKENIZER_MODEL, tmp / TOKENIZER_MODEL)
     info = bundle_info(source, config)
     info["results"].update(parity)
+    info["streaming"] = write_streaming(source, tmp, config, real)  # None unless the model is causal
+    info["files"]["model_streaming"] = info["streaming"] and info["streaming"]["file"]
     if config.int8:
         quantize_int8(model_path, tmp / INT8_FILE, config.int8_op_types, config.int8_per_channel,
                       config.int8_keep_head_fp32)
@@ -173,21 +233,27 @@ def onnx_metadata(source: Source) -> dict[str, str]:
 
 def bundle_info(source: Source, config: ExportConfig) -> dict[str, Any]:
     """bundle.json before measurements (docs/export.md lists every key)."""
+    from slimasr.evaluate.cost import macs_per_second_audio
+
     model, frontend = source.wrapper.model, source.frontend
     kind = getattr(frontend.tokenizer, "kind", "char")
     features = config_to_dict(frontend.features)
     sherpa = all(features.get(k) == v for k, v in SHERPA_FEATURES.items())
+    feat_dim = model.config.num_features
     return {
         "format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "slimasr_version": __version__,
-        "files": {"model": MODEL_FILE, "model_int8": None, "tokens": TOKENS_FILE},
+        "files": {"model": MODEL_FILE, "model_int8": None, "tokens": TOKENS_FILE,
+                  "tokenizer_model": None if kind == "char" else TOKENIZER_MODEL,
+                  "model_streaming": None},
         "source": {"model_dir": str(source.path.resolve()), "architecture": model.arch,
                    "weights_sha256": file_sha256(source.path / WEIGHTS_FILE),
-                   "params": sum(p.numel() for p in model.parameters())},
+                   "params": sum(p.numel() for p in model.parameters()),
+                   "macs_per_second_audio": macs_per_second_audio(model, feat_dim, config.latency_seconds)},
         "graph": {"inputs": {"x": ["N", "T", model.config.num_features], "x_lens": ["N"]},
                   "outputs": {"log_probs": ["N", "T_out", model.vocab_size], "log_probs_len": ["N"]},
                   "opset": config.opset, "cmvn_folded": frontend.cmvn is not None},
         "vocabulary": {"kind": kind, "tokens": list(frontend.tokenizer.tokens), "blank_id": 0,
-                       "word_separator": " " if kind == "char" else SPM_WORD_SEP},
+                       "word_separator": word_separator(kind)},
         "features": features, "feature_dim": model.config.num_features,
         "normalizer": config_to_dict(frontend.normalizer),
         "subsampling_factor": model.subsampling,
@@ -195,6 +261,7 @@ def bundle_info(source: Source, config: ExportConfig) -> dict[str, Any]:
                         "feature_dim": model.config.num_features},
         "int8": ({"op_types": list(config.int8_op_types), "per_channel": config.int8_per_channel,
                   "keep_head_fp32": config.int8_keep_head_fp32} if config.int8 else None),
+        "streaming": None,  # model.streaming.onnx's entry (slimasr.export.streaming), causal models only
         "results": {},
     }
 

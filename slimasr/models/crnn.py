@@ -9,7 +9,9 @@ compute; it only pays off when a batch mixes very different lengths.
 
 With ``bidirectional: false`` the model has no look-ahead anywhere: ``causal`` then defaults to
 true, which pads the convolutions on the left only in time (output frame j sees input frames
-<= j * subsampling).
+<= j * subsampling). Such a model also runs chunk by chunk (``init_stream``, ``forward_chunk``;
+``slimasr.streaming`` drives them): each conv keeps its last ``kernel - 1`` input frames, each
+recurrent layer its (h, c) or h, so the chunks' outputs are ``forward``'s, frame for frame.
 
 Layout (for pruning):
 - ``subsample``: see ``Conv2dSubsampling``; RNN input feature index = ``c * F' + f``.
@@ -69,6 +71,19 @@ class CrnnConfig:
         if not 0.0 <= self.rnn_dropout < 1.0:
             raise ValueError("rnn_dropout must be in [0, 1)")
 
+@dataclass
+class CrnnStream:
+    """What one chunk leaves for the next (batch N). At the start of a stream every tensor is zero,
+    which is what ``forward`` sees too: the causal left padding and the RNNs' initial state.
+
+    conv[i]: (N, C_in_i, kernel_i - 1, F_in_i), the last input frames of subsampling conv i.
+    rnn[i]: recurrent layer i's state, ``(h, c)`` for an LSTM or ``(h,)`` for a GRU, each (1, N, H_i).
+    """
+
+    conv: list[Tensor]
+    rnn: list[tuple[Tensor, ...]]
+
+
 class RecurrentLayer(nn.Module):
     """One LSTM/GRU layer, uni- or bidirectional, exact under right padding.
 
@@ -95,6 +110,15 @@ class RecurrentLayer(nn.Module):
             return y
         back = reverse_padded(self._run(self.bwd, reverse_padded(x, lens), lens), lens)
         return torch.cat([y, back], dim=-1)
+
+    def forward_chunk(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Unidirectional only. x: (N, T, D), state: (h, c) or (h,), each (1, N, H) -> (N, T, H)
+        and the state after these T frames."""
+        if isinstance(self.fwd, nn.LSTM):
+            y, (h, c) = self.fwd(x, (state[0], state[1]))
+            return y, (h, c)
+        y, h = self.fwd(x, state[0])
+        return y, (h,)
 
 
 @register_model("crnn", CrnnConfig)
@@ -142,3 +166,73 @@ class Crnn(AcousticModel):
             hidden.append(h)
             h = self.dropout(h)
         return self.head(h).log_softmax(dim=-1), lens, hidden
+
+    # ---------------------------------------------------------------------------------------------
+    # Streaming: chunk by chunk, for unidirectional models with causal convolutions
+
+    def streaming_problem(self) -> str | None:
+        """Why this model cannot run chunk by chunk, or None when it can."""
+        if self.config.bidirectional:
+            return ("its backward recurrent layers read the whole utterance before the first output "
+                    "(a streamable CRNN is trained with model.config.bidirectional=false)")
+        if not self.config.causal:
+            return "its convolutions look at future frames (model.config.causal is false)"
+        return None
+
+    def init_stream(self, batch: int = 1) -> CrnnStream:
+        """The state at the start of a stream: all zeros (see ``CrnnStream``)."""
+        like = self.head.weight
+        conv = [like.new_zeros(batch, conv.in_channels, k - 1, freq) for conv, k, freq in
+                zip(self.subsample.convs, self.subsample.kernels,
+                    conv_input_freqs(self.subsample, self.config.num_features))]
+        rnn = []
+        for layer in self.rnns:
+            zeros = like.new_zeros(1, batch, layer.fwd.hidden_size)
+            rnn.append((zeros, zeros.clone()) if isinstance(layer.fwd, nn.LSTM) else (zeros,))
+        return CrnnStream(conv, rnn)
+
+    def forward_chunk(self, x: Tensor, state: CrnnStream) -> tuple[Tensor, CrnnStream]:
+        """The next T frames of a stream (eval mode). x: (N, T, F) normalized features ->
+        log_probs (N, ceil(T / subsampling), V) and the state after them.
+
+        The chunks' log-probs, concatenated, are ``forward``'s on the concatenated frames. T must
+        be a multiple of ``subsampling`` except in a stream's last chunk (each conv then keeps
+        exactly its last ``kernel - 1`` input frames).
+        """
+        problem = self.streaming_problem()
+        if problem is not None:
+            raise ValueError(f"this CRNN cannot stream: {problem}")
+        h, conv = subsample_chunk(self.subsample, x, state.conv)
+        rnn = []
+        for layer, layer_state in zip(self.rnns, state.rnn):
+            h, layer_state = layer.forward_chunk(h, layer_state)
+            rnn.append(layer_state)
+        return self.head(h).log_softmax(dim=-1), CrnnStream(conv, rnn)
+
+
+def conv_input_freqs(subsample: Conv2dSubsampling, num_features: int) -> list[int]:
+    """Frequency bins entering each conv of ``subsample`` (``num_features`` enter the first)."""
+    freqs, freq = [], num_features
+    for conv in subsample.convs:
+        freqs.append(freq)
+        freq = (freq + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
+    return freqs
+
+
+def subsample_chunk(subsample: Conv2dSubsampling, x: Tensor, caches: list[Tensor]
+                    ) -> tuple[Tensor, list[Tensor]]:
+    """``Conv2dSubsampling.forward`` (causal, eval mode) on the next T frames of a stream.
+
+    x: (N, T, F); caches[i]: (N, C_in_i, k_i - 1, F_in_i), conv i's last input frames ->
+    (N, T', C * F') and the new caches. Each conv sees its cache, then the new frames: the
+    zeros of a fresh cache are the causal left padding.
+    """
+    h = x.unsqueeze(1)  # (N, 1, T, F)
+    new_caches = []
+    for conv, norm, act, cache in zip(subsample.convs, subsample.norms, subsample.acts, caches):
+        h = torch.cat([cache, h], dim=2)  # (N, C_in, k - 1 + T_i, F_in)
+        keep = cache.shape[2]
+        new_caches.append(h[:, :, h.shape[2] - keep:] if keep else cache)
+        h = act(norm(conv(h)))  # (N, C, ceil(T_i / stride), F_out)
+    n, c, t, f = h.shape
+    return h.permute(0, 2, 1, 3).reshape(n, t, c * f), new_caches

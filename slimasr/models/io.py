@@ -5,7 +5,9 @@
 
 ``config.json`` holds ``format``, ``format_version``, ``architecture`` (registry name),
 ``vocab_size``, ``model`` (the family's dataclass config, which records every per-layer width)
-and whatever ``extra`` added (tokenizer, feature config, provenance, ...).
+and whatever ``extra`` added (tokenizer, feature config, provenance, ...). ``"sparse": true``
+marks weights saved in the compact form of ``slimasr.prune.sparse_io`` (``compact=True``).
+A model carrying pruning masks (parametrizations) is saved as its masked plain tensors.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Mapping
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch.nn.utils import parametrize
 
 from slimasr.config import config_to_dict
 from slimasr.errors import ConfigError, DataError
@@ -27,14 +30,16 @@ CONFIG_NAME = "config.json"  # architecture + config + extras
 WEIGHTS_NAME = "model.safetensors"  # state dict
 FORMAT_NAME = "slimasr-model"  # value of config.json's "format"
 FORMAT_VERSION = 1  # bump when config.json's layout changes
-RESERVED_KEYS = ("format", "format_version", "architecture", "vocab_size", "model")
+RESERVED_KEYS = ("format", "format_version", "architecture", "vocab_size", "model", "sparse")
 MAX_LISTED = 3  # how many mismatching weight names an error message lists
 
 
-def save_model(model: AcousticModel, out_dir: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+def save_model(model: AcousticModel, out_dir: str | Path, extra: Mapping[str, Any] | None = None,
+               compact: bool = False) -> Path:
     """Write ``out_dir/model.safetensors`` then ``out_dir/config.json``, each atomically.
 
-    Other files in ``out_dir`` (tokenizer, metrics) are left alone. Returns ``out_dir``.
+    ``compact``: sparse tensors as values + bitmask or CSR (``slimasr.prune.sparse_io``), when
+    smaller. Other files in ``out_dir`` (tokenizer, metrics) are left alone. Returns ``out_dir``.
     """
     if not isinstance(model, AcousticModel) or not model.arch:
         raise TypeError(f"save_model needs a registered slimasr model, got {type(model).__name__}")
@@ -44,14 +49,38 @@ def save_model(model: AcousticModel, out_dir: str | Path, extra: Mapping[str, An
         raise ValueError(f"extra may not set reserved config.json key(s): {', '.join(clash)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in plain_state_dict(model).items()}
+    metadata = {"format": "pt", "architecture": model.arch}
     with atomic_path(out_dir / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "architecture": model.arch})
+        if compact:
+            from slimasr.prune.sparse_io import save_compact  # noqa: PLC0415 (prune imports models)
+
+            compact = bool(save_compact(tensors, tmp, metadata))
+        else:
+            save_file(tensors, str(tmp), metadata=metadata)
     config = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "architecture": model.arch,
               "vocab_size": model.vocab_size, "model": config_to_dict(model.config)}
+    if compact:
+        config["sparse"] = True
     config.update(config_to_dict(extra))
     write_json_atomic(out_dir / CONFIG_NAME, config)
     return out_dir
+
+
+def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with every parametrized tensor (a pruning mask) as its computed
+    value under its own name, and no parametrization entries: what the unmasked family holds."""
+    state = model.state_dict()
+    for prefix, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        dot = f"{prefix}." if prefix else ""
+        for name in module.parametrizations:
+            inner = f"{dot}parametrizations.{name}."
+            for key in [k for k in state if k.startswith(inner)]:
+                del state[key]
+            state[dot + name] = getattr(module, name).detach()
+    return state
 
 
 def read_model_config(model_dir: str | Path) -> dict:
@@ -73,6 +102,8 @@ def read_model_config(model_dir: str | Path) -> dict:
                               f"(known: {', '.join(list_models())})")
     if not isinstance(data.get("model"), dict):
         raise DataError(path, "'model' must be an object of config fields")
+    if not isinstance(data.get("sparse", False), bool):
+        raise DataError(path, "'sparse' must be true or false")
     return data
 
 
@@ -88,7 +119,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Aco
         model = build_model(data["architecture"], data["model"], vocab_size=data.get("vocab_size"))
     except ConfigError as e:
         raise DataError(model_dir / CONFIG_NAME, str(e)) from None
-    _load_weights(model, model_dir / WEIGHTS_NAME)
+    _load_weights(model, model_dir / WEIGHTS_NAME, data.get("sparse", False))
     return model.to(device).eval()
 
 
@@ -97,7 +128,7 @@ def check_shapes(model_dir: Path, data: Mapping[str, Any]) -> None:
     shapes) of model.safetensors' header. Costs no memory: the model is built on the meta device
     and only the header is read, so absurd sizes (hidden 10^9) fail here, not in the allocator."""
     config_path, path = model_dir / CONFIG_NAME, model_dir / WEIGHTS_NAME
-    found = _header_tensors(path)
+    found = _header_tensors(path, data.get("sparse", False))
     try:
         with torch.device("meta"):
             skeleton = build_model(data["architecture"], data["model"], vocab_size=data.get("vocab_size"))
@@ -110,23 +141,34 @@ def check_shapes(model_dir: Path, data: Mapping[str, Any]) -> None:
         raise DataError(path, f"weights do not match {CONFIG_NAME}: {problem}")
 
 
-def _header_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Empty meta tensors with the names and shapes of a safetensors file's header."""
+def _header_tensors(path: Path, sparse: bool = False) -> dict[str, torch.Tensor]:
+    """Empty meta tensors with the names and shapes of a safetensors file's header (``sparse``:
+    the dense tensors a compact file stands for)."""
     if not path.is_file():
         raise DataError(path, "file not found")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+        if sparse:
+            from slimasr.prune.sparse_io import compact_shapes  # noqa: PLC0415 (prune imports models)
+
+            shapes = compact_shapes(path)
+        else:
+            with safe_open(str(path), framework="pt") as f:
+                shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
     except Exception as e:  # safetensors raises several types for a corrupt file; all mean "unreadable"
         raise DataError(path, f"not a readable safetensors file ({e})") from None
     return {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
 
 
-def _load_weights(model: AcousticModel, path: Path) -> None:
+def _load_weights(model: AcousticModel, path: Path, sparse: bool = False) -> None:
     if not path.is_file():
         raise DataError(path, "file not found")
     try:
-        tensors = load_file(str(path), device="cpu")
+        if sparse:
+            from slimasr.prune.sparse_io import load_compact  # noqa: PLC0415 (prune imports models)
+
+            tensors = load_compact(path)
+        else:
+            tensors = load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises several types for a corrupt file; all mean "unreadable"
         raise DataError(path, f"not a readable safetensors file ({e})") from None
     problem = _state_mismatch(model.state_dict(), tensors)

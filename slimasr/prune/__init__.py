@@ -1,9 +1,12 @@
 """Structured pruning: groups (what couples to what), surgery (slicing), importance criteria,
-planning to a MACs / params / measured-latency target, and sensitivity scans.
+planning to a MACs / params / measured-latency target, and sensitivity scans. Unstructured
+pruning (masks), sparsity schedules, regularizers and compact sparse files.
 
     groups = prunable_groups(model)                       # list[Group]
     small = prune_model(model, {"rnns.0": [0, 2, 5]})     # new dense model, narrower widths
     student = select_layers(teacher, [0, 2])              # depth pruning
+    sparsify_(model, UnstructuredConfig(sparsity=0.8)); squash_(model)   # single weights
+    small, removed = remove_weak_units(model)             # units group lasso emptied
 """
 
 from slimasr.prune.groups import (
@@ -35,6 +38,17 @@ from slimasr.prune.sensitivity import (
     sensitivity_scan,
 )
 from slimasr.prune.surgery import prune_model, select_layers
+from slimasr.prune.unstructured import (
+    UnstructuredConfig,
+    apply_masks_,
+    compute_masks,
+    sparsify_,
+    sparsity_report,
+    squash_,
+)
+from slimasr.prune.regularize import RegularizeConfig, Regularizer, remove_weak_units
+from slimasr.prune.schedule import GradualConfig, SparsityConfig, cubic_sparsity, step_callbacks
+from slimasr.prune.sparse_io import load_compact, save_compact
 
 __all__ = [
     "ActivationSite", "Group", "LayerStack", "Slice", "group_by_name", "layer_stack",
@@ -44,4 +58,8 @@ __all__ = [
     "LatencyTable", "PruneTarget", "activation_scores", "load_scan", "magnitude_scores", "model_cost", "plan",
     "plan_from_ratios", "plot_sensitivity", "random_scores", "ratios_from_scan", "save_scan",
     "measure_latency_table", "relative_latency", "score_model", "sensitivity_scan", "taylor_scores",
+    # unstructured pruning, schedules, regularizers, compact files
+    "GradualConfig", "RegularizeConfig", "Regularizer", "SparsityConfig", "UnstructuredConfig",
+    "apply_masks_", "compute_masks", "cubic_sparsity", "load_compact", "remove_weak_units",
+    "save_compact", "sparsify_", "sparsity_report", "squash_", "step_callbacks",
 ]

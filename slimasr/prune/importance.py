@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections import defaultdict
-from typing import Callable, Iterable, Literal, Mapping
+from typing import Callable, Iterable, Iterator, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +54,6 @@ from slimasr.models.common import (
     time_padding,
 )
 from slimasr.prune.groups import ActivationSite, Group, prunable_groups
-from slimasr.train.loop import compute_loss
 
 APOZ_EPS = 1e-3  # at a non-rectified site, |a| below this counts as a zero for APoZ
 LOSS_REDUCTION = "mean"  # Taylor's loss: per-utterance CTC / target length, averaged (as training)
@@ -84,20 +83,32 @@ def taylor_scores(model: AcousticModel, batches: Iterable[Mapping], max_batches:
     None. cuDNN is off while scoring: its RNN backward refuses eval mode.
     """
     groups = prunable_groups(model)
-    params = dict(model.named_parameters())
     totals = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    for products in gradient_products(model, batches, max_batches, "taylor"):
+        products = {k: v.double() for k, v in products.items()}
+        for g in groups:
+            totals[g.name] += unit_sums(g, products).abs().cpu()
+    return {k: v.float() for k, v in totals.items()}
+
+
+def gradient_products(model: nn.Module, batches: Iterable[Mapping], max_batches: int | None = None,
+                      criterion: str = "taylor") -> Iterator[dict[str, Tensor]]:
+    """Per calibration batch, ``{parameter name: w * dL/dw}`` (detached, the parameter's dtype):
+    L is the batch's CTC loss (``LOSS_REDUCTION``), the model in eval mode with every parameter
+    requiring grad and cuDNN off (see ``taylor_scores``); all restored afterwards. ValueError
+    naming ``criterion`` when there is no batch."""
+    from slimasr.train.loop import compute_loss  # the loop's recipe imports this package
+
+    params = dict(model.named_parameters())
     device = next(model.parameters()).device
     seen = 0
     with _gradients_on(model), torch.backends.cudnn.flags(enabled=False):
         for batch in _limited(batches, max_batches):
             model.zero_grad(set_to_none=True)
             compute_loss(model, batch, device, LOSS_REDUCTION, contextlib.nullcontext()).backward()
-            products = {k: (p.detach() * p.grad).double() for k, p in params.items() if p.grad is not None}
-            for g in groups:
-                totals[g.name] += unit_sums(g, products).abs().cpu()
+            yield {k: p.detach() * p.grad for k, p in params.items() if p.grad is not None}
             seen += 1
-    _require_batches(seen, "taylor")
-    return {k: v.float() for k, v in totals.items()}
+    _require_batches(seen, criterion)
 
 
 def random_scores(model: AcousticModel, seed: int = 0) -> Scores:
@@ -302,5 +313,5 @@ def _require_batches(seen: int, criterion: str) -> None:
         raise ValueError(f"importance criterion {criterion!r}: no calibration batches")
 
 
-__all__ = ["APOZ_EPS", "CRITERIA", "activation_scores", "magnitude_scores", "random_scores",
+__all__ = ["APOZ_EPS", "CRITERIA", "activation_scores", "gradient_products", "magnitude_scores", "random_scores",
            "score_model", "site_lengths", "taylor_scores", "unit_sums"]

@@ -15,11 +15,21 @@ model at every step (``slimasr.prune.latency``, saved as ``steps/k/latency_table
 predicted and measured batch-1 latency. Steps live in ``OUT/steps/k``; the last one becomes ``OUT`` (no masks: dense, smaller tensors, the
 config holds the new widths, ``load_model`` rebuilds it), with ``prune.json`` recording what was
 removed and measured.
+
+``method: unstructured`` zeroes single weights instead (``slimasr.prune.unstructured``: magnitude
+or gradient saliency, per layer or global) and fine-tunes with the mask kept
+(``sparsity.keep_masks``), or reaches the sparsity during fine-tuning (``gradual``, Zhu & Gupta);
+the model keeps its shapes and is saved compactly (``"sparse": true``), and prune.json records the
+sparsity per layer, the nonzero parameters and the bytes on disk. ``regularize`` adds a sparsity
+penalty to the fine-tuning; ``remove_below`` removes, instead of meeting a target, the units a
+group-lasso (or slimming) run emptied.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +43,7 @@ from slimasr.config import check_numbers, config_to_dict
 from slimasr.data.dataset import AsrDataset
 from slimasr.distill import distill_model
 from slimasr.errors import ConfigError
-from slimasr.evaluate.cost import measure_latency
+from slimasr.evaluate.cost import measure_latency, model_bytes
 from slimasr.frontend import Frontend
 from slimasr.io import (
     atomic_dir,
@@ -46,7 +56,7 @@ from slimasr.io import (
 from slimasr.models import AcousticModel, load_model, save_model
 from slimasr.models.io import read_model_config
 from slimasr.prune.groups import layer_stack, prunable_groups
-from slimasr.prune.importance import score_model
+from slimasr.prune.importance import magnitude_scores, score_model
 from slimasr.prune.latency import (
     DEFAULT_RUNS,
     LatencyTable,
@@ -55,8 +65,10 @@ from slimasr.prune.latency import (
     relative_latency,
 )
 from slimasr.prune.plan import EPS, PruneTarget, model_cost, plan, plan_from_ratios
+from slimasr.prune.regularize import RegularizeConfig, norm_scale_scores, weak_units
 from slimasr.prune.sensitivity import plot_sensitivity, ratios_from_scan, save_scan, sensitivity_scan
 from slimasr.prune.surgery import prune_model, select_layers
+from slimasr.prune.unstructured import UnstructuredConfig, select_tensors, sparsify_, sparsity_report, squash_
 from slimasr.train.loop import compute_loss
 from slimasr.train.prepare import feature_cache_dir, feature_cuts
 
@@ -72,6 +84,9 @@ MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer.
 
 @dataclass
 class PruneConfig:
+    # "structured": remove units (a dense, smaller model); "unstructured": zero single weights
+    # (the ``unstructured`` section; same shapes, saved compactly, fine-tuned with the mask kept).
+    method: Literal["structured", "unstructured"] = "structured"
     criterion: Literal["magnitude", "taylor", "activation", "apoz", "sensitivity", "random"] = "taylor"
     target: PruneTarget = field(default_factory=PruneTarget)  # what to remove, how much, where
     # Per-group shares of units to remove, e.g. {"rnns.0": 0.3, "rnns.2": 0.5}: when given, they
@@ -106,6 +121,16 @@ class PruneConfig:
     latency_runs: int = DEFAULT_RUNS  # timed runs per measured width in the table
     seed: int = 0  # random criterion, fine-tuning
     num_threads: int | None = None  # torch threads (None: torch's default)
+    unstructured: UnstructuredConfig = field(default_factory=UnstructuredConfig)  # method unstructured
+    # Unstructured: reach the sparsity during the fine-tuning along Zhu & Gupta's cubic schedule
+    # (sparsity.gradual; refine it with finetune_overrides) instead of pruning at once.
+    gradual: bool = False
+    regularize: RegularizeConfig = field(default_factory=RegularizeConfig)  # penalty while fine-tuning
+    # Structured, instead of a target: remove every unit whose score is at most this; the score
+    # is "group_norm" (the L2 norm of the unit's weights: what group lasso drives to zero) or
+    # "norm_scale" (|gamma| of its norm: network slimming; units without a norm stay).
+    remove_below: float | None = None
+    remove_by: Literal["group_norm", "norm_scale"] = "group_norm"
 
     def __post_init__(self) -> None:
         if self.criterion not in CRITERIA:
@@ -123,6 +148,15 @@ class PruneConfig:
         bad = {k: v for k, v in self.ratios.items() if not 0.0 <= float(v) < 1.0}
         if bad:
             raise ConfigError(f"ratios: shares must be in [0, 1), got {bad}")
+        self._check_method()
+
+    def _check_method(self) -> None:
+        check_numbers("prune", self, non_negative=("remove_below",))
+        if self.gradual and (self.method != "unstructured" or self.finetune_epochs == 0 or self.steps != 1):
+            raise ConfigError("gradual: needs method unstructured, finetune_epochs > 0 and steps: 1 "
+                              "(the schedule runs during the fine-tuning)")
+        if self.remove_below is not None and (self.method != "structured" or self.ratios or self.steps != 1):
+            raise ConfigError("remove_below: structured, one step, and not with ratios")
 
 
 def prune_model_dir(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
@@ -142,6 +176,8 @@ def prune_model_dir(model_dir: str | Path, data_dir: str | Path, out_dir: str | 
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         try:
+            if cfg.method == "unstructured":
+                return _prune_unstructured(model_dir, data_dir, out_dir, cfg, show_progress)
             return _prune(model_dir, data_dir, out_dir, cfg, show_progress)
         finally:
             torch.set_num_threads(threads)
@@ -183,7 +219,8 @@ def _prune(model_dir: Path, data_dir: Path, out_dir: Path, cfg: PruneConfig, sho
             share = 1.0 - (1.0 - cfg.target.latency_share) ** (k / cfg.steps) * latency0 / table.base_ms
             changes["fraction" if cfg.target.kind == "latency" else "latency_fraction"] = share
         row["fraction_of_current"] = changes.get("fraction")
-        if cfg.ratios or changes.get("fraction", 0) > 0 or changes.get("latency_fraction", 0) > 0:
+        if (cfg.ratios or cfg.remove_below is not None or changes.get("fraction", 0) > 0
+                or changes.get("latency_fraction", 0) > 0):
             step_target = PruneTarget(**{**config_to_dict(cfg.target), **{
                 key: max(v, EPS) for key, v in changes.items()}})
             keep = _choose(model, cfg, step_target, calib, sens_batches, step_dir, console, table, row)
@@ -226,11 +263,74 @@ def _prune(model_dir: Path, data_dir: Path, out_dir: Path, cfg: PruneConfig, sho
     return record
 
 
+def _prune_unstructured(model_dir: Path, data_dir: Path, out_dir: Path, cfg: PruneConfig, show: bool
+                        ) -> dict:
+    """Zero single weights (step k: ``1 - (1 - sparsity) ** (k / steps)`` of them; with
+    ``gradual`` none here, the fine-tuning's schedule does it), fine-tune with the mask kept,
+    save compactly; prune.json holds the sparsity per layer, nonzero parameters and bytes."""
+    console = Console(stderr=True, quiet=not show)
+    frontend = Frontend.load(model_dir)
+    model = load_model(model_dir).eval()
+    u = cfg.unstructured
+    train, dev = (feature_cuts(data_dir, split, frontend.features, feature_cache_dir(data_dir, frontend.features),
+                               show_progress=show) for split in ("train", "dev"))
+    dev_batches = list(_batches(frontend, dev, cfg.sensitivity_cuts, cfg.calibration_seconds))
+    record: dict[str, Any] = {"source": str(model_dir), "method": "unstructured", "criterion": u.criterion,
+                              "config": config_to_dict(cfg), "original": _sparsity_record(model, u, model_dir),
+                              "steps": []}
+    current_dir = model_dir
+    for k in range(1, cfg.steps + 1):
+        step_dir = out_dir / STEPS_DIR / str(k)
+        share = 1.0 - (1.0 - u.sparsity) ** (k / cfg.steps)
+        row: dict[str, Any] = {"step": k, "sparsity_target": u.sparsity if cfg.gradual else share}
+        if not cfg.gradual:
+            calib = (list(_batches(frontend, train, cfg.calibration_cuts, cfg.calibration_seconds))
+                     if u.criterion == "gradient" else None)
+            sparsify_(model, dataclasses.replace(u, sparsity=share), calib)
+            squash_(model)
+        current_dir = step_dir / "pruned"
+        _save(model, frontend, current_dir, {"step": "prune", "source": str(model_dir)}, compact=True)
+        row.update({"pruned": _sparsity_record(model, u, current_dir),
+                    "dev_loss_pruned": _mean_loss(model, dev_batches)})
+        console.print(f"step {k}: {row['pruned']['sparsity']:.1%} of the selected weights are zero, "
+                      f"dev loss {row['dev_loss_pruned']:.3f}", markup=False, highlight=False)
+        if cfg.finetune_epochs > 0:
+            tuned = step_dir / "finetuned"
+            result = _finetune(current_dir, model_dir, data_dir, tuned, cfg, show)
+            current_dir, model = tuned, load_model(tuned).eval()
+            row.update({"dev_wer_finetuned": result["dev_wer"], "finetune_seconds": result["train_seconds"],
+                        "dev_loss_finetuned": _mean_loss(model, dev_batches),
+                        "learned_nothing": result["learned_nothing"],
+                        "finetuned": _sparsity_record(model, u, current_dir)})
+        record["steps"].append(row)
+    record["final"] = {**_sparsity_record(model, u, current_dir, layers=True),
+                       "learned_nothing": record["steps"][-1].get("learned_nothing")}
+    record["final"]["bytes_ratio"] = record["final"]["bytes"] / record["original"]["bytes"]
+    _publish(current_dir, out_dir, record)
+    return record
+
+
+def _sparsity_record(model: AcousticModel, u: UnstructuredConfig, folder: Path, layers: bool = False
+                     ) -> dict[str, Any]:
+    """Sparsity of the selected weights and overall, nonzero parameters, bytes on disk of
+    ``folder``'s weights (with ``layers``: the sparsity of every selected tensor)."""
+    report = sparsity_report(model, select_tensors(model, u.include, u.exclude, u.biases))
+    out = {"sparsity": report["pruned_sparsity"], "sparsity_overall": report["sparsity"],
+           "params": report["params"], "nonzero_params": report["nonzero_params"],
+           "bytes": model_bytes(folder)}
+    if layers:
+        out["layers"] = {n: v["sparsity"] for n, v in report["layers"].items()}
+    return out
+
+
 def _choose(model: AcousticModel, cfg: PruneConfig, target: PruneTarget, calib: list[dict],
             sens_batches: list[dict], step_dir: Path, console: Console,
             table: LatencyTable | None = None, row: dict | None = None) -> dict[str, list[int]]:
     """Keep-lists for one step with the configured criterion (``table``: latency targets; the
     attempts of the measured latency check go into ``row``)."""
+    if cfg.remove_below is not None:
+        scores = magnitude_scores(model, p=2) if cfg.remove_by == "group_norm" else norm_scale_scores(model)
+        return weak_units(model, scores, cfg.remove_below)
     scores = _scores(model, cfg, calib)
     if cfg.ratios:
         return plan_from_ratios(model, scores, cfg.ratios, target.round_to)
@@ -335,7 +435,7 @@ def _finetune(pruned: Path, teacher: Path, data_dir: Path, out: Path, cfg: Prune
             else ["loss.ctc_weight=1.0", "loss.kd_weight=0.0"])
     overrides = [f"teacher.path={teacher}", "student.init=path", f"student.path={pruned}",
                  f"train.epochs={cfg.finetune_epochs}", f"train.seed={cfg.seed}", *loss,
-                 *cfg.finetune_overrides]
+                 *_sparsity_overrides(cfg), *cfg.finetune_overrides]
     if cfg.num_threads:
         overrides.append(f"train.num_threads={cfg.num_threads}")
     return distill_model({}, data_dir, out, overrides=overrides, show_progress=show)
@@ -364,11 +464,27 @@ def _widths(model: AcousticModel) -> dict[str, int]:
     return {g.name: g.size for g in prunable_groups(model)}
 
 
-def _save(model: AcousticModel, frontend: Frontend, folder: Path, provenance: dict) -> None:
+def _sparsity_overrides(cfg: PruneConfig) -> list[str]:
+    """The fine-tuning recipe's sparsity section: the mask kept (unstructured), the gradual
+    schedule to the sparsity (``gradual``), the penalty (``regularize``)."""
+    out = []
+    if cfg.method == "unstructured" and cfg.gradual:
+        u = cfg.unstructured
+        out += [f"sparsity.gradual.{k}={json.dumps(v)}" for k, v in (
+            ("final", u.sparsity), ("scope", u.scope), ("include", u.include), ("exclude", u.exclude))]
+    elif cfg.method == "unstructured":
+        out.append("sparsity.keep_masks=true")
+    if cfg.regularize.kind != "none":
+        out += [f"sparsity.regularize.{k}={json.dumps(v)}" for k, v in config_to_dict(cfg.regularize).items()]
+    return out
+
+
+def _save(model: AcousticModel, frontend: Frontend, folder: Path, provenance: dict,
+          compact: bool = False) -> None:
     with atomic_dir(folder) as tmp:
         save_model(model.cpu(), tmp, {**frontend.config_entry(), "tokenizer": {
             "kind": frontend.tokenizer.kind, "vocab_size": frontend.tokenizer.vocab_size},
-            "provenance": provenance})
+            "provenance": provenance}, compact=compact)
         frontend.save(tmp)
     reloaded = load_model(folder)  # every written model is reloaded and run
     x = torch.randn(1, 200, frontend.features.num_mel_bins)

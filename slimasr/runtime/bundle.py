@@ -4,7 +4,10 @@
                              -> log_probs (N, T', V) float32 log-softmax, log_probs_len (N,) int64
     BUNDLE/model.int8.onnx   the same graph, dynamically quantized (``slimasr export --int8``)
     BUNDLE/tokens.txt        ``symbol id`` per line, ``<blk> 0`` first (sherpa-onnx's format)
-    BUNDLE/bundle.json       vocabulary, feature config, measured results (``read_bundle``)
+    BUNDLE/tokenizer.model   the sentencepiece model (bpe/unigram vocabularies only): what
+                             ``evaluate`` encodes references with to apply its exclusion rules
+    BUNDLE/bundle.json       vocabulary, feature config, measured results (``read_bundle``);
+                             written last, so its presence means the bundle is complete
 
 Global CMVN is inside the graph, so a runtime feeds raw fbank. ``docs/export.md`` documents every
 key. This module knows nothing of training: it reads what ``slimasr.export`` wrote.
@@ -19,12 +22,16 @@ from typing import Any, Sequence
 from slimasr.data.features import FeatureConfig
 from slimasr.errors import DataError
 from slimasr.io import read_json
-from slimasr.text import NormalizerConfig
+from slimasr.text import CharTokenizer, NormalizerConfig, SentencePieceTokenizer, Tokenizer
 
 BUNDLE_FILE = "bundle.json"
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 TOKENS_FILE = "tokens.txt"
+TOKENIZER_MODEL = "tokenizer.model"  # sentencepiece vocabularies only
+STREAMING_FILE = "model.streaming.onnx"  # causal models only: the streaming graph (runtime/streaming.py)
+# Every file a bundle consists of (``slimasr export`` writes these and nothing else)
+BUNDLE_NAMES = (MODEL_FILE, INT8_FILE, STREAMING_FILE, TOKENS_FILE, TOKENIZER_MODEL, BUNDLE_FILE)
 BUNDLE_FORMAT = "slimasr-bundle"  # value of bundle.json's "format"
 BUNDLE_VERSION = 1  # bump when bundle.json's layout changes
 INPUT_NAMES = ("x", "x_lens")  # what sherpa-onnx's offline CTC path feeds, by position
@@ -38,6 +45,7 @@ class Bundle:
 
     path: Path  # the bundle folder
     tokens: list[str]  # the model's output units; tokens[0] is the blank
+    kind: str  # the tokenizer's kind: "char", "bpe" or "unigram"
     word_separator: str  # " " (characters) or "▁" (sentencepiece pieces)
     features: FeatureConfig  # how audio becomes the graph's input x
     normalizer: NormalizerConfig  # transcript cleanup before scoring
@@ -50,11 +58,41 @@ class Bundle:
             raise DataError(self.path, f"has no {INT8_FILE} (export it with --int8)")
         return self.path / (INT8_FILE if int8 else MODEL_FILE)
 
+    def tokenizer(self) -> Tokenizer | None:
+        """The model's tokenizer, rebuilt from the bundle: characters from ``tokens``, pieces from
+        tokenizer.model; None for a sentencepiece bundle without that file."""
+        where = self.path / BUNDLE_FILE
+        if self.kind == "char":
+            try:
+                return CharTokenizer(self.tokens)
+            except ValueError as e:
+                raise DataError(where, f"bad character vocabulary ({e})") from None
+        name = self.info["files"].get("tokenizer_model")
+        if not name:
+            return None
+        try:
+            tokenizer = SentencePieceTokenizer((self.path / name).read_bytes(), self.kind)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise DataError(self.path / name, f"not a usable sentencepiece model ({e})") from None
+        if tokenizer.tokens != self.tokens:
+            raise DataError(self.path / name, f"its pieces differ from {BUNDLE_FILE}'s vocabulary")
+        return tokenizer
+
+
+def bundle_graph(path: str | Path) -> tuple[Path, bool]:
+    """``(bundle folder, int8)`` for a bundle folder (its fp32 graph) or one of its .onnx files."""
+    path = Path(path)
+    if path.suffix != ".onnx":
+        return path, False
+    if path.name not in (MODEL_FILE, INT8_FILE):
+        raise DataError(path, f"not a bundle graph (a bundle runs {MODEL_FILE} or {INT8_FILE})")
+    return path.parent, path.name == INT8_FILE
+
 
 def is_bundle(path: str | Path) -> bool:
     """Whether ``path`` is a bundle folder (it holds bundle.json) or a .onnx file inside one."""
     path = Path(path)
-    if path.is_file() and path.suffix == ".onnx":
+    if path.suffix == ".onnx":
         path = path.parent
     return (path / BUNDLE_FILE).is_file()
 
@@ -71,12 +109,14 @@ def read_bundle(path: str | Path) -> Bundle:
                                f"(this slimasr reads {BUNDLE_VERSION})")
     try:
         vocab = info["vocabulary"]
-        bundle = Bundle(path, list(vocab["tokens"]), str(vocab["word_separator"]),
+        bundle = Bundle(path, list(vocab["tokens"]), str(vocab.get("kind", "char")),
+                        str(vocab["word_separator"]),
                         FeatureConfig(**info["features"]), NormalizerConfig(**info["normalizer"]),
                         int(info["subsampling_factor"]), bool(info["files"].get("model_int8")), info)
-    except (KeyError, TypeError, ValueError) as e:
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise DataError(where, f"malformed bundle.json ({type(e).__name__}: {e})") from None
-    for name in (MODEL_FILE, INT8_FILE) if bundle.int8 else (MODEL_FILE,):
+    needed = [MODEL_FILE, INT8_FILE if bundle.int8 else None, info["files"].get("tokenizer_model")]
+    for name in filter(None, needed):
         if not (path / name).is_file():
             raise DataError(path / name, "file not found (the bundle is incomplete)")
     return bundle

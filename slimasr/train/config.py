@@ -27,6 +27,7 @@ from slimasr.data.augment import AugmentConfig
 from slimasr.data.features import FeatureConfig
 from slimasr.errors import ConfigError
 from slimasr.models import load_preset, make_config
+from slimasr.prune.schedule import SparsityConfig
 from slimasr.text import NormalizerConfig
 
 # Bundled model presets: ``preset: crnn_teacher`` names ``recipes/models/crnn_teacher.yaml``.
@@ -125,6 +126,7 @@ class TrainRecipe:
     features: FeatureConfig = field(default_factory=FeatureConfig)  # log-mel front end
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training augmentation
     train: TrainConfig = field(default_factory=TrainConfig)  # optimization and bookkeeping
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)  # gradual pruning, penalties
 
 
 def load_recipe(source: str | Path | Mapping | TrainRecipe | None = None,

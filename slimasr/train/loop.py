@@ -45,7 +45,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -74,6 +74,7 @@ from slimasr.io import (
 )
 from slimasr.models import AcousticModel, build_model, load_model, save_model
 from slimasr.progress import progress_bar
+from slimasr.prune.schedule import step_callbacks
 from slimasr.text import load_tokenizer
 from slimasr.train import distributed
 from slimasr.train.checkpoint import load_checkpoint, save_checkpoint
@@ -190,21 +191,25 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def undo_failed_start(out_dir: Path, info: DistInfo) -> Iterator[None]:
+def undo_failed_start(out_dir: Path, info: DistInfo,
+                      keep: Callable[[Path], bool] = lambda path: False) -> Iterator[None]:
     """A run that fails before its first checkpoint removes what it wrote into ``out_dir`` (the
-    tokenizer, CMVN, recipe, log: half a model directory), never what was there before."""
+    tokenizer, CMVN, recipe, log: half a model directory), never what was there before, nor a
+    new entry ``keep`` says is worth keeping (distill: a complete teacher cache)."""
     before = set(out_dir.rglob("*")) if out_dir.is_dir() else set()
     try:
         yield
     except BaseException:
         if info.is_main and not (out_dir / CHECKPOINTS / LAST).exists():
-            _remove_new(out_dir, before)
+            _remove_new(out_dir, before, keep)
         raise
 
 
-def _remove_new(out_dir: Path, before: set[Path]) -> None:
-    """Remove the topmost entries under ``out_dir`` that are not in ``before``."""
+def _remove_new(out_dir: Path, before: set[Path], keep: Callable[[Path], bool]) -> None:
+    """Remove the topmost entries under ``out_dir`` that are not in ``before`` (unless ``keep``)."""
     for path in sorted(set(out_dir.rglob("*")) - before):
+        if keep(path):
+            continue
         if path.parent == out_dir or path.parent in before:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
@@ -403,6 +408,9 @@ class Trainer:
         self.model, self.recipe, self.cfg, self.info = model, recipe, cfg, info
         self.tokenizer, self.normalize, self.out_dir = tokenizer, normalize, out_dir
         self.console, self.show_progress = console, show_progress and info.is_main
+        # after_step(trainer) after every optimizer step, summary() into training.json: the
+        # recipe's sparsity section (masks are attached here, before DDP, optimizer and resume)
+        self.callbacks = step_callbacks(recipe.sparsity, self.export_model())
         self.ddp = distributed.wrap(model, info)
         self.optimizer = make_optimizer(model, cfg)
         self.precision = _precision(cfg.precision, info.device, console)
@@ -593,6 +601,8 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
+        for callback in self.callbacks:
+            callback.after_step(self)
         self._last = (float(loss.detach()), lr)
         return float(norm)
 
@@ -759,6 +769,7 @@ class Trainer:
             "learned_nothing": learned_nothing(best) is not None,
             "params": sum(p.numel() for p in self.export_model().parameters()),
             "device": str(self.info.device), "precision": self.precision,
+            **{k: v for callback in self.callbacks for k, v in callback.summary().items()},
             "history": st.history,
         }
 
@@ -813,7 +824,7 @@ def _finalize(trainer: Trainer, recipe: TrainRecipe, data_dir: Path, out_dir: Pa
             **(provenance or {}),
         },
     }
-    save_model(best, out_dir, extra)
+    save_model(best, out_dir, extra, compact=recipe.sparsity.active)
     write_json_atomic(out_dir / TRAINING_NAME, metrics)
     warn_if_learned_nothing(trainer, out_dir)
     check_reload(best, out_dir, trainer.dev_set[dev_cuts.subset(first=PARITY_CUTS).to_eager()])

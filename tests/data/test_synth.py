@@ -1,4 +1,5 @@
-"""The synthesized corpus: contract, voice and sentence splits, audio, determinism, safety."""
+"""The synthesized corpus: contract, voice, synthesizer and sentence splits, audio, determinism,
+safety."""
 
 from __future__ import annotations
 
@@ -12,26 +13,36 @@ import soundfile as sf
 from lhotse import CutSet, RecordingSet, SupervisionSet
 
 from slimasr.data import synth
-from slimasr.data.espeak import ESpeak
 from slimasr.data.manifests import read_split
 from slimasr.data.synth import (
     SAMPLE_RATE,
     SPLITS,
+    UNSEEN_SYNTH_SPLIT,
     SynthConfig,
     UtterancePlan,
     colored_noise,
     render_utterance,
-    split_variants,
+    split_voices,
     synthesize_corpus,
 )
+from slimasr.data.synthesizers.flite import Flite
 from slimasr.errors import ConfigError, DataError
+from tests.data.test_synthesizers import needs
+
+ALL_SPLITS = (*SPLITS, UNSEEN_SYNTH_SPLIT)
+pytestmark = needs("espeak", "flite", "festival")  # the default synthesizers
 
 
 def tiny(**overrides) -> SynthConfig:
-    """About 36 s of train audio and 6 dev + 6 test utterances: a second or two to build."""
+    """About 36 s of train audio and 6 utterances in each evaluation split: seconds to build."""
     values = dict(hours=0.01, min_eval_utterances=6, dev_variants=2, test_variants=3,
                   num_workers=1)  # fmt: skip
     return SynthConfig(**{**values, **overrides})
+
+
+def tiny_espeak(**overrides) -> SynthConfig:
+    """eSpeak alone, for the tests about the folder rather than the voices (faster)."""
+    return tiny(**{"synthesizers": ["espeak"], "unseen_synth": None, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +59,7 @@ def cuts_of(root: Path, split: str) -> list:
 def manifest_lines(root: Path) -> list[str]:
     """Every manifest line of every split, with the corpus folder written as DIR."""
     lines = []
-    for split in SPLITS:
+    for split in ALL_SPLITS:
         for kind in ("recordings", "supervisions", "cuts"):
             with gzip.open(root / f"{split}_{kind}.jsonl.gz", "rt") as f:
                 lines += [line.replace(str(root.resolve()), "DIR") for line in f]
@@ -62,7 +73,7 @@ def audio_of(root: Path) -> dict[str, np.ndarray]:
 
 # ---- the data-directory contract ------------------------------------------------------------
 def test_layout_and_summary(corpus: Path) -> None:
-    for split in SPLITS:
+    for split in ALL_SPLITS:
         for kind in ("recordings", "supervisions", "cuts"):
             assert (corpus / f"{split}_{kind}.jsonl.gz").is_file()
     summary = json.loads((corpus / "corpus.json").read_text())
@@ -70,7 +81,7 @@ def test_layout_and_summary(corpus: Path) -> None:
     assert summary["config"]["hours"] == 0.01
     assert summary["vocabulary_size"] >= 300
     assert summary["grammar_sentences_at_least"] == 100_000
-    assert [summary["splits"][s]["utterances"] for s in ("dev", "test")] == [6, 6]
+    assert [summary["splits"][s]["utterances"] for s in ALL_SPLITS[1:]] == [6, 6, 6]
     assert summary["test_unseen_sentence_share"] == 0.5
     assert not list(corpus.parent.glob(".tmp-*"))  # no temporary folders left beside it
 
@@ -84,14 +95,16 @@ def test_train_holds_the_requested_hours_and_no_more(corpus: Path) -> None:
 
 
 def test_cuts_are_lhotse_loadable_and_match_the_audio(corpus: Path) -> None:
-    for split in SPLITS:
+    for split in ALL_SPLITS:
         recordings = RecordingSet.from_jsonl_lazy(corpus / f"{split}_recordings.jsonl.gz")
         supervisions = SupervisionSet.from_jsonl_lazy(corpus / f"{split}_supervisions.jsonl.gz")
         assert len(list(recordings)) == len(list(supervisions)) == len(cuts_of(corpus, split))
         for cut in read_split(corpus, split):  # (resolves the relative audio paths)
             (sup,) = cut.supervisions
-            assert sup.text and sup.speaker == f"{cut.custom['accent']}+{cut.custom['variant']}"
+            assert sup.text and sup.speaker == f"{cut.custom['synthesizer']}:{cut.custom['voice']}"
             assert sup.custom["intent"] and isinstance(sup.custom["slots"], dict)
+            assert (sup.custom["synthesizer"], sup.custom["voice"]) == (
+                cut.custom["synthesizer"], cut.custom["voice"])  # fmt: skip
             assert sup.start == 0 and sup.duration == cut.duration
             audio = cut.load_audio()
             assert audio.shape == (1, cut.recording.num_samples)
@@ -114,7 +127,7 @@ def test_audio_paths_are_relative_so_a_moved_corpus_trains_and_evaluates(tmp_pat
     from slimasr.train import train_model
     from tests.train.helpers import tiny_recipe
 
-    synthesize_corpus(tmp_path / "made", tiny(hours=0.002), show_progress=False)
+    synthesize_corpus(tmp_path / "made", tiny_espeak(hours=0.002), show_progress=False)
     moved = (tmp_path / "made").rename(tmp_path / "moved")
     for cut in cuts_of(moved, "test"):
         assert cut.recording.sources[0].source == f"audio/test/{cut.id}.flac"
@@ -126,26 +139,78 @@ def test_audio_paths_are_relative_so_a_moved_corpus_trains_and_evaluates(tmp_pat
 
 def test_relative_paths_false_writes_absolute_paths(tmp_path: Path) -> None:
     out = tmp_path / "c"
-    synthesize_corpus(out, tiny(hours=0.002, relative_paths=False), show_progress=False)
+    synthesize_corpus(out, tiny_espeak(hours=0.002, relative_paths=False), show_progress=False)
     for cut in cuts_of(out, "dev"):
         assert cut.recording.sources[0].source == str(out.resolve() / "audio" / "dev" / f"{cut.id}.flac")
 
 
-# ---- voice and sentence splits --------------------------------------------------------------
-def test_dev_and_test_variants_never_occur_in_train(corpus: Path) -> None:
-    used = {s: {c.custom["variant"] for c in cuts_of(corpus, s)} for s in SPLITS}
-    assigned = split_variants(tiny())
-    for split in SPLITS:
-        assert used[split] <= set(assigned[split])
-    assert not used["train"] & used["dev"] and not used["train"] & used["test"]
-    assert not used["dev"] & used["test"]
-    assert set(assigned["train"]) | set(assigned["dev"]) | set(assigned["test"]) == set(
-        tiny().variants)  # fmt: skip
+# ---- voice, synthesizer and sentence splits ------------------------------------------------
+def test_dev_and_test_speakers_never_occur_in_train(corpus: Path) -> None:
+    def speakers(split: str) -> set[str]:
+        return {f"{c.custom['synthesizer']}:{c.custom['speaker']}" for c in cuts_of(corpus, split)}
+
+    used = {s: speakers(s) for s in ALL_SPLITS}
+    assigned = split_voices(tiny())
+    for split in ALL_SPLITS:
+        assert used[split] <= {f"{f}:{v}" for f, names in assigned[split].items() for v in names}
+    for i, first in enumerate(ALL_SPLITS):
+        for second in ALL_SPLITS[i + 1 :]:
+            assert not used[first] & used[second], (first, second)
+
+
+def test_voices_are_split_by_family() -> None:
+    voices = split_voices(tiny())
+    assert voices[UNSEEN_SYNTH_SPLIT] == {"flite": sorted(Flite.VOICES)}  # the whole family
+    assert [len(voices[s]["espeak"]) for s in ("dev", "test")] == [2, 3]
+    assert len(voices["train"]["espeak"]) == len(tiny().variants) - 5
+    assert "festival" not in voices["dev"]  # three voices: one for test, two for train
+    assert [len(voices[s]["festival"]) for s in ("train", "test")] == [2, 1]
+    assert all("flite" not in voices[s] for s in SPLITS)
+    everything = tiny(unseen_synth=None)
+    assert UNSEEN_SYNTH_SPLIT not in split_voices(everything)
+    assert [len(split_voices(everything)[s]["flite"]) for s in SPLITS] == [3, 1, 1]
+
+
+def test_cuts_record_synthesizer_voice_and_conditions(corpus: Path) -> None:
+    cuts = [c for s in ALL_SPLITS for c in cuts_of(corpus, s)]
+    assert {c.custom["synthesizer"] for c in cuts_of(corpus, UNSEEN_SYNTH_SPLIT)} == {"flite"}
+    assert {c.custom["synthesizer"] for c in cuts_of(corpus, "train")} == {"espeak", "festival"}
+    for cut in cuts:
+        custom = cut.custom
+        if custom["synthesizer"] == "espeak":
+            assert custom["voice"] == f"{custom['accent']}+{custom['speaker']}"
+            assert custom["warp"] == 1.0
+        else:
+            assert custom["voice"] == custom["speaker"] and custom["accent"] is None
+            assert 0.92 <= custom["warp"] <= 1.08
+        assert custom["room"] in synth.ROOMS and custom["channel"] in synth.CHANNELS
+        assert isinstance(custom["microphone"], bool)
+    summary = json.loads((corpus / "corpus.json").read_text())
+    assert summary["synthesizers"]["flite"]["packages"] == {"flite": Flite().versions()["flite"]}
+    assert summary["synthesizers"]["flite"]["speakers"] == {UNSEEN_SYNTH_SPLIT: sorted(Flite.VOICES)}
+    counts = summary["splits"]["train"]["synthesizers"]
+    assert sum(counts.values()) == summary["splits"]["train"]["utterances"]
+
+
+def test_conditions_follow_their_shares() -> None:
+    """Planning alone (no audio): 2,000 plans, each share within a few points of its setting."""
+    config = SynthConfig()
+    voices = split_voices(config)["train"]
+    grammar = synth.smart_home_grammar()
+    plans = [synth._plan_train(grammar, config, voices, set(), i) for i in range(2000)]
+    share = lambda test: sum(map(test, plans)) / len(plans)  # noqa: E731
+    assert share(lambda p: p.synthesizer == "espeak") == pytest.approx(0.6, abs=0.04)
+    assert share(lambda p: p.room == "near") == pytest.approx(0.25, abs=0.04)
+    assert share(lambda p: p.room == "far") == pytest.approx(0.1, abs=0.03)
+    assert share(lambda p: p.microphone) == pytest.approx(0.5, abs=0.04)
+    assert share(lambda p: p.channel == "telephone") == pytest.approx(0.05, abs=0.02)
+    assert share(lambda p: p.channel in ("vorbis", "opus", "mp3")) == pytest.approx(0.1, abs=0.03)
+    assert all(-35 <= p.peak_dbfs <= -20 for p in plans if p.room == "far")
 
 
 def test_half_of_test_sentences_are_unseen_in_train(corpus: Path) -> None:
     train = {c.supervisions[0].text for c in cuts_of(corpus, "train")}
-    for split in ("dev", "test"):
+    for split in ALL_SPLITS[1:]:
         texts = [c.supervisions[0].text for c in cuts_of(corpus, split)]
         assert sum(t not in train for t in texts) == 3
 
@@ -167,7 +232,7 @@ def test_another_seed_gives_other_output(corpus: Path, tmp_path: Path) -> None:
     synthesize_corpus(other, tiny(seed=1, hours=0.002), show_progress=False)
     texts = {c.supervisions[0].text for c in cuts_of(other, "test")}
     assert texts != {c.supervisions[0].text for c in cuts_of(corpus, "test")}
-    assert split_variants(tiny(seed=1)) != split_variants(tiny())
+    assert split_voices(tiny(seed=1)) != split_voices(tiny())
 
 
 # ---- safety ---------------------------------------------------------------------------------
@@ -180,8 +245,9 @@ def test_refuses_to_overwrite_a_complete_corpus(corpus: Path) -> None:
 
 def test_overwrite_replaces_a_corpus(tmp_path: Path) -> None:
     out = tmp_path / "c"
-    synthesize_corpus(out, tiny(hours=0.002, seed=1), show_progress=False)
-    summary = synthesize_corpus(out, tiny(hours=0.002, seed=2), overwrite=True, show_progress=False)
+    synthesize_corpus(out, tiny_espeak(hours=0.002, seed=1), show_progress=False)
+    summary = synthesize_corpus(out, tiny_espeak(hours=0.002, seed=2), overwrite=True,
+                                show_progress=False)  # fmt: skip
     assert json.loads((out / "corpus.json").read_text()) == summary
     assert summary["seed"] == 2
 
@@ -224,32 +290,90 @@ def test_bad_config_is_one_line_config_error() -> None:
         SynthConfig(variants=["m1", "m2"], dev_variants=1, test_variants=1)
     with pytest.raises(ConfigError, match="variants must be files of"):
         SynthConfig(variants=["m1", "m2", "m3", "nosuchvoice"], dev_variants=1, test_variants=1)
+    with pytest.raises(ConfigError, match=r"synthesizers must be distinct names among \['espeak'"):
+        SynthConfig(synthesizers=["espeak", "sam"])
+    with pytest.raises(ConfigError, match="unseen_synth must be one of synthesizers"):
+        SynthConfig(synthesizers=["espeak", "festival"])  # the default unseen_synth is flite
+    with pytest.raises(ConfigError, match="unseen_synth must be one of synthesizers, and not the only"):
+        SynthConfig(synthesizers=["flite"])
+    with pytest.raises(ConfigError, match="reverb_share \\+ far_field_share must be <= 1"):
+        SynthConfig(reverb_share=0.8, far_field_share=0.3)
+    with pytest.raises(ConfigError, match="codecs must be among"):
+        SynthConfig(codecs=["aac"])
+
+
+def test_a_split_without_voices_is_refused() -> None:
+    config = tiny(synthesizers=["festival", "flite"])  # festival holds out no dev voice
+    with pytest.raises(ConfigError, match="no voice left for dev"):
+        split_voices(config)
+
+
+def test_a_missing_synthesizer_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(Flite, "missing", classmethod(lambda cls: "flite not found"))
+    with pytest.raises(ConfigError, match="synthesizer flite is not usable here .*apt-get install"):
+        synthesize_corpus(tmp_path / "c", tiny(), show_progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_dev_and_test_sizes_scale_with_hours_above_a_minimum() -> None:
     assert [SynthConfig().eval_size(s) for s in ("dev", "test")] == [250, 400]
+    assert SynthConfig().eval_size(UNSEEN_SYNTH_SPLIT) == 400
     assert [SynthConfig(hours=3).eval_size(s) for s in ("dev", "test")] == [500, 800]
     assert [SynthConfig(hours=0.1).eval_size(s) for s in ("dev", "test")] == [100, 100]
+    assert SynthConfig().splits() == ALL_SPLITS
+    assert SynthConfig(unseen_synth=None).splits() == SPLITS
 
 
 # ---- rendering ------------------------------------------------------------------------------
 def plan(**overrides) -> UtterancePlan:
     values = dict(split="train", index=0, text="turn on the lights", intent="lights_on", slots={},
-                  accent="en-us", variant="m3", rate=170, pitch=50, pitch_range=50,
+                  synthesizer="espeak", speaker="m3", accent="en-us", rate=170, pitch=50,
+                  pitch_range=50, warp=1.0, room="none", microphone=False, channel="none",
                   noise="none", snr_db=None, peak_dbfs=-6.0, lead_s=0.25, trail_s=0.5, seed=3)
     return UtterancePlan(**{**values, **overrides})  # fmt: skip
 
 
 def test_render_sets_peak_silence_and_snr() -> None:
-    espeak, config = ESpeak(), SynthConfig()
-    clean = render_utterance(espeak, plan(), config).astype(np.float64)
+    config = SynthConfig()
+    clean = render_utterance(plan(), config).astype(np.float64)
     assert np.abs(clean).max() == pytest.approx(32768 * 10 ** (-6 / 20), rel=0.01)
     lead = clean[: int(0.25 * SAMPLE_RATE)]
     assert np.std(lead) == pytest.approx(config.dither_lsb, rel=0.2)  # only dither before speech
-    noisy = render_utterance(espeak, plan(noise="white", snr_db=10.0), config).astype(np.float64)
+    noisy = render_utterance(plan(noise="white", snr_db=10.0), config).astype(np.float64)
     assert len(noisy) == len(clean)
     noise_in_lead = np.std(noisy[: int(0.25 * SAMPLE_RATE)])
     assert noise_in_lead > 20 * np.std(lead)
+
+
+@pytest.mark.parametrize("synthesizer, speaker", [("flite", "slt"), ("festival", "kal_diphone")])
+def test_warp_resamples_other_families(synthesizer: str, speaker: str) -> None:
+    config = SynthConfig()
+    base = plan(synthesizer=synthesizer, speaker=speaker, accent=None)
+    plain = synth.speak(base, config)
+    high = synth.speak(plan(**{**base.__dict__, "warp": 1.08}), config)
+    assert len(plain) / len(high) == pytest.approx(1.08, rel=0.01)  # faster, and higher
+
+
+def band_db(audio: np.ndarray, low: float, high: float) -> float:
+    power = np.abs(np.fft.rfft(audio.astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(len(audio), 1 / SAMPLE_RATE)
+    return float(10 * np.log10(power[(freqs >= low) & (freqs < high)].sum() / power.sum()))
+
+
+def test_render_applies_the_planned_conditions() -> None:
+    config = SynthConfig()
+    dry = render_utterance(plan(), config)
+    phone = render_utterance(plan(channel="telephone"), config)
+    assert band_db(phone, 4000, 8000) < band_db(dry, 4000, 8000) - 20
+    assert len(phone) == len(dry)
+    far = render_utterance(plan(room="far", peak_dbfs=-30.0), config)
+    assert np.abs(far).max() == pytest.approx(32768 * 10 ** (-30 / 20), rel=0.01)
+    trail = slice(len(dry) - int(0.45 * SAMPLE_RATE), len(dry) - int(0.3 * SAMPLE_RATE))
+    assert np.std(far[trail]) > 3 * np.std(dry[trail])  # the room rings on after the speech
+    for changed in (dict(microphone=True), dict(channel="opus"), dict(room="near")):
+        other = render_utterance(plan(**changed), config)
+        assert len(other) == len(dry) and not np.array_equal(other, dry), changed
+        np.testing.assert_array_equal(other, render_utterance(plan(**changed), config))
 
 
 @pytest.mark.parametrize("color, slope", [("white", 0.0), ("pink", -1.0), ("brown", -2.0)])

@@ -175,3 +175,31 @@ def test_missing_transformers_is_one_clear_line(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(SlimasrError, match=r"pip install 'slimasr\[hf\]'") as err:
         HfCtcTeacher(w2v_dir)
     assert "\n" not in str(err.value)
+
+
+def test_audio_with_nan_samples_is_skipped_and_counted_like_the_slimasr_teacher_path(
+        tmp_path: Path, w2v_dir: Path) -> None:
+    """NaN audio used to go through the teacher: NaN posteriors and a garbage transcript were
+    cached for it. Now it is left out of its batch, named, and counted in the cache's meta.json,
+    as the slimasr teacher's batches (AsrDataset) leave it out and name it."""
+    from lhotse import CutSet, Recording, RecordingSet
+
+    from slimasr.decode import DecodeConfig
+    from slimasr.distill.teacher import META, fill_cache, hf_batches
+    from tests.data.fixtures import BAD_SAMPLES, write_audio, write_bad_audio
+
+    files = [write_audio(tmp_path / "good1.wav"), write_bad_audio(tmp_path / "bad.wav", "nan"),
+             write_audio(tmp_path / "good2.wav", seed=1)]
+    cuts = CutSet.from_manifests(RecordingSet.from_recordings(
+        Recording.from_file(f, recording_id=f.stem) for f in files))
+    good = [c.id for c in cuts if c.recording_id.startswith("good")]
+    batches = list(hf_batches(cuts, 2))
+    assert [b["cut_ids"] for b in batches] == [good]
+    assert batches[0]["bad_audio"] == [f"{files[1]}: {BAD_SAMPLES['nan']}"]
+    tokens = CharTokenizer().tokens
+    cache = fill_cache(HfCtcTeacher(w2v_dir), iter(batches), tmp_path / "cache", {"stamp": 1}, 4, tokens,
+                       DecodeConfig(), [], total=3, show_progress=False)
+    assert sorted(cache.transcripts) == sorted(cache.logp) == good
+    assert all(torch.isfinite(cache.logp[c].float()).all() for c in cache.logp)
+    meta = json.loads((tmp_path / "cache" / META).read_text())
+    assert meta["cuts"] == 2 and meta["bad_audio"] == [f"{files[1]}: {BAD_SAMPLES['nan']}"]

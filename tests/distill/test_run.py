@@ -190,3 +190,30 @@ def test_teacher_with_nan_weights_is_one_line_error(teacher, tmp_path, capsys) -
         f"error: {broken / 'model.safetensors'}: tensor head.weight holds 1 NaN/inf values of "
         f"{weights['head.weight'].numel()} (a diverged or damaged model)")
     assert not any(line.startswith("Traceback") for line in err)
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_keeps_only_a_complete_teacher_cache(
+        teacher, tmp_path, monkeypatch) -> None:
+    """A distill that failed before its first checkpoint left half a model directory (tokenizer,
+    CMVN, created student, recipe); the teacher cache, complete and expensive, is worth keeping."""
+    from slimasr.distill import run as distill_run
+    from slimasr.distill.teacher import META
+
+    data, teacher_dir = teacher
+    recipe = student_recipe(teacher_dir, ctc_weight=0.5, kd_weight=0.5)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(distill_run.DistillTrainer, "fit", fail)
+    out = tmp_path / "student"
+    with pytest.raises(RuntimeError, match="stopped"):
+        distill_model(recipe, data, out, show_progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [CACHE_DIR]
+    assert len(TeacherCache.load(out / CACHE_DIR).transcripts) == 20 and (out / CACHE_DIR / META).is_file()
+
+    monkeypatch.setattr(distill_run, "fill_cache", fail)  # failing while the cache is computed
+    other = tmp_path / "other"
+    with pytest.raises(RuntimeError, match="stopped"):
+        distill_model(recipe, data, other, show_progress=False)
+    assert not other.exists()

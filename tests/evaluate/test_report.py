@@ -55,3 +55,22 @@ def test_malformed_metrics_are_one_line_errors_naming_the_file(tmp_path, content
     with pytest.raises(DataError) as info:
         collect_rows([tmp_path / "m"])
     assert str(info.value) == f"{tmp_path / 'm' / 'metrics.json'}: {problem}"
+
+
+def test_a_bundle_gives_a_row_per_evaluated_graph(tmp_path):
+    model = write_metrics(tmp_path / "teacher", wer=10.0, params=100, model_bytes=400_000)
+    bundle = write_metrics(tmp_path / "b", wer=10.0, params=100, model_bytes=400_100)
+    (bundle / "bundle.json").write_text("{}")
+    rows = collect_rows([model, bundle])
+    assert [r["model"] for r in rows] == ["teacher", "b (fp32)"]
+    int8 = {"wer": 10.5, "params": 100, "model_bytes": 101_000}
+    (bundle / "metrics.int8.json").write_text(json.dumps(int8))
+    rows = collect_rows([model, bundle, bundle / "model.int8.onnx"])
+    assert [(r["model"], r["model_bytes"], r["model_dir"]) for r in rows] == [
+        ("teacher", 400_000, str(model)), ("b (fp32)", 400_100, str(bundle)),
+        ("b (int8)", 101_000, str(bundle)), ("b (int8)", 101_000, str(bundle))]
+    (bundle / "metrics.json").unlink()
+    with pytest.raises(DataError) as info:
+        collect_rows([bundle / "model.onnx"])
+    assert str(info.value) == (f"{bundle / 'metrics.json'}: no evaluation results; run `slimasr evaluate` "
+                               "on this model first")

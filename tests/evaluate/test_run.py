@@ -80,3 +80,39 @@ def test_nothing_scorable_is_a_one_line_error(model_dir, tmp_path):
         evaluate_model(model_dir, manifest, FAST, show_progress=False)
     assert str(info.value) == (f"{manifest}: no utterance can be scored (skipped 2 of 2: "
                                "empty_reference 2)")
+
+
+def test_json_that_is_a_folder_is_refused_before_any_work(model_dir, tmp_path, monkeypatch):
+    """``--json FOLDER`` used to fail only when writing it: after recognizing everything and
+    replacing the metrics beside the model."""
+    import shutil
+
+    from slimasr.evaluate import run
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("evaluate started working")
+
+    monkeypatch.setattr(run, "load_runner", no_work)
+    model = shutil.copytree(model_dir, tmp_path / "model")
+    before = sorted(p.name for p in model.iterdir())
+    folder = tmp_path / "results"
+    folder.mkdir()
+    manifest = model_dir.parent / "data" / "dev_cuts.jsonl.gz"
+    with pytest.raises(DataError) as info:
+        evaluate_model(model, manifest, FAST, json_out=folder, show_progress=False)
+    assert str(info.value) == f"{folder}: is a folder; give a file name"
+    assert sorted(p.name for p in model.iterdir()) == before and not any(folder.iterdir())
+
+
+def test_sentencepiece_model_is_scored_on_words_without_piece_markers(tmp_path):
+    """evaluate decoded sentencepiece pieces with a space as the word separator, so every
+    hypothesis kept its "▁" (here "▁lamp" against the reference "lamp": WER 100)."""
+    from tests.evaluate.helpers import WORD, constant_piece_model
+
+    model = constant_piece_model(tmp_path)
+    rng = np.random.default_rng(0)
+    manifest = _manifest(tmp_path, [("a", synth("lamp", rng), "lamp"), ("b", synth("fan", rng), "fan")])
+    result = evaluate_model(model, manifest, FAST, show_progress=False)
+    hyps = [json.loads(line)["hyp"] for line in (model / "eval_utterances.jsonl").read_text().splitlines()]
+    assert hyps == [WORD, WORD]
+    assert result["wer"] == 50.0 and result["sentence_accuracy"] == 50.0

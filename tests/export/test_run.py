@@ -21,7 +21,7 @@ from slimasr.train.prepare import transcript
 
 BUNDLE_KEYS = ["format", "format_version", "slimasr_version", "files", "source", "graph", "vocabulary",
                "features", "feature_dim", "normalizer", "subsampling_factor", "sherpa_onnx", "int8",
-               "results"]
+               "streaming", "results"]
 RESULT_KEYS = ["parity_max_abs_diff", "parity_tolerance", "parity_cases", "parity_transcripts_equal",
                "wer_manifest", "wer_utterances", "wer_fp32", "wer_int8", "latency_seconds",
                "latency_threads", "bytes_pytorch", "latency_ms_p50_pytorch", "latency_ms_p90_pytorch",
@@ -176,3 +176,52 @@ def test_int8_without_utterances_to_score_asks_for_calib(trained, tmp_path, caps
     calib = trained.parent / "data" / "dev_cuts.jsonl.gz"
     assert main(["export", "--model", str(moved), "--out", str(out), "--int8", "--calib", str(calib)]) == 0
     assert json.loads((out / "bundle.json").read_text())["results"]["wer_manifest"] == str(calib)
+
+
+def test_overwrite_replaces_only_the_bundle_and_its_results(trained, tmp_path, capsys):
+    """--overwrite used to replace the whole folder: a file the user kept beside the bundle was
+    deleted with it. Now the bundle's own files are replaced, the old graphs' evaluation results
+    go with them (they describe the old graphs), and everything else stays."""
+    out = tmp_path / "b"
+    assert main(["export", "--model", str(trained), "--out", str(out), "--int8"]) == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "plots").mkdir()
+    for name in ("metrics.json", "metrics.int8.json", "eval_worst.int8.json"):
+        (out / name).write_text("{}")
+    assert main(["export", "--model", str(trained), "--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["bundle.json", "model.onnx", "notes.txt", "plots",
+                                                     "tokens.txt"]
+    assert (out / "notes.txt").read_text() == "mine" and siblings(out) == ["b"]
+    assert json.loads((out / "bundle.json").read_text())["files"]["model_int8"] is None
+
+
+def test_a_second_writer_is_refused_while_the_bundle_is_written(trained, tmp_path, capsys):
+    from slimasr.io import output_lock
+
+    out = tmp_path / "b"
+    with output_lock(out, "export"):
+        assert main(["export", "--model", str(trained), "--out", str(out)]) == 1
+        err = one_line_error(capsys)
+    assert err.startswith(f"error: {out}: is being written by another process (slimasr export, pid ")
+    assert not out.exists()  # the lock's holder made it; nothing else was written there
+
+
+def test_an_interrupted_publish_is_an_earlier_bundle_to_overwrite(trained, tmp_path, capsys):
+    """A folder holding bundle files without bundle.json (a publish cut short) is refused without
+    --overwrite and replaced with it; a folder holding other files is never replaced."""
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"half")
+    (out / "metrics.json").write_text("{}")
+    assert main(["export", "--model", str(trained), "--out", str(out)]) == 1
+    assert one_line_error(capsys) == f"error: {out}: already holds a bundle; pass --overwrite to replace it"
+    assert main(["export", "--model", str(trained), "--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["bundle.json", "model.onnx", "tokens.txt"]
+
+
+def test_bundle_records_the_source_models_macs(trained, bundle):
+    from slimasr.evaluate.cost import macs_per_second_audio
+    from slimasr.models import load_model
+
+    source = json.loads((bundle / "bundle.json").read_text())["source"]
+    assert source["macs_per_second_audio"] == macs_per_second_audio(load_model(trained), 80, 3.0) > 0

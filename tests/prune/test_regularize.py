@@ -1,0 +1,158 @@
+"""Regularization-driven pruning: the proximal steps on hand-set weights, group lasso driving a
+planted useless unit to exactly zero while training keeps the others, surgery removing exactly
+that unit without changing the outputs, and L1 raising sparsity on a tiny training run."""
+
+from __future__ import annotations
+
+import copy
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from slimasr.errors import ConfigError
+from slimasr.prune.groups import group_by_name
+from slimasr.prune.regularize import (
+    RegularizeConfig,
+    Regularizer,
+    norm_scale_scores,
+    norm_scale_slices,
+    parameters_by_name,
+    remove_weak_units,
+    shrink_group_,
+    soft_threshold_,
+    unit_norms,
+    unit_size,
+)
+from slimasr.train import train_model
+from slimasr.train.loop import TrainState
+from tests.prune.helpers import random_model
+from tests.train.helpers import make_corpus, tiny_recipe
+
+FEATS, VOCAB = 8, 7
+
+
+def dnn(hidden=(9, 7)):
+    return random_model("dnn", dict(num_features=FEATS, context_left=1, context_right=1,
+                                    hidden_sizes=list(hidden), dropout=0.0), VOCAB)
+
+
+def test_l1_step_soft_thresholds_every_weight():
+    w = torch.tensor([0.5, -0.05, -2.0, 0.1, 0.0])
+    soft_threshold_(w, 0.1)
+    assert w[[1, 3, 4]].tolist() == [0.0, 0.0, 0.0]
+    torch.testing.assert_close(w[[0, 2]], torch.tensor([0.5 - 0.1, -2.0 + 0.1]))
+
+
+def test_group_step_shrinks_each_unit_by_its_norm():
+    """A DNN with one hidden layer of 2 units: unit j owns row j and bias j of layers.0, and column
+    j of the head."""
+    model = dnn(hidden=(2,))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.layers[0].weight[0, :2] = torch.tensor([3.0, 0.0])
+        model.head.weight[:2, 0] = torch.tensor([0.0, 4.0])  # unit 0: norm 5
+        model.layers[0].bias[1] = 0.5  # unit 1: norm 0.5
+        model.head.bias.fill_(1.0)  # not in a group: untouched
+    group = group_by_name(model)["layers.0"]
+    params = parameters_by_name(model)
+    assert unit_norms(group, params).tolist() == [5.0, 0.5]
+    assert unit_size(group, params) == 3 * FEATS + 1 + VOCAB
+    with torch.no_grad():
+        shrink_group_(group, params, 1.0)
+    assert model.layers[0].weight[0, :2].tolist() == pytest.approx([2.4, 0.0])
+    assert model.head.weight[:2, 0].tolist() == pytest.approx([0.0, 3.2])
+    assert model.layers[0].bias.tolist() == [0.0, 0.0]  # unit 1 is gone: exactly zero
+    assert model.head.bias.tolist() == [1.0] * VOCAB
+
+
+def _train(model, teacher, regularizer, steps: int, lr: float = 2e-3) -> None:
+    """AdamW on the KL to ``teacher``'s outputs, the regularizer's step after each update."""
+    trainer = SimpleNamespace(optimizer=torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0),
+                              state=TrainState())
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for step in range(1, steps + 1):
+        x, lens = torch.randn(8, 20, FEATS, generator=gen), torch.full((8,), 20)
+        with torch.no_grad():
+            target = teacher(x, lens)[0]
+        log_probs = model(x, lens)[0]
+        loss = torch.nn.functional.kl_div(log_probs, target, log_target=True, reduction="batchmean")
+        trainer.optimizer.zero_grad()
+        loss.backward()
+        trainer.optimizer.step()
+        trainer.state.step = step
+        regularizer.after_step(trainer)
+    model.eval()
+
+
+def test_group_lasso_drives_a_planted_useless_unit_to_zero_and_surgery_removes_exactly_it():
+    teacher = dnn()
+    weak = 4  # unit 4 of layers.0: absent from the teacher, small and useless in the student
+    with torch.no_grad():
+        teacher.layers[0].weight[weak] = 0.0
+        teacher.layers[0].bias[weak] = 0.0
+        teacher.layers[1].weight[:, weak] = 0.0
+    student = copy.deepcopy(teacher)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        student.layers[0].weight[weak] = 0.02 * torch.randn(3 * FEATS, generator=gen)
+        student.layers[0].bias[weak] = 0.02
+        student.layers[1].weight[:, weak] = 0.02 * torch.randn(7, generator=gen)
+    reg = Regularizer(RegularizeConfig(kind="group-lasso", strength=0.5), student)
+    before = reg.penalty()
+    _train(student, teacher, reg, steps=60)
+    norms = {g.name: unit_norms(g, parameters_by_name(student)) for g in reg.groups}
+    assert norms["layers.0"][weak] == 0.0
+    assert all(float(n) > 0 for j, n in enumerate(norms["layers.0"]) if j != weak)
+    assert all(float(n) > 0 for n in norms["layers.1"])
+    assert reg.penalty() < before
+    small, removed = remove_weak_units(student, threshold=0.0)
+    assert removed == {"layers.0": [weak]}
+    assert small.config.hidden_sizes == [8, 7]
+    x, lens = torch.randn(2, 20, FEATS), torch.tensor([20, 13])
+    with torch.no_grad():
+        torch.testing.assert_close(small(x, lens)[0], student(x, lens)[0], atol=1e-6, rtol=0)
+
+
+def test_slimming_shrinks_only_the_norm_scales_of_the_groups():
+    model = random_model("crnn", dict(num_features=FEATS, subsampling_channels=[3, 4], rnn_hidden_sizes=[6]), VOCAB)
+    assert [name for name, _ in norm_scale_slices(model)] == ["subsample.norms.0.weight", "subsample.norms.1.weight"]
+    gammas = {n: model.get_parameter(n).detach().clone() for n in ("subsample.norms.0.weight", "subsample.norms.1.weight")}
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n not in gammas}
+    Regularizer(RegularizeConfig(kind="slimming", strength=1.0), model).step(lr=0.7, step=1)
+    for name, gamma in gammas.items():
+        torch.testing.assert_close(model.get_parameter(name), (gamma.abs() - 0.7).clamp(min=0) * gamma.sign())
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+    scores = norm_scale_scores(model)
+    assert set(scores) == {"subsample.convs.0", "subsample.convs.1"}  # RNN units have no norm
+    assert torch.equal(scores["subsample.convs.0"], model.subsample.norms[0].weight.detach().abs())
+
+
+def test_warm_up_ramps_the_strength_and_bad_settings_are_errors():
+    model = dnn()
+    reg = Regularizer(RegularizeConfig(kind="l1", strength=2.0, warmup_steps=4), model)
+    reg.step(lr=0.01, step=1)
+    assert reg.last_tau == pytest.approx(0.01 * 2.0 / 4)
+    reg.step(lr=0.01, step=9)
+    assert reg.last_tau == pytest.approx(0.02)
+    with pytest.raises(ConfigError, match="strength > 0"):
+        RegularizeConfig(kind="group-lasso")
+    with pytest.raises(ConfigError, match="no group with a norm|has none"):
+        Regularizer(RegularizeConfig(kind="slimming", strength=1.0), model)
+
+
+def test_l1_raises_sparsity_on_a_tiny_run(tmp_path):
+    data = make_corpus(tmp_path / "data", n_train=12)
+    recipe = tiny_recipe(epochs=4, warmup_steps=2)
+    plain = train_model(recipe, data, tmp_path / "plain", show_progress=False)
+    l1 = train_model(recipe, data, tmp_path / "l1", show_progress=False,
+                     overrides=["sparsity.regularize.kind=l1", "sparsity.regularize.strength=4"])
+    assert "sparsity" not in plain  # no sparsity section, no report
+    assert l1["sparsity"]["pruned_sparsity"] > 0.5, l1["steps"]
+    assert l1["regularize"]["penalty"] > 0 and math.isfinite(l1["regularize"]["penalty"])
+    dense = (tmp_path / "plain" / "model.safetensors").stat().st_size
+    compact = (tmp_path / "l1" / "model.safetensors").stat().st_size
+    assert compact < dense
