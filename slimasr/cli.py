@@ -138,6 +138,8 @@ def _prune_config(args: argparse.Namespace) -> Any:
             raise ConfigError("--sparsity and --gradual need --method unstructured")
         overrides += [f"unstructured.sparsity={args.sparsity}"] if args.sparsity is not None else []
         overrides += ["gradual=true"] if args.gradual else []
+    if unstructured:
+        _refuse_structured_options(args)
     if args.remove_below is not None:
         overrides.append(f"remove_below={args.remove_below}")
     overrides += _regularize_overrides(args, "regularize")
@@ -161,6 +163,17 @@ def _prune_config(args: argparse.Namespace) -> Any:
     if args.distill:
         overrides.append("distill=true")
     return load_config(PruneConfig, args.config, [*overrides, *args.overrides])
+
+
+def _refuse_structured_options(args: argparse.Namespace) -> None:
+    """Structured targets have no effect on unstructured pruning: one error line, not ignored."""
+    from slimasr.errors import ConfigError
+
+    for name in ("target_macs", "target_params", "target_latency", "latency_table", "round_to",
+                 "remove_layers", "remove_below"):
+        if getattr(args, name) is not None:
+            raise ConfigError(f"--{name.replace('_', '-')} has no effect with --method unstructured "
+                              "(it zeroes the share --sparsity of the weights)")
 
 
 def _prune(args: argparse.Namespace) -> dict:

@@ -69,6 +69,21 @@ class LayerMeta:
     kernel: int  # cnn_module_kernels (slots 4 and 5 hold kernel // 2 frames)
 
 
+SLOT_BATCH_DIMS = (1, 1, 1, 1, 0, 0)  # where sherpa-onnx stacks a batch's streams, per slot
+ROLES = {"cache": "last k-1 input frames of a subsampling conv, (N, C*F, k-1)",
+         "h": "recurrent layer's h, (1, N, H)", "c": "LSTM layer's c, (1, N, H)",
+         "frames": "input frames processed so far"}
+
+
+def slot_shapes(meta: LayerMeta) -> list[tuple[int, ...]]:
+    """The six state shapes sherpa-onnx gives an encoder layer, batch 1
+    (``online-zipformer2-ctc-model.cc``: cached key, nonlinear attention, two cached values, two
+    conv caches)."""
+    key = value = (meta.context, 1, meta.head_dim)
+    conv = (1, meta.encoder_dim, meta.kernel // 2)
+    return [key, (1, 1, meta.context, 3 * meta.encoder_dim // 4), value, value, conv, conv]
+
+
 class StreamingLayout:
     """Where a causal CRNN's state sits among sherpa-onnx's state tensors (see module doc)."""
 
@@ -85,19 +100,19 @@ class StreamingLayout:
     def _specs(self) -> list[StateSpec]:
         specs = []
         for i, meta in enumerate(self.layers):
-            conv = i < len(self.conv_shapes)
-            name = f"conv{i}" if conv else f"rnn{i - len(self.conv_shapes)}"
-            roles = (["unused"] * 4 + [f"{name} cache (N, C*F, k-1)", "unused"] if conv else
-                     [f"{name} h", "unused", f"{name} c" if self.lstm else "unused"] + ["unused"] * 3)
-            shapes = [(meta.context, 1, meta.head_dim), (1, 1, meta.context, 3 * meta.encoder_dim // 4),
-                      (meta.context, 1, meta.head_dim), (meta.context, 1, meta.head_dim),
-                      (1, meta.encoder_dim, meta.kernel // 2), (1, meta.encoder_dim, meta.kernel // 2)]
-            for slot, (shape, role) in enumerate(zip(shapes, roles)):
-                label = role.split(" (")[0].replace(" ", "_") if role != "unused" else f"{name}_unused{slot}"
-                specs.append(StateSpec(label, shape, 1 if slot < 4 else 0, role))
+            layer = f"conv{i}" if i < len(self.conv_shapes) else f"rnn{i - len(self.conv_shapes)}"
+            for slot, (shape, used) in enumerate(zip(slot_shapes(meta), self._used_slots(i))):
+                name = f"{layer}_{used}" if used else f"{layer}_unused{slot}"
+                specs.append(StateSpec(name, shape, SLOT_BATCH_DIMS[slot], ROLES.get(used, "unused")))
         specs.append(StateSpec("embed_unused", (1, *EMBED_SHAPE), 0, "unused"))
-        specs.append(StateSpec("processed_frames", (1,), 0, "input frames processed so far", "int64"))
+        specs.append(StateSpec("processed_frames", (1,), 0, ROLES["frames"], "int64"))
         return specs
+
+    def _used_slots(self, layer: int) -> list[str | None]:
+        """What each of a layer's six slots holds (None: unused)."""
+        if layer < len(self.conv_shapes):
+            return [None, None, None, None, "cache", None]
+        return ["h", None, "c" if self.lstm else None, None, None, None]
 
     def initial(self) -> list[Tensor]:
         """The states at the start of a stream (batch 1): zeros, as sherpa-onnx makes them."""
@@ -231,21 +246,27 @@ def check_streaming_parity(offline: ExportWrapper, layout: StreamingLayout, sess
         with torch.inference_mode():
             expected, _ = offline(f[None], torch.tensor([f.shape[0]]))
         for chunk in chunks:
-            step = OnnxStep(session, layout.describe())
-            got = torch.from_numpy(np.concatenate([step(f[i:i + chunk].numpy())
-                                                   for i in range(0, f.shape[0], chunk)]))[None]
             label = f"{f.shape[0]} frames in chunks of {chunk}"
-            diff = (got - expected).abs().nan_to_num(nan=float("inf")).max().item()
+            got = run_streaming_onnx(session, layout, f, chunk)
             if got.shape != expected.shape or _greedy(got) != _greedy(expected):
-                raise ExportCheckFailed(where, f"streaming parity check failed: greedy transcripts differ "
-                                               f"({label}); nothing published")
+                raise ExportCheckFailed(where, f"streaming parity check failed: greedy transcripts "
+                                               f"differ ({label}); nothing published")
+            diff = (got - expected).abs().nan_to_num(nan=float("inf")).max().item()
             if diff > worst:
                 worst, worst_case = diff, label
     if worst > atol:
-        raise ExportCheckFailed(where, f"streaming parity check failed: max |ONNX streaming - PyTorch| "
-                                       f"on log-probs is {worst:.3g} > {atol:g} ({worst_case}); nothing published")
+        raise ExportCheckFailed(where, f"streaming parity check failed: max |ONNX streaming - PyTorch| on "
+                                       f"log-probs is {worst:.3g} > {atol:g} ({worst_case}); nothing published")
     return {"parity_max_abs_diff": worst, "parity_tolerance": atol, "parity_utterances": len(feats),
             "parity_chunks": list(chunks)}
+
+
+def run_streaming_onnx(session, layout: StreamingLayout, feats: Tensor, chunk: int) -> Tensor:
+    """The streaming graph over ``feats`` (T, F) in chunks of ``chunk`` frames, from zero states,
+    as slimasr's runtime runs it: (1, T', V) log-probs."""
+    step = OnnxStep(session, layout.describe())
+    outs = [step(feats[i:i + chunk].numpy()) for i in range(0, feats.shape[0], chunk)]
+    return torch.from_numpy(np.concatenate(outs))[None]
 
 
 def _greedy(log_probs: Tensor) -> list[list[int]]:

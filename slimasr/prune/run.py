@@ -157,6 +157,10 @@ class PruneConfig:
                               "(the schedule runs during the fine-tuning)")
         if self.remove_below is not None and (self.method != "structured" or self.ratios or self.steps != 1):
             raise ConfigError("remove_below: structured, one step, and not with ratios")
+        if self.method == "unstructured" and (self.ratios or self.remove_layers or self.latency_table
+                                              or self.target.latency_share is not None):
+            raise ConfigError("method unstructured: ratios, remove_layers and latency targets are "
+                              "structured settings (unstructured.sparsity says how much goes)")
 
 
 def prune_model_dir(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,

@@ -238,6 +238,7 @@ def squash_(model: nn.Module) -> nn.Module:
             continue
         masked = [a for a in module.parametrizations if _mask_module(module, a) is not None]
         orders = [_mask_module(module, a).order for a in masked]
+        _own_class(module)
         for attr in masked:
             parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
         _restore_order(module, max(orders, key=len))
@@ -337,6 +338,15 @@ def _parameter_order(module: nn.Module) -> tuple[str, ...]:
                       if (m := _mask_module(module, a)) is not None), None)
         return first if first is not None else tuple(names + list(module.parametrizations))
     return tuple(names)
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own. torch's parametrized class is shared by
+    deep copies, and removing a parametrization deletes its property from that class: squashing
+    a copy would otherwise break the masked original."""
+    cls = type(module)
+    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
 
 
 def _restore_order(module: nn.Module, order: tuple[str, ...]) -> None:

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from slimasr.errors import DataError
-from slimasr.runtime.bundle import BUNDLE_FILE, STREAMING_FILE, read_bundle
+from slimasr.runtime.bundle import BUNDLE_FILE, MODEL_FILE, STREAMING_FILE, read_bundle
 from slimasr.runtime.recognizer import open_session
 from slimasr.streaming.features import online_features
-from slimasr.streaming.stream import DEFAULT_CHUNK_MS, Stream, chunk_frames_for, stream_array
+from slimasr.streaming.stream import DEFAULT_CHUNK_MS, Stream, chunk_samples_for, stream_array
 
 
 class OnnxStep:
@@ -50,6 +50,9 @@ class OnnxStreamingRecognizer:
                  num_threads: int = 1):
         path = Path(path)
         folder = path.parent if path.suffix == ".onnx" else path
+        if path.suffix == ".onnx" and path.name != STREAMING_FILE and path.name != MODEL_FILE:
+            raise DataError(path, f"streaming runs the bundle's {STREAMING_FILE} (fp32; there is no int8 "
+                                  "streaming graph): pass the bundle folder")
         self.bundle = read_bundle(folder)
         self.info = self.bundle.info.get("streaming")
         if not self.info:
@@ -59,8 +62,7 @@ class OnnxStreamingRecognizer:
         self.feature_backend = features
         online_features(self.bundle.features, features)  # fails now on a config that cannot stream
         self.chunk_ms = chunk_ms
-        self.chunk_frames = chunk_frames_for(chunk_ms, self.bundle.features.frame_shift,
-                                             int(self.info["chunk_multiple"]))
+        self.chunk_samples = chunk_samples_for(chunk_ms, self.sampling_rate)
 
     @property
     def sampling_rate(self) -> int:
@@ -69,8 +71,9 @@ class OnnxStreamingRecognizer:
     def stream(self, keep_log_probs: bool = False) -> Stream:
         """A new utterance (its own features, graph state and text)."""
         return Stream(online_features(self.bundle.features, self.feature_backend),
-                      OnnxStep(self.session, self.info["states"]), self.chunk_frames, self.bundle.tokens,
-                      self.bundle.word_separator, keep_log_probs=keep_log_probs)
+                      OnnxStep(self.session, self.info["states"]), self.chunk_samples,
+                      int(self.info["chunk_multiple"]), self.bundle.tokens, self.bundle.word_separator,
+                      keep_log_probs=keep_log_probs)
 
     def transcribe(self, audio: np.ndarray) -> str:
         """Stream a whole array in ``chunk_ms`` pieces; the final text."""

@@ -13,7 +13,14 @@ measurements.
 
 from slimasr.streaming.features import FEATURE_BACKENDS, online_features
 from slimasr.streaming.recognizer import StreamingRecognizer, load_streaming_recognizer, streaming_problem
-from slimasr.streaming.stream import DEFAULT_CHUNK_MS, Stream, chunk_frames_for, stream_array
+from slimasr.streaming.stream import (
+    DEFAULT_CHUNK_MS,
+    Stream,
+    chunk_frames_for,
+    chunk_samples_for,
+    stream_array,
+)
 
 __all__ = ["DEFAULT_CHUNK_MS", "FEATURE_BACKENDS", "Stream", "StreamingRecognizer", "chunk_frames_for",
+           "chunk_samples_for",
            "load_streaming_recognizer", "online_features", "stream_array", "streaming_problem"]

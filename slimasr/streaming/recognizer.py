@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slimasr.decode import word_separator
 from slimasr.errors import DataError
 from slimasr.frontend import Frontend
 from slimasr.streaming.features import online_features
-from slimasr.streaming.stream import DEFAULT_CHUNK_MS, Stream, chunk_frames_for, stream_array
+from slimasr.streaming.stream import DEFAULT_CHUNK_MS, Stream, chunk_samples_for, stream_array
 
 
 def streaming_problem(model) -> str | None:
@@ -59,9 +60,9 @@ class TorchStep:
 
 
 class StreamingRecognizer:
-    """A causal model directory ready to stream. ``chunk_ms``: audio per model call (rounded up to
-    a multiple of the model's subsampling); ``features``: the online fbank (``lhotse``, exactly
-    the offline features, or ``kaldi-native-fbank``, sherpa-onnx's; slimasr.streaming.features)."""
+    """A causal model directory ready to stream. ``chunk_ms``: audio between two model runs;
+    ``features``: the online fbank (``lhotse``, exactly the offline features, or
+    ``kaldi-native-fbank``, sherpa-onnx's; slimasr.streaming.features)."""
 
     def __init__(self, model_dir: str | Path, chunk_ms: float = DEFAULT_CHUNK_MS,
                  features: str = "lhotse"):
@@ -79,8 +80,7 @@ class StreamingRecognizer:
         self.feature_backend = features
         online_features(self.frontend.features, features)  # fails now on a config that cannot stream
         self.chunk_ms = chunk_ms
-        self.chunk_frames = chunk_frames_for(chunk_ms, self.frontend.features.frame_shift,
-                                             self.model.subsampling)
+        self.chunk_samples = chunk_samples_for(chunk_ms, self.sampling_rate)
 
     @property
     def sampling_rate(self) -> int:
@@ -89,8 +89,9 @@ class StreamingRecognizer:
     def stream(self, keep_log_probs: bool = False) -> Stream:
         """A new utterance (its own features, model state and text)."""
         return Stream(online_features(self.frontend.features, self.feature_backend),
-                      TorchStep(self.model, self.frontend), self.chunk_frames,
-                      self.frontend.tokenizer.tokens, keep_log_probs=keep_log_probs)
+                      TorchStep(self.model, self.frontend), self.chunk_samples, self.model.subsampling,
+                      self.frontend.tokenizer.tokens, word_separator(self.frontend.tokenizer.kind),
+                      keep_log_probs=keep_log_probs)
 
     def transcribe(self, audio: np.ndarray) -> str:
         """Stream a whole array in ``chunk_ms`` pieces; the final text."""

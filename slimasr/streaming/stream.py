@@ -1,6 +1,6 @@
 """One utterance recognized chunk by chunk: online features -> model chunks -> greedy CTC text.
 
-    stream = Stream(online_features(cfg), step, chunk_frames=16, tokens=tokens)
+    stream = Stream(online_features(cfg), step, chunk_samples=2560, multiple=2, tokens=tokens)
     for samples in audio_chunks:
         partial = stream.accept(samples)      # the text so far (changes as words arrive)
     final = stream.finish()                   # flushes the last frames: the whole transcript
@@ -10,8 +10,11 @@ raw log-mel frames and returns ``(T', V)`` log-probs. The PyTorch step is in
 ``slimasr.streaming.recognizer``, the onnxruntime one in ``slimasr.runtime.streaming``; this module
 knows neither (nor any training code).
 
-Frames reach the model in chunks of ``chunk_frames`` (a multiple of the model's subsampling, so
-each chunk ends where an output frame ends); the last, shorter chunk comes with ``finish``.
+The model runs once per ``chunk_samples`` of audio received (the chunk size: 160 ms is 2560
+samples at 16 kHz), on every frame complete by then, rounded down to a multiple of the model's
+subsampling (so each chunk ends where an output frame ends); the rest, and the last frames, which
+only the end of the audio completes, run in ``finish``.
+
 Greedy decoding carries the previous frame's best token across chunks, so the text equals greedy
 decoding of the whole utterance's log-probs.
 """
@@ -25,16 +28,24 @@ import numpy as np
 
 from slimasr.decode.greedy import BLANK_ID, WORD_SEP, ids_to_text
 from slimasr.errors import ConfigError
+from slimasr.runtime.recognizer import checked_audio
 from slimasr.streaming.features import OnlineFeatures
 
 Step = Callable[[np.ndarray], np.ndarray]  # (T, F) raw fbank -> (T', V) log-probs, state kept inside
-DEFAULT_CHUNK_MS = 160  # model chunk: 16 frames of 10 ms (8 output frames at subsampling 2)
+DEFAULT_CHUNK_MS = 160  # audio between two model runs: 16 frames of 10 ms (8 output frames at x2)
+
+
+def chunk_samples_for(chunk_ms: float, sampling_rate: int) -> int:
+    """Audio samples between two model runs (``chunk_ms`` > 0, else a ConfigError)."""
+    if not chunk_ms > 0:
+        raise ConfigError(f"--chunk-ms must be positive, got {chunk_ms:g}")
+    return max(1, round(chunk_ms / 1000.0 * sampling_rate))
 
 
 def chunk_frames_for(chunk_ms: float, frame_shift: float, multiple: int) -> int:
-    """Feature frames per model chunk: ``chunk_ms`` rounded up to a multiple of the subsampling."""
-    if not chunk_ms > 0:
-        raise ConfigError(f"--chunk-ms must be positive, got {chunk_ms:g}")
+    """Feature frames in ``chunk_ms``, rounded up to a multiple of the subsampling (the fixed chunk
+    sherpa-onnx feeds the streaming graph)."""
+    chunk_samples_for(chunk_ms, 1000)  # the same check
     frames = max(1, round(chunk_ms / 1000.0 / frame_shift))
     return multiple * math.ceil(frames / multiple)
 
@@ -42,11 +53,13 @@ def chunk_frames_for(chunk_ms: float, frame_shift: float, multiple: int) -> int:
 class Stream:
     """One utterance: ``accept`` audio as it arrives, ``finish`` at its end (see module doc)."""
 
-    def __init__(self, features: OnlineFeatures, step: Step, chunk_frames: int, tokens: Sequence[str],
-                 word_sep: str = WORD_SEP, keep_log_probs: bool = False):
+    def __init__(self, features: OnlineFeatures, step: Step, chunk_samples: int, multiple: int,
+                 tokens: Sequence[str], word_sep: str = WORD_SEP, keep_log_probs: bool = False):
         self.features = features
         self.step = step
-        self.chunk_frames = chunk_frames
+        self.chunk_samples = chunk_samples  # audio between two model runs
+        self.multiple = multiple  # the model's subsampling: every chunk but the last is a multiple
+        self.unrun_samples = 0  # audio received since the model last ran
         self.tokens = list(tokens)
         self.word_sep = word_sep
         self.pending: list[np.ndarray] = []  # feature frames not yet given to the model
@@ -73,9 +86,12 @@ class Stream:
         """Feed the next samples (float in [-1, 1] at the model's rate); returns the text so far."""
         if self.finished:
             raise ValueError("the stream is finished; start a new one")
+        samples = checked_audio(samples)  # NaN would poison the state for the rest of the stream
         self._queue(self.features.accept(samples))
-        while self.pending_frames >= self.chunk_frames:
-            self._run(self._take(self.chunk_frames))
+        self.unrun_samples += len(samples)
+        if self.unrun_samples >= self.chunk_samples and self.pending_frames >= self.multiple:
+            self.unrun_samples = 0
+            self._run(self._take(self.pending_frames - self.pending_frames % self.multiple))
         return self.text
 
     def finish(self) -> str:
@@ -83,8 +99,8 @@ class Stream:
         if not self.finished:
             self.finished = True
             self._queue(self.features.finish())
-            while self.pending_frames > 0:
-                self._run(self._take(min(self.chunk_frames, self.pending_frames)))
+            if self.pending_frames > 0:
+                self._run(self._take(self.pending_frames))
         return self.text
 
     def _queue(self, frames: np.ndarray) -> None:

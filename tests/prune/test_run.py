@@ -5,6 +5,7 @@ loss; explicit ratios, whole-layer removal, the CLI and its errors."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,9 @@ import torch
 
 from slimasr.cli import main
 from slimasr.config import from_dict
-from slimasr.models import load_model
+from slimasr.models import load_model, save_model
 from slimasr.frontend import Frontend
-from slimasr.prune import model_cost, prunable_groups, select_layers
+from slimasr.prune import group_by_name, model_cost, prunable_groups, select_layers
 from slimasr.prune.latency import LatencyTable, measure_latency_table
 from slimasr.prune.run import PRUNE_JSON, PruneConfig, _batches, _mean_loss, prune_model_dir
 from slimasr.train import train_model
@@ -210,3 +211,90 @@ def test_cli_latency_target_and_a_table_of_another_model(trained, deep, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "deep.json" in err[0] and "another model" in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+# ---- unstructured, regularized ------------------------------------------------------------------
+
+def _zeros(model, name: str) -> torch.Tensor:
+    return model.get_parameter(name).detach() == 0
+
+
+def test_cli_unstructured_prunes_fine_tunes_with_the_mask_kept_and_saves_compactly(trained, tmp_path):
+    data, model_dir = trained
+    out = tmp_path / "sparse"
+    assert main(["prune", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--method",
+                 "unstructured", "--criterion", "magnitude", "--sparsity", "0.8", "--finetune-epochs", "1",
+                 "--quiet", "calibration_cuts=4", "sensitivity_cuts=4"]) == 0
+    record = json.loads((out / PRUNE_JSON).read_text())
+    pruned, final = load_model(out / "steps" / "1" / "pruned"), load_model(out)
+    assert record["method"] == "unstructured" and record["criterion"] == "magnitude"
+    assert json.loads((out / "config.json").read_text())["sparse"] is True
+    for name, share in record["final"]["layers"].items():
+        n = final.get_parameter(name).numel()
+        assert int(_zeros(final, name).sum()) == round(0.8 * n) and share == pytest.approx(0.8, abs=1 / n), name
+        assert torch.equal(_zeros(final, name), _zeros(pruned, name)), f"{name}: the mask was not kept"
+    assert not all(torch.equal(a, b) for a, b in zip(final.parameters(), pruned.parameters()))  # it trained
+    assert json.loads((out / "training.json").read_text())["kept_masks"] == len(record["final"]["layers"])
+    original_bytes = (model_dir / "model.safetensors").stat().st_size
+    assert record["original"]["bytes"] == original_bytes
+    assert record["final"]["bytes"] == (out / "model.safetensors").stat().st_size < original_bytes / 3
+    assert record["final"]["nonzero_params"] < 0.3 * record["original"]["nonzero_params"]
+
+
+def test_gradient_saliency_global_and_gradual_unstructured_pruning(trained, tmp_path):
+    data, model_dir = trained
+    record = prune_model_dir(model_dir, data, tmp_path / "g", config(
+        method="unstructured", unstructured={"criterion": "gradient", "sparsity": 0.5, "scope": "global"}),
+        show_progress=False)
+    model = load_model(tmp_path / "g")
+    sizes = [model.get_parameter(n).numel() for n in record["final"]["layers"]]
+    zeros = sum(int(_zeros(model, n).sum()) for n in record["final"]["layers"])
+    assert zeros == round(0.5 * sum(sizes)) and record["final"]["sparsity"] == zeros / sum(sizes)
+    record = prune_model_dir(model_dir, data, tmp_path / "gradual", config(
+        method="unstructured", gradual=True, finetune_epochs=2, unstructured={"sparsity": 0.6},
+        finetune_overrides=[*PruneConfig().finetune_overrides, "train.warmup_steps=2",
+                            "sparsity.gradual.every_steps=2", "sparsity.gradual.span_steps=6"]), show_progress=False)
+    tuned = json.loads((tmp_path / "gradual" / "training.json").read_text())
+    assert tuned["gradual"]["last_target"] == 0.6
+    model = load_model(tmp_path / "gradual")
+    for name in record["final"]["layers"]:
+        assert int(_zeros(model, name).sum()) == round(0.6 * model.get_parameter(name).numel()), name
+
+
+def test_units_a_penalty_emptied_are_removed_exactly_by_threshold(trained, tmp_path):
+    data, model_dir = trained
+    emptied = tmp_path / "emptied"
+    shutil.copytree(model_dir, emptied)
+    model = load_model(model_dir)
+    group = group_by_name(model)["rnns.0"]
+    with torch.no_grad():  # what group lasso leaves: every weight of unit 3 exactly zero
+        for s in group.slices:
+            if s.tensor in dict(model.named_parameters()):
+                model.get_parameter(s.tensor).index_fill_(s.dim, s.positions[3], 0.0)
+    save_model(model, tmp_path / "weights")
+    shutil.copyfile(tmp_path / "weights" / "model.safetensors", emptied / "model.safetensors")
+    record = prune_model_dir(emptied, data, tmp_path / "p", config(remove_below=0.0), show_progress=False)
+    widths = record["final"]["widths"]
+    assert widths == {**record["original"]["widths"], "rnns.0": group.size - 1}
+    x = torch.randn(2, 120, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "p")(x, torch.tensor([120, 90]))[0],
+                                   model.eval()(x, torch.tensor([120, 90]))[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--sparsity", "0.8"], "--sparsity and --gradual need --method unstructured"),
+    (["--method", "unstructured", "--gradual", "--finetune-epochs", "0"], "gradual"),
+    (["--regularize", "l1"], "regularize.strength"),
+    (["--reg-strength", "0.1"], "--reg-strength needs --regularize"),
+    (["--method", "unstructured", "--criterion", "taylor"], "unstructured.criterion"),
+    (["--method", "unstructured", "--target-macs", "0.5"], "--target-macs has no effect with --method unstructured"),
+    (["--method", "unstructured", "remove_layers=1"], "method unstructured: ratios, remove_layers"),
+])
+def test_cli_bad_unstructured_settings_are_one_line_errors(trained, tmp_path, capsys, extra, message):
+    data, model_dir = trained
+    code = main(["prune", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "o"),
+                 "--quiet", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "o").exists()

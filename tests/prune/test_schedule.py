@@ -134,3 +134,18 @@ def test_gradual_pruning_in_a_tiny_training_run_ends_at_its_sparsity_saved_compa
         zeros = int((weight == 0).sum())
         expected = 0 if name.startswith("head.") else round(0.6 * weight.numel())
         assert zeros == expected, name
+
+
+def test_a_run_with_gradual_pruning_resumes_with_its_masks_exactly(tmp_path):
+    """Stopped at step 5 (between two prunings) and resumed, the run ends with bitwise the weights
+    of an uninterrupted one: the masks come back from the checkpoint."""
+    data = make_corpus(tmp_path / "data", n_train=12)
+    overrides = ["sparsity.gradual.final=0.6", "sparsity.gradual.start_step=2", "sparsity.gradual.span_steps=6",
+                 "sparsity.gradual.every_steps=2"]
+    whole = train_model(tiny_recipe(epochs=3), data, tmp_path / "whole", overrides=overrides, show_progress=False)
+    train_model(tiny_recipe(epochs=3), data, tmp_path / "part", overrides=[*overrides, "train.max_steps=5"],
+                show_progress=False)
+    resumed = train_model(tiny_recipe(epochs=3), data, tmp_path / "part", overrides=overrides, resume=True,
+                          show_progress=False)
+    assert resumed["steps"] == whole["steps"] > 8
+    assert resumed["weights_sha256"] == whole["weights_sha256"]

@@ -232,3 +232,15 @@ def test_a_pruned_model_keeps_its_zeros_as_masks():
         model[1].weight[1, 0] = 0.0
     masks = mask_zeros_(model)
     assert list(masks) == ["1.weight"] and masks["1.weight"].tolist() == [[True, True], [False, True]]
+
+
+def test_squashing_a_copy_leaves_the_masked_original_working():
+    """torch's parametrized class is shared by deep copies; squash must not break the original."""
+    model = crnn()
+    sparsify_(model, UnstructuredConfig(sparsity=0.5))
+    masked = forward(model)
+    copy_ = squash_(copy.deepcopy(model))
+    assert torch.equal(forward(copy_), masked) and torch.equal(forward(model), masked)
+    assert masks_of(model) and not masks_of(copy_)
+    squash_(model)
+    assert torch.equal(forward(model), masked)

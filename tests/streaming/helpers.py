@@ -11,7 +11,7 @@ from slimasr.train import train_model
 from tests.train.helpers import make_corpus, tiny_recipe
 
 MEL_BINS = 80
-CHUNK_MS = [80, 160, 320, 130]  # 130 ms: 13 frames, not a multiple of the subsampling (rounded up)
+CHUNK_MS = [80, 160, 320, 130]  # 130 ms: chunks end in the middle of an output frame
 
 
 def train_causal(root: Path) -> Path:

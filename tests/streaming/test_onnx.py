@@ -29,10 +29,14 @@ def test_export_writes_the_streaming_graph_of_a_causal_model(causal_bundle):
     assert streaming["parity_max_abs_diff"] <= 1e-4 and streaming["parity_chunks"] == [16, 2]
     assert streaming["parity_utterances"] == 6  # 3 synthetic, 3 real
     # sherpa-onnx's layout: 6 states per conv and per recurrent layer, then 2
-    assert len(streaming["states"]) == 6 * 3 + 2
-    roles = {s["name"]: (s["shape"], s["role"]) for s in streaming["states"]}
-    assert roles["conv0_cache"] == ([1, 80, 2], "conv0 cache (N, C*F, k-1)")
-    assert roles["rnn0_h"] == ([1, 1, 32], "rnn0 h") and roles["rnn0_c"] == ([1, 1, 32], "rnn0 c")
+    names = [s["name"] for s in streaming["states"]]
+    assert names == [*(f"conv{i}_{slot}" for i in (0, 1) for slot in
+                       ("unused0", "unused1", "unused2", "unused3", "cache", "unused5")),
+                     "rnn0_h", "rnn0_unused1", "rnn0_c", "rnn0_unused3", "rnn0_unused4", "rnn0_unused5",
+                     "embed_unused", "processed_frames"]
+    shapes = {s["name"]: s["shape"] for s in streaming["states"]}
+    assert shapes["conv0_cache"] == [1, 80, 2] and shapes["conv1_cache"] == [1, 8 * 40, 2]  # C*F, k-1
+    assert shapes["rnn0_h"] == shapes["rnn0_c"] == [1, 1, 32]  # nn.LSTM's (1, N, H)
     assert streaming["inputs"] == ["x", *(s["name"] for s in streaming["states"])]
 
 
@@ -75,6 +79,12 @@ def test_a_graph_that_computes_something_else_is_not_published(tmp_path):
     with pytest.raises(ExportCheckFailed, match=r"^m: streaming parity check failed: .*nothing published$"):
         check_streaming_parity(ExportWrapper(other, None), StreamingWrapper(model, None).layout,
                                open_session(path), feats, [8], atol=1e-4, where="m")
+
+
+def test_the_int8_graph_cannot_stream(causal_bundle):
+    assert OnnxStreamingRecognizer(causal_bundle / "model.streaming.onnx").transcribe(np.zeros(8000)) == ""
+    with pytest.raises(DataError, match=r"model.int8.onnx: streaming runs the bundle's model.streaming.onnx"):
+        OnnxStreamingRecognizer(causal_bundle / "model.int8.onnx")
 
 
 def test_a_bundle_of_a_non_causal_model_has_no_streaming_graph(bidirectional, tmp_path):
