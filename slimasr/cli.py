@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     corpus_verbs = corpus.add_subparsers(dest="corpus_verb", metavar="ACTION")
     corpus_verbs.required = True
 
-    synth = _verb(corpus_verbs, "synth", "synthesize the embedded smart-home corpus with eSpeak NG",
+    synth = _verb(corpus_verbs, "synth", "synthesize the embedded smart-home corpus (eSpeak NG, Flite, Festival)",
                   "slimasr corpus synth --out data/smarthome",
                   "slimasr corpus synth --out data/noisy --hours 0.5 --seed 1 snr_min_db=0 clean_share=0.1")
     synth.add_argument("--out", required=True, help="output data directory")

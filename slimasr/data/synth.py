@@ -390,7 +390,9 @@ def _plan_voice(
     """Draw voice, prosody and conditions for one utterance from its own generator."""
     family, speaker = _pick_speaker(config, voices, rng)
     accent = ENGLISH_BASES[int(rng.integers(len(ENGLISH_BASES)))] if family == "espeak" else None
-    warp = 1.0 if family == "espeak" else round(float(rng.uniform(config.warp_min, config.warp_max)), 4)
+    warp = 1.0
+    if family != "espeak":  # eSpeak varies pitch itself; the others are resampled instead
+        warp = round(float(rng.uniform(config.warp_min, config.warp_max)), 4)
     room, channel = _pick_conditions(config, rng)
     clean = rng.random() < config.clean_share
     noise = "none" if clean else str(rng.choice(config.noise_colors))

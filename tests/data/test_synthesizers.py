@@ -64,6 +64,22 @@ def test_rate_sets_the_duration(family: str, voice: str) -> None:
     assert len(slow) / len(fast) == pytest.approx(2.0, rel=0.2)
 
 
+@needs("festival")
+def test_festival_output_does_not_depend_on_history() -> None:
+    """One Festival process speaks everything; each utterance still depends on its arguments only,
+    and is what ``text2wave -scale 0.5`` writes."""
+    synth = Festival()
+    first, _ = synth.synthesize(TEXT, "cmu_us_slt_arctic_hts", Prosody(rate=160))
+    synth.synthesize("what is the weather like", "ked_diphone", Prosody(rate=200))
+    again, _ = synth.synthesize(TEXT, "cmu_us_slt_arctic_hts", Prosody(rate=160))
+    np.testing.assert_array_equal(first, again)
+    diphone, _ = synth.synthesize(TEXT, "kal_diphone", Prosody(rate=140))
+    reference, _ = run_to_wav(["text2wave", "-scale", "0.5", "-eval", "(voice_kal_diphone)", "-eval",
+                               "(Parameter.set 'Duration_Stretch 1.25)", "-o", "{wav}"], TEXT + "\n")
+    np.testing.assert_array_equal(diphone, reference)
+    synth.close()
+
+
 @needs("flite", "festival")
 def test_versions_come_from_dpkg() -> None:
     versions = synthesizers.package_versions(["flite", "festival"])
@@ -90,7 +106,7 @@ def test_a_missing_family_is_absent_with_one_log_line(monkeypatch, caplog) -> No
         assert available_families() == ["espeak"]
     assert [r.getMessage() for r in caplog.records] == [
         "synthesizer flite: absent (flite not found)",
-        "synthesizer festival: absent (festival, text2wave not found)",
+        "synthesizer festival: absent (festival not found)",
     ]
 
 

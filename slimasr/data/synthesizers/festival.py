@@ -72,13 +72,14 @@ class Festival(Synthesizer):
         """Send Scheme ``commands`` and wait until Festival has carried them out."""
         if self._process is None or self._process.poll() is not None:
             self._process = subprocess.Popen(
-                ["festival", "--pipe"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True,
+                ["festival", "--pipe"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
-        self._process.stdin.write(f'{commands}\n(print "{_DONE}")\n')
+        # The marker goes to stderr: Festival's stdout is block-buffered in a pipe, its stderr not.
+        self._process.stdin.write(f'{commands}\n(format stderr "{_DONE}\\n")\n')
         self._process.stdin.flush()
         said = []
-        for line in self._process.stdout:
+        for line in self._process.stderr:
             if _DONE in line:
                 return
             said.append(line.strip())
