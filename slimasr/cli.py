@@ -25,6 +25,8 @@ def _synth_config(args: argparse.Namespace) -> Any:
         value = getattr(args, name)
         if value is not None:
             overrides.append(f"{name}={value}")
+    if getattr(args, "unlabelled", False):
+        overrides.append("unlabelled=true")
     return load_config(SynthConfig, args.config, overrides)
 
 
@@ -95,15 +97,18 @@ def _regularize_overrides(args: argparse.Namespace, prefix: str = "sparsity.regu
 
 
 def _distill_overrides(args: argparse.Namespace) -> list[str]:
-    overrides = [f"teacher.path={args.teacher}", *_regularize_overrides(args), *args.overrides]
+    import json
+
+    teachers = args.teacher if isinstance(args.teacher, list) else [args.teacher]
+    overrides = [f"teacher.path={teachers[0]}", *_regularize_overrides(args), *args.overrides]
+    if len(teachers) > 1:  # an ensemble: their averaged posteriors are the soft target
+        overrides.insert(1, f"teacher.paths={json.dumps(teachers)}")
     student = args.student
     if student in ("teacher", "from-teacher"):
         overrides.insert(0, "student.init=teacher")
     elif student:
         overrides.insert(0, f"model.preset={student}")
     if args.unlabelled:
-        import json
-
         overrides.append(f"unlabelled={json.dumps(args.unlabelled)}")  # a YAML (JSON) list
     return overrides
 
@@ -358,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="synthesis processes (default 2)")
     synth.add_argument("--config", default=None, help="YAML/JSON file with SynthConfig fields")
     synth.add_argument("--overwrite", action="store_true", help="replace a complete corpus in --out")
+    synth.add_argument("--unlabelled", action="store_true",
+                       help="only an unlabelled split (train voices, no texts) for distill --unlabelled")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_overrides(synth, "SynthConfig fields (slimasr/data/synth.py), e.g. snr_min_db=5 snr_max_db=20")
     synth.set_defaults(func=_corpus_synth, resolve=_synth_config)
@@ -390,8 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "--data data/smarthome --out exp/student",
                  "slimasr distill --teacher exp/teacher --student crnn_student --data data/smarthome "
                  "--out exp/s2 loss.kd_weight=0.5")
-    dist.add_argument("--teacher", required=True,
-                      help="teacher model directory (slimasr, or a local HF Wav2Vec2/HuBERT CTC folder)")
+    dist.add_argument("--teacher", required=True, action="append",
+                      help="teacher model directory (slimasr, or a local HF Wav2Vec2/HuBERT CTC "
+                           "folder); repeat for an ensemble of slimasr teachers (same tokenizer)")
     dist.add_argument("--student", default=None,
                       help="student model preset (file or bundled name, e.g. crnn_student), or "
                            "'teacher' to cut the student down from the teacher (student.layers/width)")
@@ -417,8 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="remove units: a dense, smaller model (default); or zero single weights "
                             "(same shapes, saved compactly, fine-tuned with the mask kept)")
     prune.add_argument("--criterion", default=None,
-                       choices=["magnitude", "taylor", "activation", "apoz", "sensitivity", "random", "gradient"],
-                       help="how units are scored (default taylor); unstructured: magnitude (default) "
+                       choices=["magnitude", "taylor", "activation", "apoz", "sensitivity", "random", "gradient",
+                                "learned"],
+                       help="how units are scored (default taylor; learned: hard-concrete masks trained with "
+                            "KD under the target); unstructured: magnitude (default) "
                             "or gradient (|w * dL/dw| on calibration audio)")
     prune.add_argument("--sparsity", type=float,
                        help="unstructured: share of the weights set to zero, e.g. 0.8 (default 0.8)")

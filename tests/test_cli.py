@@ -45,7 +45,7 @@ MIXED_ORDER = [
      {"config": "C", "data": "D", "out": "O", "overrides": ["train.epochs=5", "train.lr=0.1"]}),
     (["distill", "loss.kd_weight=0.5", "--teacher", "T", "--data", "D", "--out", "O", "seed=1",
       "--student", "S"],
-     {"teacher": "T", "student": "S", "overrides": ["loss.kd_weight=0.5", "seed=1"]}),
+     {"teacher": ["T"], "student": "S", "overrides": ["loss.kd_weight=0.5", "seed=1"]}),
     (["prune", "--model", "M", "steps=2", "--data", "D", "seed=3", "--out", "O", "--target-macs", "0.5"],
      {"model": "M", "target_macs": 0.5, "overrides": ["steps=2", "seed=3"]}),
     (["evaluate", "worst=3", "--model", "M", "max_duration=20", "--data", "D", "--beam"],

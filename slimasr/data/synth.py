@@ -62,6 +62,7 @@ from slimasr.progress import progress_bar
 
 SPLITS = ("train", "dev", "test")  # every corpus has these
 UNSEEN_SYNTH_SPLIT = "test_unseen_synth"  # and this one when SynthConfig.unseen_synth is set
+UNLABELLED_SPLIT = "unlabelled"  # the only split of an unlabelled corpus (SynthConfig.unlabelled)
 SAMPLE_RATE = 16000  # Hz, the corpus audio
 NOISE_COLORS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 / f ** exponent
 # The default synthesizers, named explicitly so that the default corpus is the same on every
@@ -70,7 +71,7 @@ DEFAULT_SYNTHESIZERS = ("espeak", "flite", "festival")
 ROOMS = ("none", "near", "far")  # plan.room: no reverberation, effects.reverb, effects.far_field
 CHANNELS = ("none", "telephone", "vorbis", "opus", "mp3")  # plan.channel
 
-_SPLIT_CODE = {"train": 0, "dev": 1, "test": 2, UNSEEN_SYNTH_SPLIT: 3}
+_SPLIT_CODE = {"train": 0, "dev": 1, "test": 2, UNSEEN_SYNTH_SPLIT: 3, UNLABELLED_SPLIT: 4}
 _FAMILY_CODE = {"espeak": 0, "flite": 1, "festival": 2}  # seeds each family's voice split
 # Random streams, the second word of every seed: (seed, stream, split, index).
 _UTTERANCE_STREAM, _SENTENCE_STREAM, _VOICE_STREAM = 0, 1, 2
@@ -141,6 +142,10 @@ class SynthConfig:
     trim_level: float = 3e-4  # the synthesizer's own silence (|x| below this, full scale 1) is cut
     variants: list[str] = field(default_factory=list_variants)  # eSpeak variants to draw from
     relative_paths: bool = True  # audio paths relative to the corpus folder: it can be moved
+    # Only an "unlabelled" split of `hours` for distillation: train voices (use the labelled
+    # corpus's seed, so dev/test voices stay out), sentences from its own random stream (none of
+    # the dev/test unseen ones), and manifests without text (cuts with no supervisions).
+    unlabelled: bool = False
 
     def __post_init__(self) -> None:
         self.codecs = tuple(self.codecs)
@@ -268,6 +273,8 @@ def synthesize_corpus(
         progress = stack.enter_context(progress_bar() if show_progress else Progress(disable=True))
         render = _Renderer(tmp, config, pool, progress)
         reserved = {u.text for split_unseen in unseen.values() for u in split_unseen}
+        if config.unlabelled:
+            return _synthesize_unlabelled(tmp, audio_root, grammar, config, voices, reserved, render)
         plans = {"train": _synthesize_train(grammar, config, voices["train"], reserved, render)}
         for split in config.splits()[1:]:
             plans[split] = _plan_eval(config, split, voices[split], unseen[split], plans["train"])
@@ -349,13 +356,15 @@ def _plan_train(
     voices: dict[str, list[str]],
     reserved: set[str],
     index: int,
+    split: str = "train",
 ) -> UtterancePlan:
-    """Train utterance ``index``: any grammar sentence except the reserved (unseen) ones."""
-    rng = _rng(config.seed, _UTTERANCE_STREAM, "train", index)
+    """Train (or unlabelled) utterance ``index``: any grammar sentence except the reserved
+    (unseen) ones."""
+    rng = _rng(config.seed, _UTTERANCE_STREAM, split, index)
     utterance = grammar.sample(rng)
     while utterance.text in reserved:
         utterance = grammar.sample(rng)
-    return _plan_voice(config, "train", index, utterance, voices, rng)
+    return _plan_voice(config, split, index, utterance, voices, rng)
 
 
 def _plan_eval(
@@ -467,6 +476,7 @@ def _synthesize_train(
     voices: dict[str, list[str]],
     reserved: set[str],
     render: "_Renderer",
+    split: str = "train",
 ) -> list[UtterancePlan]:
     """Render train utterances 0, 1, 2, ... and keep the shortest prefix with config.hours.
 
@@ -480,15 +490,16 @@ def _synthesize_train(
         mean = total / len(plans) if plans else _FIRST_GUESS_SECONDS * SAMPLE_RATE
         n_new = max(math.ceil((target - total) / mean * _ROUND_MARGIN), _TASK_SIZE)
         new = [
-            _plan_train(grammar, config, voices, reserved, len(plans) + i) for i in range(n_new)
+            _plan_train(grammar, config, voices, reserved, len(plans) + i, split)
+            for i in range(n_new)
         ]
-        render.run("train", new, expected_total=len(plans) + n_new)
+        render.run(split, new, expected_total=len(plans) + n_new)
         plans += new
         total += sum(render.num_samples[p.id] for p in new)
     lengths = np.cumsum([render.num_samples[p.id] for p in plans])
     keep = int(np.searchsorted(lengths, target)) + 1  # first prefix reaching the target
     render.discard(plans[keep:])
-    render.finish("train", keep)
+    render.finish(split, keep)
     return plans[:keep]
 
 
@@ -636,6 +647,22 @@ def _trim(audio: np.ndarray, level: float) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Output: manifests and summary
 # ---------------------------------------------------------------------------------------------
+def _synthesize_unlabelled(tmp: Path, root: Path | None, grammar: Grammar, config: SynthConfig,
+                           voices: dict, reserved: set[str], render: "_Renderer") -> dict:
+    """The unlabelled corpus: ``config.hours`` of train-voice audio, cuts without supervisions,
+    and a corpus.json (written last) marked ``"unlabelled": true``."""
+    plans = _synthesize_train(grammar, config, voices["train"], reserved, render, UNLABELLED_SPLIT)
+    _write_manifests(tmp, root, UNLABELLED_SPLIT, plans, render.num_samples, with_text=False)
+    split = _split_summary(plans, plans, render.num_samples)
+    split.pop("unseen_sentence_share", None)
+    summary = {"corpus": "slimasr smart-home (synthesized, unlabelled)", "unlabelled": True,
+               "seed": config.seed, "sample_rate": SAMPLE_RATE,
+               "config": json.loads(json.dumps(asdict(config))), "splits": {UNLABELLED_SPLIT: split},
+               "speakers": voices["train"]}
+    write_json_atomic(tmp / "corpus.json", summary)
+    return summary
+
+
 def _check_destination(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(out_dir, "exists and is not a folder")
@@ -649,10 +676,12 @@ def _check_destination(out_dir: Path, overwrite: bool) -> None:
 
 
 def _write_manifests(
-    tmp: Path, root: Path | None, split: str, plans: list[UtterancePlan], num_samples: dict[str, int]
+    tmp: Path, root: Path | None, split: str, plans: list[UtterancePlan], num_samples: dict[str, int],
+    with_text: bool = True,
 ) -> None:
     """Write the split's recordings, supervisions and cuts; audio paths are relative to the
-    corpus folder, or absolute under ``root`` (the final folder) when it is given."""
+    corpus folder, or absolute under ``root`` (the final folder) when it is given. Without
+    ``with_text`` the cuts have no supervisions and no supervisions file is written."""
     recordings, supervisions, cuts = [], [], []
     for plan in plans:
         n = num_samples[plan.id]
@@ -667,12 +696,13 @@ def _write_manifests(
                     "synthesizer": plan.synthesizer, "voice": plan.voice},
         )  # fmt: skip
         custom = {name: getattr(plan, name) for name in _CUT_CUSTOM}  # (voice: a property)
-        cuts.append(MonoCut(plan.id, 0.0, duration, 0, supervisions=[sup], recording=rec,
-                            custom=custom))  # fmt: skip
+        cuts.append(MonoCut(plan.id, 0.0, duration, 0, supervisions=[sup] if with_text else [],
+                            recording=rec, custom=custom))  # fmt: skip
         recordings.append(rec)
         supervisions.append(sup)
     RecordingSet.from_recordings(recordings).to_file(tmp / f"{split}_recordings.jsonl.gz")
-    SupervisionSet.from_segments(supervisions).to_file(tmp / f"{split}_supervisions.jsonl.gz")
+    if with_text:
+        SupervisionSet.from_segments(supervisions).to_file(tmp / f"{split}_supervisions.jsonl.gz")
     CutSet.from_cuts(cuts).to_file(tmp / f"{split}_cuts.jsonl.gz")
 
 

@@ -24,6 +24,10 @@ from slimasr.train.config import TrainRecipe, load_recipe
 @dataclass
 class TeacherConfig:
     path: str | None = None  # model directory: slimasr (config.json + model.safetensors) or HF CTC
+    # An ensemble: several slimasr teachers with the same tokens, features and CMVN; the soft
+    # target is their averaged posteriors (mean of probabilities, then log). path defaults to
+    # the first (its front end is the student's; student.init: teacher cuts it down). []: path alone.
+    paths: list[str] = field(default_factory=list)
     kind: Literal["auto", "slimasr", "hf"] = "auto"  # auto: HF when config.json names *ForCTC
     # Compute the teacher's frame posteriors once (top-k per frame) into OUT/teacher_cache/ instead
     # of running the teacher on every batch. Hidden-layer matching always runs the teacher online.
@@ -56,8 +60,19 @@ class LossConfig:
     ctc_weight: float = 1.0  # CTC on the reference transcript (unlabelled cuts have none)
     kd_weight: float = 0.0  # frame-level KL(teacher || student) on T-softened CTC posteriors
     temperature: float = 2.0  # softening of both distributions; the KL is scaled by T^2
+    # Blank frames in KD. down_weight: blank_weight on frames where the teacher is confident
+    # blank; none: all frames weigh 1; symmetric: drop frames where teacher AND student are
+    # confident blank, except a share blank_keep of them (evenly spread). Default: today's.
+    blank_selection: Literal["none", "down_weight", "symmetric"] = "down_weight"
     blank_weight: float = 1.0  # weight of frames where the teacher is confident blank (1: no change)
-    blank_threshold: float = 0.9  # teacher blank probability from which a frame counts as blank
+    # blank probability (unsoftened) from which a frame counts as blank: the teacher's for
+    # down_weight, both the teacher's and the student's for symmetric
+    blank_threshold: float = 0.9
+    blank_keep: float = 0.1  # symmetric: share of blank-on-both-sides frames kept (not measured)
+    # Delayed KD for causal (streaming) students: the student's frame t learns the teacher's
+    # frame t - kd_delay (first kd_delay frames dropped). 0: plain frame KD. Choose it on dev
+    # with slimasr.distill.delay.dev_kd_delay (docs/distillation.md).
+    kd_delay: int = 0
     hidden_weight: float = 0.0  # hidden-layer matching through learned projections
     # (student index, teacher index) pairs of forward_hidden states (0 = front end, i = layer i);
     # empty: every student layer to the teacher layer at the same relative depth.
@@ -75,6 +90,10 @@ class LossConfig:
             raise ConfigError("loss: weights must be >= 0 and at least one > 0")
         if self.temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
+        if self.kd_delay < 0:
+            raise ConfigError(f"loss.kd_delay must be >= 0 frames, got {self.kd_delay}")
+        if not 0 <= self.blank_keep <= 1:
+            raise ConfigError(f"loss.blank_keep must be in [0, 1], got {self.blank_keep}")
 
 
 @dataclass
@@ -96,6 +115,13 @@ def load_distill_recipe(source: str | Path | Mapping | DistillRecipe | None = No
     base = Path(source).resolve().parent if isinstance(source, (str, Path)) else None
     if base is not None:
         recipe.teacher.path = _near(base, recipe.teacher.path)
+        recipe.teacher.paths = [_near(base, p) or p for p in recipe.teacher.paths]
+    t = recipe.teacher
+    if t.paths and not t.path:
+        t.path = t.paths[0]
+    if len(t.paths) > 1 and t.path != t.paths[0]:
+        raise ConfigError(f"teacher.path ({t.path}) must be the first of teacher.paths {t.paths} "
+                          "(the ensemble's front end), or left out")
         recipe.loss.pseudo_lm = _near(base, recipe.loss.pseudo_lm)
         recipe.unlabelled = [_near(base, p) or p for p in recipe.unlabelled]
         recipe.student.path = _near(base, recipe.student.path)

@@ -6,7 +6,10 @@ tensors are targets and are detached. Blank is token 0 (``BLANK_ID``).
 
 - ``ctc_term``: the ordinary CTC objective, optionally with per-utterance weights.
 - ``kd_kl`` / ``kd_kl_topk``: Hinton distillation of frame-level CTC posteriors (from the full
-  teacher distribution, or from a cached top-k of it), with mostly-blank frames down-weighted.
+  teacher distribution, or from a cached top-k of it), with mostly-blank frames down-weighted
+  or (symmetric blank selection) mostly dropped.
+- ``delay_frames`` / ``spike_delay``: Delayed KD for causal students (teacher frame t - d taught
+  at student frame t) and the d at which a student's spikes best follow the teacher's.
 - ``align_time`` / ``align_log_probs``: bring a teacher sequence to the student's frame rate.
 - ``HiddenProjector`` + ``hidden_loss``: DistilHuBERT-style hidden-layer matching.
 - ``pseudo_label_keep``: Distil-Whisper's WER filter for teacher transcripts.
@@ -37,6 +40,7 @@ from slimasr.models.common import lengths_to_mask
 from slimasr.train.loop import ctc_loss, reduce_loss
 
 BLANK_ID = 0  # the CTC blank is token 0 in every slimasr vocabulary
+BLANK_SELECTIONS = ("none", "down_weight", "symmetric")
 HIDDEN_KINDS = ("l1_cos", "mse")
 # -log(sigmoid(1)): the smallest value of DistilHuBERT's cosine term (reached when cos = 1);
 # subtracted so that a perfect match scores 0 (the gradients are unchanged).
@@ -70,23 +74,31 @@ def ctc_term(log_probs: Tensor, out_lens: Tensor, targets: Tensor, target_lens: 
 
 
 def kd_kl(student_log_probs: Tensor, teacher_log_probs: Tensor, lens: Tensor, temperature: float,
-          blank_weight: float = 1.0, blank_threshold: float = 0.9) -> Tensor:
+          blank_weight: float = 1.0, blank_threshold: float = 0.9, selection: str = "down_weight",
+          blank_keep: float = 0.1, frame_mask: Tensor | None = None) -> Tensor:
     """Hinton KD on CTC posteriors: T^2 * KL(p_teacher^T || p_student^T) per frame, summed over the
     vocabulary, averaged over valid frames. student_log_probs, teacher_log_probs: (N, T, V) (log
-    posteriors, or logits: both are re-normalised after dividing by T), lens: (N,). A frame
-    whose teacher blank probability (unsoftened) is >= ``blank_threshold`` weighs
-    ``blank_weight``, the others 1; the average is then the weighted average."""
+    posteriors, or logits: both are re-normalised after dividing by T), lens: (N,).
+
+    Blank frames (``selection``): "down_weight": a frame whose teacher blank probability
+    (unsoftened) is >= ``blank_threshold`` weighs ``blank_weight``, the others 1; "none": every
+    frame weighs 1; "symmetric": see ``blank_selection_mask`` (``blank_keep``). The average is
+    the weighted average. ``frame_mask: (N, T)`` bool, when given, drops the frames where it is
+    False as well (``delay_frames``)."""
     mask = lengths_to_mask(lens, student_log_probs.shape[1])  # (N, T)
     student = _soften(student_log_probs, mask, temperature)  # (N, T, V)
     teacher = _soften(teacher_log_probs.detach(), mask, temperature)
     kl = _kl_rows(teacher, student) * temperature ** 2  # (N, T)
     blank_logp = _masked(teacher_log_probs.detach()[..., BLANK_ID], mask)  # (N, T)
-    return _weighted_mean(kl, _frame_weights(blank_logp, mask, blank_weight, blank_threshold))
+    student_blank = _student_blank(student_log_probs, mask, selection)
+    weights = _selection_weights(blank_logp, student_blank, mask, selection, blank_weight,
+                                 blank_threshold, blank_keep)
+    return _weighted_mean(kl, weights if frame_mask is None else weights * frame_mask)
 
 
 def kd_kl_topk(student_log_probs: Tensor, topk_logp: Tensor, topk_idx: Tensor, lens: Tensor,
-               temperature: float, blank_weight: float = 1.0,
-               blank_threshold: float = 0.9) -> Tensor:
+               temperature: float, blank_weight: float = 1.0, blank_threshold: float = 0.9,
+               selection: str = "down_weight", blank_keep: float = 0.1) -> Tensor:
     """``kd_kl`` from a cached top-k of the teacher. student_log_probs: (N, T, V); topk_logp:
     (N, T, k) the teacher's k largest log-probs, topk_idx: (N, T, k) int64 their token ids;
     lens: (N,).
@@ -106,7 +118,9 @@ def kd_kl_topk(student_log_probs: Tensor, topk_logp: Tensor, topk_idx: Tensor, l
     is_blank = topk_idx == BLANK_ID  # (N, T, k)
     stored = topk_logp.detach().masked_fill(~is_blank, -math.inf)
     blank_logp = _masked(stored.max(dim=-1).values, mask)  # (N, T); -inf where blank not stored
-    return _weighted_mean(kl, _frame_weights(blank_logp, mask, blank_weight, blank_threshold))
+    student_blank = _student_blank(student_log_probs, mask, selection)
+    return _weighted_mean(kl, _selection_weights(blank_logp, student_blank, mask, selection,
+                                                 blank_weight, blank_threshold, blank_keep))
 
 
 def _soften(log_probs: Tensor, mask: Tensor, temperature: float) -> Tensor:
@@ -134,6 +148,77 @@ def _frame_weights(blank_logp: Tensor, mask: Tensor, blank_weight: float,
     weights = torch.where(blank_logp.exp() >= blank_threshold,
                           torch.full_like(blank_logp, blank_weight), torch.ones_like(blank_logp))
     return weights.float() * mask
+
+
+def _student_blank(student_log_probs: Tensor, mask: Tensor, selection: str) -> Tensor | None:
+    """(N, T) the student's unsoftened blank log-probs, detached (symmetric selection only)."""
+    if selection != "symmetric":
+        return None
+    return _masked(student_log_probs.detach().float().log_softmax(-1)[..., BLANK_ID], mask)
+
+
+def _selection_weights(teacher_blank: Tensor, student_blank: Tensor | None, mask: Tensor,
+                       selection: str, blank_weight: float, blank_threshold: float,
+                       blank_keep: float) -> Tensor:
+    """(N, T) frame weights of a ``selection`` (see ``kd_kl``); 0 on padding."""
+    if selection == "down_weight":
+        return _frame_weights(teacher_blank, mask, blank_weight, blank_threshold)
+    if selection == "none":
+        return mask.float()
+    if selection == "symmetric":
+        keep = blank_selection_mask(teacher_blank, student_blank, mask, blank_threshold, blank_keep)
+        return keep.float()
+    raise ValueError(f"blank selection must be one of {BLANK_SELECTIONS}, got {selection!r}")
+
+
+def blank_selection_mask(teacher_blank: Tensor, student_blank: Tensor, mask: Tensor,
+                         threshold: float, keep: float) -> Tensor:
+    """Symmetric blank selection, (N, T) bool. A valid frame is "blank on both sides" when the
+    teacher's and the student's blank probabilities (exp of the (N, T) log-probs) are both
+    >= ``threshold``; every other valid frame is kept, and of each utterance's blank-on-both
+    frames the 1st, then every round(1 / keep)-th one (a share ``keep`` spread evenly over time,
+    deterministic; ``keep`` 0: none)."""
+    if not 0 <= keep <= 1:
+        raise ValueError(f"blank_keep must be in [0, 1], got {keep}")
+    both = (teacher_blank.exp() >= threshold) & (student_blank.exp() >= threshold) & mask
+    rank = both.long().cumsum(dim=1) - 1  # (N, T): index among the utterance's blank-on-both frames
+    kept_blank = both & (rank % max(round(1 / keep), 1) == 0) if keep > 0 else torch.zeros_like(both)
+    return (mask & ~both) | kept_blank
+
+
+def delay_frames(teacher_log_probs: Tensor, lens: Tensor, delay: int) -> tuple[Tensor, Tensor]:
+    """Delayed KD: teacher posteriors (N, T, V) moved ``delay`` frames later, so that the
+    student's frame t is matched to the teacher's frame t - delay, and an (N, T) bool mask of the
+    frames that keep a target (t >= delay and t < lens). delay 0 returns the input and the length
+    mask."""
+    if delay < 0:
+        raise ValueError(f"kd_delay must be >= 0, got {delay}")
+    mask = lengths_to_mask(lens, teacher_log_probs.shape[1])
+    if delay == 0:
+        return teacher_log_probs, mask
+    shifted = torch.zeros_like(teacher_log_probs)
+    shifted[:, delay:] = teacher_log_probs[:, :-delay]
+    mask[:, :delay] = False
+    return shifted, mask
+
+
+def spike_delay(teacher_log_probs: Tensor, student_log_probs: Tensor, lens: Tensor,
+                max_delay: int) -> tuple[int, list[int]]:
+    """The shift d in [0, max_delay] at which a (causal) student's spikes best follow the
+    teacher's: for each d, the number of frames t where the teacher's argmax at t is a non-blank
+    token and the student's argmax at t + d (< lens) is the same token. Both (N, T, V) on the
+    same frames, lens: (N,). Returns (best d, agreement per d); ties go to the smaller d."""
+    t_best, s_best = teacher_log_probs.argmax(-1), student_log_probs.argmax(-1)  # (N, T)
+    valid = lengths_to_mask(lens, t_best.shape[1])
+    counts = []
+    for d in range(max_delay + 1):
+        n = t_best.shape[1] - d
+        if n <= 0:
+            counts.append(0)
+            continue
+        hit = (t_best[:, :n] != BLANK_ID) & (t_best[:, :n] == s_best[:, d:]) & valid[:, d:]
+        counts.append(int(hit.sum()))
+    return max(range(len(counts)), key=lambda d: (counts[d], -d)), counts
 
 
 def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:

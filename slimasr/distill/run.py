@@ -92,12 +92,12 @@ def _distill(recipe: DistillRecipe, data_dir: Path, out_dir: Path, resume: bool,
     console = Console(stderr=True, quiet=not (show_progress and info.is_main))
     _no_time_warp_with_frame_targets(recipe, console)
     device = info.device if recipe.teacher.device == "auto" else torch.device(recipe.teacher.device)
-    teacher = load_teacher(recipe.teacher.path, recipe.teacher.kind, device)
+    teacher = load_teacher(recipe.teacher.path, recipe.teacher.kind, device, recipe.teacher.paths)
     if teacher.kind == "slimasr":
         _adopt_frontend(recipe, teacher)
     elif recipe.student.init == "teacher":
         raise ConfigError("student.init: teacher needs a slimasr teacher (this one is Hugging Face)")
-    inputs = [data_dir, recipe.teacher.path, *recipe.unlabelled,
+    inputs = [data_dir, recipe.teacher.path, *recipe.teacher.paths, *recipe.unlabelled,
               recipe.student.path if recipe.student.init == "path" else None]
     resume = _check_out_dir(out_dir, recipe, resume, console, overwrite, inputs, info)
     if teacher.kind == "slimasr" and info.is_main:
@@ -131,7 +131,9 @@ def _distill(recipe: DistillRecipe, data_dir: Path, out_dir: Path, resume: bool,
     trainer.fit(*loaders)
     result = {"world_size": info.world_size, **trainer.summary(data),
               "teacher": str(recipe.teacher.path), "loss": config_to_dict(recipe.loss),
-              "pseudo_labels_kept": trainer.pseudo_kept}
+              "pseudo_labels_kept": trainer.pseudo_kept, "loss_counts": dict(trainer.counts)}
+    if recipe.teacher.paths:
+        result["teachers"] = [str(p) for p in recipe.teacher.paths]
     if info.is_main:
         _finalize(trainer, recipe, data_dir, out_dir, result, dev_cuts, step="distill",
                   provenance={"teacher": str(recipe.teacher.path),
@@ -233,10 +235,13 @@ def _teacher_cache(recipe: DistillRecipe, teacher: Any, data: Any, data_dir: Pat
 
 
 def _cache_stamp(recipe: DistillRecipe, data_dir: Path, tokens: Sequence[str]) -> dict:
-    teacher = Path(recipe.teacher.path)
-    weights = sorted(teacher.glob("*.safetensors"))
-    signature = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
-    return {"teacher": str(teacher.resolve()), "weights": signature, "data": str(data_dir.resolve()),
+    teachers = [Path(p) for p in recipe.teacher.paths] or [Path(recipe.teacher.path)]
+    signature = [[(p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in sorted(t.glob("*.safetensors"))] for t in teachers]
+    names = [str(t.resolve()) for t in teachers]
+    one = len(teachers) == 1  # one teacher: the stamp as before ensembles (its cache stays valid)
+    return {"teacher": names[0] if one else names, "weights": signature[0] if one else signature,
+            "data": str(data_dir.resolve()),
             "unlabelled": list(recipe.unlabelled), "top_k": recipe.teacher.top_k,
             "decode": recipe.loss.pseudo_decode, "lm": recipe.loss.pseudo_lm,
             "tokens": hashlib.sha256("\n".join(tokens).encode()).hexdigest()}
@@ -273,8 +278,9 @@ def _hidden_setup(recipe: DistillRecipe, student: AcousticModel, teacher: Any
     """The (student, teacher) hidden-state pairs and their projections (None without matching)."""
     if recipe.loss.hidden_weight == 0:
         return [], None
-    if teacher.kind != "slimasr":
-        raise ConfigError("loss.hidden_weight: hidden-layer matching needs a slimasr teacher")
+    if teacher.kind != "slimasr" or len(recipe.teacher.paths) > 1:
+        raise ConfigError("loss.hidden_weight: hidden-layer matching needs one slimasr teacher "
+                          "(not a Hugging Face teacher, nor an ensemble)")
     x = torch.zeros(1, 64, recipe.features.num_mel_bins)
     lens = torch.tensor([64])
     with torch.no_grad():
@@ -322,6 +328,9 @@ class DistillTrainer(Trainer):
         self.pseudo_ok: dict[str, bool] = {}
         self.pseudo_kept = None
         self.unlabelled = unlabelled  # cut ids whose target is the teacher's transcript
+        # what the terms saw in this run's training batches: KD frames (all, and of unlabelled
+        # cuts) and utterances with a reference CTC target
+        self.counts = {"kd_frames": 0, "kd_frames_unlabelled": 0, "ctc_utterances": 0}
         if cache is not None and recipe.loss.pseudo_weight > 0:
             ids = [i for i in refs if i in cache.transcripts]
             keep = losses.pseudo_label_keep([cache.transcripts[i] for i in ids],
@@ -348,19 +357,32 @@ class DistillTrainer(Trainer):
         if w.ctc_weight > 0:
             total = total + w.ctc_weight * losses.ctc_term(
                 log_probs, lens, targets, target_lens, self.cfg.ctc_reduction, labelled)
+            self.counts["ctc_utterances"] += int(labelled.sum())
         if w.kd_weight > 0:
-            if self.cache_posteriors() is not None:
-                t_logp, t_lens = self.cache.dense(ids, max(int(self.cache.logp[i].shape[0]) for i in ids))
-            t_logp, t_lens = t_logp.float().to(dev), t_lens.to(dev)
-            if t_logp.shape[1] != log_probs.shape[1] or not torch.equal(t_lens, lens):
-                t_logp = losses.align_log_probs(t_logp, t_lens, lens, log_probs.shape[1])
-            total = total + w.kd_weight * losses.kd_kl(
-                log_probs, t_logp, lens, w.temperature, w.blank_weight, w.blank_threshold)
+            total = total + w.kd_weight * self._kd_term(log_probs, lens, ids, t_logp, t_lens)
         if w.hidden_weight > 0:
             total = total + w.hidden_weight * self._hidden_term(hidden, t_hidden, t_lens, lens)
         if w.pseudo_weight > 0:
             total = total + w.pseudo_weight * self._pseudo_term(log_probs, lens, ids, batch)
         return total
+
+    def _kd_term(self, log_probs: torch.Tensor, lens: torch.Tensor, ids: list[str],
+                 t_logp: torch.Tensor | None, t_lens: torch.Tensor | None) -> torch.Tensor:
+        """Frame KD of every cut of the batch, labelled or not (the teacher's posteriors from the
+        cache, else ``t_logp``: (N, T', V) from the online teacher), on the student's frames,
+        delayed by ``loss.kd_delay`` frames."""
+        w, dev = self.loss_cfg, log_probs.device
+        if self.cache_posteriors() is not None:
+            t_logp, t_lens = self.cache.dense(ids, max(int(self.cache.logp[i].shape[0]) for i in ids))
+        t_logp, t_lens = t_logp.float().to(dev), t_lens.to(dev)
+        if t_logp.shape[1] != log_probs.shape[1] or not torch.equal(t_lens, lens):
+            t_logp = losses.align_log_probs(t_logp, t_lens, lens, log_probs.shape[1])
+        t_logp, frames = losses.delay_frames(t_logp, lens, w.kd_delay)
+        self.counts["kd_frames"] += int(frames.sum())
+        unl = torch.tensor([self._pseudo(i) for i in ids], device=dev)
+        self.counts["kd_frames_unlabelled"] += int(frames[unl].sum())
+        return losses.kd_kl(log_probs, t_logp, lens, w.temperature, w.blank_weight,
+                            w.blank_threshold, w.blank_selection, w.blank_keep, frames)
 
     def cache_posteriors(self) -> TeacherCache | None:
         """The cache when it holds frame posteriors and is meant to replace the online teacher."""

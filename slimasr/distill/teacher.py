@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from slimasr.data.validate import cut_audio_problem
+from slimasr.config import config_to_dict
 from slimasr.decode import DecodeConfig, corpus_vocabulary, make_decoder, word_separator
 from slimasr.errors import DataError
 from slimasr.frontend import Frontend
@@ -79,8 +80,72 @@ class SlimasrTeacher:
         return log_probs, out_lens, []
 
 
-def load_teacher(path: str | Path, kind: str = "auto", device: str | torch.device = "cpu") -> Any:
-    """A :class:`SlimasrTeacher` or an ``HfCtcTeacher`` for ``path``."""
+class EnsembleTeacher:
+    """Several slimasr teachers as one: ``forward_features`` gives the log of their averaged
+    posteriors (the mean of probabilities, each member's output resampled to the first's frames
+    when their rates differ). Members share the tokens and the feature settings; a member with
+    another CMVN gets the features renormalised to its own. The first member is the front end
+    (and the model ``student.init: teacher`` cuts down)."""
+
+    kind = "slimasr"
+
+    def __init__(self, members: Sequence[SlimasrTeacher]):
+        first = members[0]
+        for other in members[1:]:
+            _check_same_frontend(first, other)
+        self.members = list(members)
+        self.model_dir, self.model, self.frontend = first.model_dir, first.model, first.frontend
+        self.tokens, self.device = first.tokens, first.device
+
+    @torch.no_grad()
+    def forward_features(self, x: torch.Tensor, lens: torch.Tensor, hidden: bool = False
+                         ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """x: (N, T, F) features (the first member's CMVN), lens: (N,) -> the averaged
+        log_probs (N, T', V), (N,) and no hidden states (an ensemble has none to match)."""
+        if hidden:
+            raise ValueError("an ensemble teacher has no hidden states to match")
+        logp, out_lens, _ = self.members[0].forward_features(x, lens)
+        probs = logp.float().exp()
+        for member in self.members[1:]:
+            m_logp, m_lens, _ = member.forward_features(self._renormalise(x, member), lens)
+            if m_logp.shape[1] != logp.shape[1] or not torch.equal(m_lens, out_lens):
+                from slimasr.distill.losses import align_log_probs  # noqa: PLC0415 - no cycle
+
+                m_logp = align_log_probs(m_logp.float(), m_lens, out_lens, logp.shape[1])
+            probs = probs + m_logp.float().exp()
+        mean = probs / len(self.members)
+        return mean.clamp(min=torch.finfo(mean.dtype).tiny).log(), out_lens, []
+
+    def _renormalise(self, x: torch.Tensor, member: SlimasrTeacher) -> torch.Tensor:
+        """Features normalised with the first member's CMVN, renormalised with ``member``'s."""
+        own, theirs = self.frontend.cmvn, member.frontend.cmvn
+        if own is None and theirs is None:
+            return x
+        raw = x if own is None else x * own.std.to(x) + own.mean.to(x)
+        return raw if theirs is None else (raw - theirs.mean.to(x)) / theirs.std.to(x)
+
+
+def _check_same_frontend(first: SlimasrTeacher, other: SlimasrTeacher) -> None:
+    """One-line DataError when ``other`` writes other tokens or reads other features."""
+    if other.tokens != first.tokens:
+        raise DataError(other.model_dir, f"ensemble teachers must share one tokenizer: its "
+                                         f"{len(other.tokens)} tokens differ from {first.model_dir}'s "
+                                         f"{len(first.tokens)}")
+    if config_to_dict(other.frontend.features) != config_to_dict(first.frontend.features):
+        raise DataError(other.model_dir, f"ensemble teachers must read the same features; "
+                                         f"{first.model_dir}'s feature settings differ")
+
+
+def load_teacher(path: str | Path, kind: str = "auto", device: str | torch.device = "cpu",
+                 paths: Sequence[str | Path] = ()) -> Any:
+    """A :class:`SlimasrTeacher` or an ``HfCtcTeacher`` for ``path``, or an
+    :class:`EnsembleTeacher` of ``paths`` when it names more than one directory."""
+    if len(paths) > 1:
+        for member in paths:
+            if kind == "hf" or teacher_kind(member) != "slimasr":
+                raise DataError(member, "ensemble teachers must be slimasr model directories")
+            read_model_config(member)
+        return EnsembleTeacher([SlimasrTeacher(m, device) for m in paths])
     kind = teacher_kind(path) if kind == "auto" else kind
     if kind == "hf":
         from slimasr.distill.hf_teacher import HfCtcTeacher  # noqa: PLC0415 - needs transformers

@@ -64,6 +64,7 @@ from slimasr.prune.latency import (
     plot_latency_table,
     relative_latency,
 )
+from slimasr.prune.learned import LearnedConfig, learned_prune
 from slimasr.prune.plan import EPS, PruneTarget, model_cost, plan, plan_from_ratios
 from slimasr.prune.regularize import RegularizeConfig, norm_scale_scores, weak_units
 from slimasr.prune.sensitivity import plot_sensitivity, ratios_from_scan, save_scan, sensitivity_scan
@@ -72,7 +73,7 @@ from slimasr.prune.unstructured import UnstructuredConfig, select_tensors, spars
 from slimasr.train.loop import compute_loss
 from slimasr.train.prepare import feature_cache_dir, feature_cuts
 
-CRITERIA = ("magnitude", "taylor", "activation", "apoz", "sensitivity", "random")
+CRITERIA = ("magnitude", "taylor", "activation", "apoz", "sensitivity", "random", "learned")
 PRUNE_JSON = "prune.json"
 STEPS_DIR = "steps"
 LATENCY_TOLERANCE = 0.01  # a latency plan may miss its goal by this share of the current time
@@ -87,7 +88,8 @@ class PruneConfig:
     # "structured": remove units (a dense, smaller model); "unstructured": zero single weights
     # (the ``unstructured`` section; same shapes, saved compactly, fine-tuned with the mask kept).
     method: Literal["structured", "unstructured"] = "structured"
-    criterion: Literal["magnitude", "taylor", "activation", "apoz", "sensitivity", "random"] = "taylor"
+    # "learned": hard-concrete gates trained with KD under the cost target (the ``learned`` section)
+    criterion: Literal["magnitude", "taylor", "activation", "apoz", "sensitivity", "random", "learned"] = "taylor"
     target: PruneTarget = field(default_factory=PruneTarget)  # what to remove, how much, where
     # Per-group shares of units to remove, e.g. {"rnns.0": 0.3, "rnns.2": 0.5}: when given, they
     # replace the cost target (one-shot; the criterion still picks which units go).
@@ -131,6 +133,7 @@ class PruneConfig:
     # "norm_scale" (|gamma| of its norm: network slimming; units without a norm stay).
     remove_below: float | None = None
     remove_by: Literal["group_norm", "norm_scale"] = "group_norm"
+    learned: LearnedConfig = field(default_factory=LearnedConfig)  # criterion learned: mask training
 
     def __post_init__(self) -> None:
         if self.criterion not in CRITERIA:
@@ -151,6 +154,11 @@ class PruneConfig:
         self._check_method()
 
     def _check_method(self) -> None:
+        if self.criterion == "learned" and (self.method != "structured" or self.steps != 1 or self.ratios
+                                            or self.remove_below is not None
+                                            or self.target.kind == "latency"):
+            raise ConfigError("criterion learned: structured, one step, a macs or params target "
+                              "(a latency target only beside it; no ratios or remove_below)")
         check_numbers("prune", self, non_negative=("remove_below",))
         if self.gradual and (self.method != "unstructured" or self.finetune_epochs == 0 or self.steps != 1):
             raise ConfigError("gradual: needs method unstructured, finetune_epochs > 0 and steps: 1 "
@@ -227,10 +235,14 @@ def _prune(model_dir: Path, data_dir: Path, out_dir: Path, cfg: PruneConfig, sho
                 or changes.get("latency_fraction", 0) > 0):
             step_target = PruneTarget(**{**config_to_dict(cfg.target), **{
                 key: max(v, EPS) for key, v in changes.items()}})
-            keep = _choose(model, cfg, step_target, calib, sens_batches, step_dir, console, table, row)
+            if cfg.criterion == "learned":  # masks trained with KD: the student itself is pruned
+                model = _learned(model, cfg, step_target, calib, step_dir, console, table, row)
+                keep = {n: list(range(w)) for n, w in _widths(model).items()}
+            else:
+                keep = _choose(model, cfg, step_target, calib, sens_batches, step_dir, console, table, row)
+                model = prune_model(model, keep).eval()
             if table is not None:
                 row["latency_ms_predicted"] = table.predict({n: len(v) for n, v in keep.items()})
-            model = prune_model(model, keep).eval()
         _save(model, frontend, step_dir / "pruned", {"step": "prune", "source": str(model_dir)})
         row.update({"macs": model_cost(model, "macs"), "params": model_cost(model, "params"),
                     "widths": _widths(model), "dev_loss_pruned": _mean_loss(model, sens_batches)})
@@ -325,6 +337,18 @@ def _sparsity_record(model: AcousticModel, u: UnstructuredConfig, folder: Path, 
     if layers:
         out["layers"] = {n: v["sparsity"] for n, v in report["layers"].items()}
     return out
+
+
+def _learned(model: AcousticModel, cfg: PruneConfig, target: PruneTarget, calib: list[dict], step_dir: Path,
+             console: Console, table: LatencyTable | None, row: dict) -> AcousticModel:
+    """Criterion learned: gates trained with KD on the calibration (training) batches, binarized;
+    the mask-trained student with the other units removed (``slimasr.prune.learned``)."""
+    def log(state: Any) -> None:
+        console.print(f"mask step {state.step}: expected {state.curves['expected_ratio'][-1]:.1%} "
+                      f"of the {target.kind} (target {state.curves['target_ratio'][-1]:.1%})",
+                      markup=False, highlight=False)
+    return learned_prune(model, cfg.learned, target.kind, target.fraction, calib, step_dir, row, log,
+                        cfg.seed, table, target.latency_fraction)
 
 
 def _choose(model: AcousticModel, cfg: PruneConfig, target: PruneTarget, calib: list[dict],

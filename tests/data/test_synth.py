@@ -386,3 +386,34 @@ def test_colored_noise_has_unit_rms_and_the_right_slope(color: str, slope: float
     low = power[(freqs > 200) & (freqs < 400)].mean()
     high = power[(freqs > 3200) & (freqs < 6400)].mean()
     assert np.log2(high / low) / 4 == pytest.approx(slope, abs=0.25)  # 4 octaves apart
+
+
+def test_unlabelled_corpus_has_no_text_and_only_train_voices(tmp_path: Path) -> None:
+    out = tmp_path / "unl"
+    summary = synthesize_corpus(out, tiny(unlabelled=True, hours=0.004), show_progress=False)
+    assert summary["unlabelled"] is True
+    assert not (out / "unlabelled_supervisions.jsonl.gz").exists()
+    assert not (out / "train_cuts.jsonl.gz").exists()
+    cuts = cuts_of(out, "unlabelled")
+    assert cuts and all(not c.supervisions for c in cuts)
+    assert all(c.id.startswith("unlabelled_") for c in cuts)
+    train_voices = split_voices(tiny())["train"]
+    allowed = {f"{f}:{v}" for f, names in train_voices.items() for v in names}
+    assert {f"{c.custom['synthesizer']}:{c.custom['speaker']}" for c in cuts} <= allowed
+    # its own random stream: not the labelled train split's first utterances
+    labelled = [synth._plan_train(synth.smart_home_grammar(), tiny(), train_voices, set(), i)
+                for i in range(len(cuts))]
+    unlabelled = [synth._plan_train(synth.smart_home_grammar(), tiny(), train_voices, set(), i,
+                                    "unlabelled") for i in range(len(cuts))]
+    assert [p.text for p in labelled] != [p.text for p in unlabelled]
+    with gzip.open(out / "unlabelled_cuts.jsonl.gz", "rt") as f:
+        assert '"text"' not in f.read()  # the manifest holds no text
+
+
+def test_cli_unlabelled_flag_sets_the_config_field() -> None:
+    from slimasr.cli import _synth_config, build_parser
+
+    args = build_parser().parse_args(["corpus", "synth", "--out", "O", "--unlabelled", "--hours", "3"])
+    config = _synth_config(args)
+    assert config.unlabelled is True and config.hours == 3.0
+    assert _synth_config(build_parser().parse_args(["corpus", "synth", "--out", "O"])).unlabelled is False

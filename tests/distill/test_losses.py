@@ -236,3 +236,79 @@ def test_functions_are_consistent_with_torch_kl_div() -> None:
     lens = torch.tensor([4, 4, 4])
     ref = F.kl_div(student, teacher, log_target=True, reduction="sum") / 12
     assert torch.allclose(kd_kl(student, teacher, lens, 1.0, blank_threshold=1.1), ref, atol=1e-6)
+
+
+# ---- delayed KD and symmetric blank selection -----------------------------------------------
+
+
+def _onehot_logp(tokens: list[list[int]], v: int = 4, p: float = 0.97) -> torch.Tensor:
+    """(N, T, v) log-posteriors putting p on the given token of each frame, the rest evenly."""
+    out = torch.full((len(tokens), len(tokens[0]), v), (1 - p) / (v - 1))
+    for n, row in enumerate(tokens):
+        for t, tok in enumerate(row):
+            out[n, t, tok] = p
+    return out.log()
+
+
+def test_delay_frames_shifts_the_teacher_later_and_masks_the_first_frames() -> None:
+    from slimasr.distill.losses import delay_frames
+
+    teacher = torch.arange(2 * 5 * 1, dtype=torch.float32).view(2, 5, 1)
+    shifted, mask = delay_frames(teacher, torch.tensor([5, 3]), 2)
+    assert shifted[:, :, 0].tolist() == [[0, 0, 0, 1, 2], [0, 0, 5, 6, 7]]
+    assert mask.tolist() == [[False, False, True, True, True], [False, False, True, False, False]]
+    same, full = delay_frames(teacher, torch.tensor([5, 3]), 0)
+    assert same is teacher and full.sum().item() == 8
+
+
+def test_kd_with_delay_is_zero_for_a_student_exactly_d_frames_late() -> None:
+    from slimasr.distill.losses import delay_frames
+
+    teacher = _onehot_logp([[1, 0, 2, 0, 0, 3, 0, 0]])
+    student = _onehot_logp([[0, 0, 1, 0, 2, 0, 0, 3]])  # the same spikes, 2 frames later
+    lens = torch.tensor([8])
+    assert kd_kl(student, teacher, lens, 1.0).item() > 0.1
+    shifted, mask = delay_frames(teacher, lens, 2)
+    assert kd_kl(student, shifted, lens, 1.0, frame_mask=mask).abs().item() < 1e-6
+
+
+def test_spike_delay_finds_the_students_lag_exactly() -> None:
+    from slimasr.distill.losses import spike_delay
+
+    teacher = _onehot_logp([[1, 0, 2, 0, 0, 3, 0, 0], [2, 0, 0, 1, 0, 0, 0, 0]])
+    student = _onehot_logp([[0, 0, 1, 0, 2, 0, 0, 3], [0, 0, 2, 0, 0, 1, 0, 0]])
+    best, counts = spike_delay(teacher, student, torch.tensor([8, 8]), 4)
+    assert best == 2
+    # only d = 2 matches the spikes: 3 of the first utterance, 2 of the second
+    assert counts == [0, 0, 5, 0, 0]
+    # a spike moved past the utterance's end does not count
+    best, counts = spike_delay(teacher, student, torch.tensor([8, 4]), 4)
+    assert (best, counts) == (2, [0, 0, 4, 0, 0])
+
+
+def test_symmetric_blank_selection_keeps_non_blank_and_a_share_of_shared_blanks() -> None:
+    from slimasr.distill.losses import blank_selection_mask
+
+    # teacher blank at frames 0-5, student blank at 1-6 -> blank on both sides: 1, 2, 3, 4, 5
+    t_blank = torch.tensor([[0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.1, 0.1]]).log()
+    s_blank = torch.tensor([[0.5, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.1]]).log()
+    mask = torch.tensor([[True] * 7 + [False]])
+    keep_half = blank_selection_mask(t_blank, s_blank, mask, 0.9, 0.5)
+    # shared blanks 1..5 ranked 0..4: every 2nd kept (ranks 0, 2, 4 = frames 1, 3, 5); padding out
+    assert keep_half.int().tolist() == [[1, 1, 0, 1, 0, 1, 1, 0]]
+    assert blank_selection_mask(t_blank, s_blank, mask, 0.9, 0.0).int().tolist() == [[1, 0, 0, 0, 0, 0, 1, 0]]
+    assert blank_selection_mask(t_blank, s_blank, mask, 0.9, 1.0).int().tolist() == [[1] * 7 + [0]]
+
+
+def test_kd_kl_symmetric_selection_averages_only_the_selected_frames() -> None:
+    teacher = _onehot_logp([[0, 0, 1, 0]])  # blank, blank, token 1, blank
+    student = _onehot_logp([[0, 2, 1, 3]], p=0.95)  # blank only at frame 0
+    lens, one = torch.tensor([4]), torch.tensor([1])
+    # frame 0 is blank on both sides and dropped (keep 0): the mean of frames 1, 2, 3
+    expected = sum(kd_kl(student[:, t:t + 1], teacher[:, t:t + 1], one, 2.0) for t in (1, 2, 3)) / 3
+    got = kd_kl(student, teacher, lens, 2.0, selection="symmetric", blank_keep=0.0)
+    torch.testing.assert_close(got, expected)
+    none = kd_kl(student, teacher, lens, 2.0, blank_weight=0.0, selection="none")
+    torch.testing.assert_close(none, kd_kl(student, teacher, lens, 2.0))
+    with pytest.raises(ValueError, match="blank selection"):
+        kd_kl(student, teacher, lens, 2.0, selection="both")

@@ -217,3 +217,157 @@ def test_a_run_that_fails_before_its_first_checkpoint_keeps_only_a_complete_teac
     with pytest.raises(RuntimeError, match="stopped"):
         distill_model(recipe, data, other, show_progress=False)
     assert not other.exists()
+
+
+# ---- soft labels: unlabelled audio, delayed KD, blank selection, ensembles, another family ----
+
+
+def _unlabelled_manifest(data: Path, out: Path) -> Path:
+    """Five dev cuts without supervisions (audio as `corpus synth --unlabelled` writes it)."""
+    from slimasr.data.manifests import read_split
+
+    cuts = read_split(data, "dev").subset(first=5).to_eager()
+    CutSet.from_cuts(c.with_id(f"unl-{c.id}").drop_supervisions() for c in cuts).to_file(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def plain_kd(teacher, tmp_path_factory) -> dict:
+    """One epoch of KD 0.5 + CTC 0.5 on the labelled cuts alone."""
+    data, teacher_dir = teacher
+    return distill_model(student_recipe(teacher_dir, ctc_weight=0.5, kd_weight=0.5), data,
+                         tmp_path_factory.mktemp("plain") / "s", show_progress=False,
+                         overrides=["train.epochs=1"])
+
+
+def test_unlabelled_cuts_join_frame_kd_but_not_reference_ctc(teacher, plain_kd, tmp_path) -> None:
+    data, teacher_dir = teacher
+    manifest = _unlabelled_manifest(data, tmp_path / "unl_cuts.jsonl.gz")
+    result = distill_model({**student_recipe(teacher_dir, ctc_weight=0.5, kd_weight=0.5),
+                            "unlabelled": [str(manifest)]},
+                           data, tmp_path / "s", show_progress=False, overrides=["train.epochs=1"])
+    base, counts = plain_kd["loss_counts"], result["loss_counts"]
+    assert base["kd_frames_unlabelled"] == 0 and base["ctc_utterances"] == 20
+    assert result["train_cuts"] == 25
+    assert counts["ctc_utterances"] == 20  # reference CTC: the labelled cuts only
+    assert counts["kd_frames_unlabelled"] > 0  # the unlabelled cuts' frames are in the KD term
+    assert counts["kd_frames"] - counts["kd_frames_unlabelled"] == base["kd_frames"]
+
+
+def test_delayed_kd_and_symmetric_blank_selection_in_a_run(teacher, plain_kd, tmp_path) -> None:
+    data, teacher_dir = teacher
+    result = distill_model(student_recipe(teacher_dir, ctc_weight=0.5, kd_weight=0.5, kd_delay=2,
+                                          blank_selection="symmetric", blank_keep=0.25),
+                           data, tmp_path / "s", show_progress=False, overrides=["train.epochs=1"])
+    # each of the 20 cuts loses its first 2 frames to the delay
+    assert result["loss_counts"]["kd_frames"] == plain_kd["loss_counts"]["kd_frames"] - 2 * 20
+    assert result["loss"]["kd_delay"] == 2 and result["loss"]["blank_selection"] == "symmetric"
+
+
+def test_dev_kd_delay_of_a_model_against_itself_is_zero(teacher) -> None:
+    from slimasr.distill.delay import dev_kd_delay
+
+    data, teacher_dir = teacher
+    best, counts = dev_kd_delay(teacher_dir, teacher_dir, data, max_delay=3)
+    assert best == 0 and counts[0] > 0 and counts[0] == max(counts)
+
+
+def _second_teacher(teacher_dir: Path, out: Path) -> Path:
+    """A copy of the teacher with another output layer (its posteriors differ)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(teacher_dir, out)
+    weights = load_file(out / "model.safetensors")
+    weights["head.weight"] = weights["head.weight"] * 0.5
+    save_file(weights, out / "model.safetensors")
+    return out
+
+
+def test_ensemble_averages_the_teachers_probabilities(teacher, tmp_path) -> None:
+    from slimasr.distill.teacher import EnsembleTeacher
+
+    data, teacher_dir = teacher
+    a, b = SlimasrTeacher(teacher_dir), SlimasrTeacher(_second_teacher(teacher_dir, tmp_path / "b"))
+    x, lens = torch.randn(2, 50, 40), torch.tensor([50, 31])
+    la, lens_a, _ = a.forward_features(x, lens)
+    lb, _, _ = b.forward_features(x, lens)
+    got, got_lens, _ = EnsembleTeacher([a, b]).forward_features(x, lens)
+    assert torch.equal(got_lens, lens_a)
+    torch.testing.assert_close(got, ((la.exp() + lb.exp()) / 2).log())
+    assert not torch.allclose(la, lb, atol=1e-2)  # the members really differ
+
+
+def test_distill_from_an_ensemble_of_two_teachers(teacher, tmp_path) -> None:
+    data, teacher_dir = teacher
+    other = _second_teacher(teacher_dir, tmp_path / "b")
+    recipe = student_recipe(teacher_dir, ctc_weight=0.5, kd_weight=0.5)
+    del recipe["teacher"]
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    code = main(["distill", "--teacher", str(teacher_dir), "--teacher", str(other), "--data",
+                 str(data), "--out", str(tmp_path / "s"), "--config", str(tmp_path / "recipe.json"),
+                 "train.epochs=1"])
+    assert code == 0
+    config = json.loads((tmp_path / "s" / "training.json").read_text())
+    assert config["teachers"] == [str(teacher_dir), str(other)]
+
+
+def test_ensemble_teachers_with_other_tokens_are_one_line_error(teacher, tmp_path, capsys) -> None:
+    import shutil
+
+    data, teacher_dir = teacher
+    other = tmp_path / "other"
+    shutil.copytree(teacher_dir, other)
+    info = json.loads((other / "tokenizer.json").read_text())
+    tokens = info["tokens"]
+    tokens[1], tokens[2] = tokens[2], tokens[1]
+    (other / "tokenizer.json").write_text(json.dumps(info))
+    code = main(["distill", "--teacher", str(teacher_dir), "--teacher", str(other), "--data",
+                 str(data), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith(f"error: {other}: ensemble teachers must share one tokenizer")
+    assert not (tmp_path / "s").exists()
+
+
+def test_dnn_student_learns_from_a_crnn_teacher(teacher, tmp_path) -> None:
+    """Another family: no weights to copy, soft labels (and CTC) only."""
+    data, teacher_dir = teacher
+    recipe = student_recipe(teacher_dir, ctc_weight=0.5, kd_weight=0.5)
+    recipe["model"] = {"preset": None, "architecture": "dnn", "config": {
+        "num_features": 40, "context_left": 3, "context_right": 3, "stride": 2,
+        "hidden_sizes": [48, 48], "dropout": 0.0}}
+    result = distill_model(recipe, data, tmp_path / "s", show_progress=False,
+                           overrides=["train.epochs=6"])
+    assert load_model(tmp_path / "s").config.hidden_sizes == [48, 48]
+    losses = [r["train_loss"] for r in result["history"]]
+    assert losses[-1] < 0.7 * losses[0]
+    assert result["loss_counts"]["kd_frames"] > 0
+
+
+def test_ensemble_member_with_another_cmvn_reads_its_own_normalisation(teacher, tmp_path) -> None:
+    from slimasr.distill.teacher import EnsembleTeacher
+
+    data, teacher_dir = teacher
+    b_dir = _second_teacher(teacher_dir, tmp_path / "b")
+    cmvn = json.loads((b_dir / "cmvn.json").read_text())
+    cmvn["mean"] = [m + 1.0 for m in cmvn["mean"]]
+    cmvn["std"] = [s * 2.0 for s in cmvn["std"]]
+    (b_dir / "cmvn.json").write_text(json.dumps(cmvn))
+    a, b = SlimasrTeacher(teacher_dir), SlimasrTeacher(b_dir)
+    raw, lens = torch.randn(1, 40, 40) * 3, torch.tensor([40])
+    ca, cb = a.frontend.cmvn, b.frontend.cmvn
+    la, _, _ = a.forward_features(ca(raw), lens)
+    lb, _, _ = b.forward_features(cb(raw), lens)
+    got, _, _ = EnsembleTeacher([a, b]).forward_features(ca(raw), lens)
+    torch.testing.assert_close(got, ((la.exp() + lb.exp()) / 2).log(), atol=1e-5, rtol=1e-4)
+
+
+def test_ensemble_paths_fill_in_and_must_start_with_the_teacher_path() -> None:
+    from slimasr.distill.config import load_distill_recipe
+    from slimasr.errors import ConfigError
+
+    assert load_distill_recipe({"teacher": {"paths": ["a", "b"]}}).teacher.path == "a"
+    with pytest.raises(ConfigError, match="must be the first of teacher.paths"):
+        load_distill_recipe({"teacher": {"path": "b", "paths": ["a", "b"]}})

@@ -1,0 +1,120 @@
+"""Hard-concrete (L0) gates on the prunable units of a model, attached from outside.
+
+    gates = ModelGates(prunable_groups(model))      # one gate per unit of every group
+    handles = gates.attach(model)                   # forward hooks on the groups' ActivationSites
+    gates.mode = "sample"                           # training: stochastic gates (Louizos et al. 2018)
+    p = gates.keep_probs()                          # {group: (size,) P(gate != 0)}, differentiable
+    for h in handles: h.remove()
+
+A gate multiplies its unit's features at the group's ``ActivationSite`` (``slimasr.prune.groups``):
+conv channels at their activation's output, DNN neurons at theirs, heads at the input of
+``out_proj`` (their context), FFN units at the input of ``down`` (their activation), GLU channels
+at the input of ``pw_out``. RNN units are gated at the layer's *output* (both directions): the
+recurrence itself is not hooked, so a closed gate removes the unit from what the next layer reads
+but the unit still feeds its own layer's recurrence until surgery removes it (a first version; the
+fine-tuning after surgery absorbs the difference).
+
+Hard concrete (beta 2/3, stretched to (-0.1, 1.1), clipped to [0, 1]): training samples
+``z = clip(sigmoid((log u - log(1-u) + log_alpha) / beta) * 1.2 - 0.1)``; evaluation uses the
+deterministic ``clip(sigmoid(log_alpha) * 1.2 - 0.1)``; ``P(z != 0) = sigmoid(log_alpha - beta *
+log(-gamma / zeta))``. ``mode = "fixed"`` applies ``fixed`` gate values (tests, binarized states).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from slimasr.prune.groups import ActivationSite, Group
+
+BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1  # hard-concrete temperature and stretch (Louizos et al.)
+EPS = 1e-6  # keeps the uniform noise away from 0 and 1
+
+
+def log_alpha_for(keep: float) -> float:
+    """The log_alpha whose deterministic gate is ``keep`` (in (0, 1)): an initial value."""
+    s = (keep - GAMMA) / (ZETA - GAMMA)
+    return math.log(s / (1.0 - s))
+
+
+class GroupGate(nn.Module):
+    """Gates of one group's units: ``log_alpha`` (size,)."""
+
+    def __init__(self, size: int, init: float):
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.full((size,), float(init)))
+
+    def sample(self) -> Tensor:
+        u = torch.rand_like(self.log_alpha).clamp(EPS, 1.0 - EPS)
+        s = torch.sigmoid((u.log() - (-u).log1p() + self.log_alpha) / BETA)
+        return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+    def deterministic(self) -> Tensor:
+        return (torch.sigmoid(self.log_alpha) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+    def keep_prob(self) -> Tensor:
+        """P(z != 0), differentiable in log_alpha."""
+        return torch.sigmoid(self.log_alpha - BETA * math.log(-GAMMA / ZETA))
+
+
+class ModelGates(nn.Module):
+    """One ``GroupGate`` per group (keyed by group name); see the module docstring."""
+
+    def __init__(self, groups: list[Group], init_keep: float = 0.9):
+        super().__init__()
+        self.groups = {g.name: g for g in groups}
+        self.gates = nn.ModuleDict({_key(g.name): GroupGate(g.size, log_alpha_for(init_keep)) for g in groups})
+        self.mode: Literal["sample", "deterministic", "fixed"] = "sample"
+        self.fixed: dict[str, Tensor] = {}  # mode "fixed": group name -> (size,) gate values
+
+    def gate(self, name: str) -> GroupGate:
+        return self.gates[_key(name)]
+
+    def values(self, name: str) -> Tensor:
+        """The (size,) gate values of group ``name`` in the current mode."""
+        if self.mode == "fixed":
+            return self.fixed[name]
+        g = self.gate(name)
+        return g.sample() if self.mode == "sample" else g.deterministic()
+
+    def keep_probs(self) -> dict[str, Tensor]:
+        return {name: self.gate(name).keep_prob() for name in self.groups}
+
+    def attach(self, model: nn.Module) -> list:
+        """Forward (pre-)hooks on every group's site; returns the handles (``remove()`` them)."""
+        return [_hook(model, group.activation, self, name) for name, group in self.groups.items()]
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")  # ModuleDict keys may not contain dots
+
+
+def feature_mask(z: Tensor, site: ActivationSite, features: int) -> Tensor:
+    """(features,) multiplier: unit j's value at its ``positions[j, :]``, 1 elsewhere."""
+    pos = site.positions.to(z.device)
+    vals = z[:, None].expand(-1, pos.shape[1]).reshape(-1)
+    return torch.ones(features, dtype=z.dtype, device=z.device).index_put((pos.reshape(-1),), vals)
+
+
+def _apply(x: Tensor, site: ActivationSite, z: Tensor) -> Tensor:
+    dim = site.dim % x.dim()
+    shape = [1] * x.dim()
+    shape[dim] = x.shape[dim]
+    return x * feature_mask(z.to(x.dtype), site, x.shape[dim]).view(shape)
+
+
+def _hook(model: nn.Module, site: ActivationSite, gates: ModelGates, name: str):
+    module = model.get_submodule(site.module)
+    if site.port == "input":
+        def pre(_m, args):
+            return (_apply(args[0], site, gates.values(name)), *args[1:])
+        return module.register_forward_pre_hook(pre)
+
+    def post(_m, _args, out):
+        if isinstance(out, tuple):
+            return (_apply(out[0], site, gates.values(name)), *out[1:])
+        return _apply(out, site, gates.values(name))
+    return module.register_forward_hook(post)

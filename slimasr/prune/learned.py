@@ -1,0 +1,485 @@
+"""Learned structured masks: hard-concrete gates trained jointly with distillation under a cost
+constraint (the CoFi / DPHuBERT recipe), for every family that declares its groups.
+
+    cost = CostModel.fit(model)                       # MACs as a polynomial of the group widths
+    gates, curves = train_masks(model, batches, LearnedConfig(), fraction=0.5)
+    keep = binarize(gates, cost, fraction=0.5)        # {group: kept unit indices}
+    small = prune_model(model, keep)                  # the existing surgery: a dense model
+
+Expected cost: the planner counts MACs by running the model (``plan.model_cost``). Every counted
+product is a product of layer dimensions, and a prunable group's width enters a dimension of the
+tensors it slices; so MACs are a polynomial in the widths with a linear and a square term per group
+(an RNN's ``weight_hh`` is hidden x hidden) and a bilinear term for each pair of groups that
+slice one tensor (a layer and the next one that reads it). ``CostModel.fit`` measures the
+coefficients with the real counter (each group at two narrower widths, each coupled pair at one),
+so the expected MACs under independent gates, ``E[c] = C(n) + sum_g a_g (E w_g - n_g) +
+q_g (E w_g^2 - n_g^2) + sum_(g,h) b_gh (E w_g - n_g)(E w_h - n_h)``, are exactly the counted MACs
+when every gate is 0 or 1, and differentiable in the keep-probabilities otherwise.
+
+Objective (``train_masks``): CTC + frame KD from the unpruned model (``slimasr.distill.losses``)
++ ``l1 (r - t) + l2 (r - t)^2``, r = E[c] / C(n) the expected cost ratio, t the target ratio
+warmed up from 1 to ``1 - fraction``; the multipliers l1, l2 are learned by gradient *ascent*
+(Adam with ``maximize``), the weights and gates by descent. With a latency target beside it
+(``LatencyCost``: the measured table's prediction) each constraint has its own pair, and both
+become inequalities (``r - t`` clipped at 0): two equalities can contradict each other. Binarized (``binarize``): by the
+deterministic gate (> 0.5), or ranked by keep-probability until the target is met exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, Mapping
+
+import torch
+from torch import Tensor
+
+from slimasr.config import check_numbers
+from slimasr.distill import losses
+from slimasr.errors import ConfigError
+from slimasr.io import atomic_path
+from slimasr.models.common import AcousticModel
+from slimasr.prune.gates import ModelGates
+from slimasr.prune.groups import Group, prunable_groups
+from slimasr.prune.latency import LatencyTable
+from slimasr.prune.plan import model_cost
+from slimasr.prune.surgery import prune_model
+
+MASKS_FILE = "masks.pt"  # mask-training checkpoint in the step's folder (not part of the model)
+
+@dataclass
+class LearnedConfig:
+    steps: int = 2000  # optimizer steps of mask training (weights, gates and multipliers together)
+    lr: float = 5e-4  # AdamW learning rate of the weights
+    gate_lr: float = 0.05  # Adam learning rate of the gates' log_alpha
+    lambda_lr: float = 0.05  # Adam (ascent) learning rate of the Lagrange multipliers
+    warmup_steps: int = 500  # the target cost ratio falls linearly from 1 to 1 - fraction over these
+    init_keep: float = 0.9  # initial deterministic gate value of every unit
+    ctc_weight: float = 0.5  # CTC on the transcripts
+    kd_weight: float = 0.5  # frame KD from the unpruned model
+    temperature: float = 1.0  # KD softmax temperature
+    batch_seconds: float = 60.0  # audio per mask-training batch
+    binarize: Literal["rank", "threshold"] = "rank"  # rank: meet the target exactly; threshold: z > 0.5
+    checkpoint_every: int = 100  # steps between mask-training checkpoints (resumable)
+
+    def __post_init__(self) -> None:
+        check_numbers("learned", self, positive=("steps", "lr", "gate_lr", "lambda_lr", "batch_seconds",
+                                                 "checkpoint_every", "temperature"),
+                      non_negative=("warmup_steps", "ctc_weight", "kd_weight"))
+        if not 0.0 < self.init_keep < 1.0:
+            raise ConfigError(f"learned.init_keep must be in (0, 1), got {self.init_keep}")
+        if self.binarize not in ("rank", "threshold"):
+            raise ConfigError(f"learned.binarize must be 'rank' or 'threshold', got {self.binarize!r}")
+
+
+# ---- expected cost ------------------------------------------------------------------------------
+
+@dataclass
+class CostModel:
+    """MACs (or params) as a polynomial of the group widths; see the module docstring."""
+
+    full: float  # cost of the unpruned model
+    sizes: dict[str, int]  # group -> full width n_g
+    linear: dict[str, float]  # a_g
+    square: dict[str, float]  # q_g
+    pairs: dict[tuple[str, str], float]  # b_gh for groups slicing a common tensor
+
+    @classmethod
+    def fit(cls, model: AcousticModel, kind: str = "macs", groups: list[Group] | None = None) -> CostModel:
+        groups = groups if groups is not None else gateable_groups(model)
+        measure = _measurer(model, kind)
+        full = measure({})
+        lin, sq = {}, {}
+        for g in groups:
+            lin[g.name], sq[g.name] = _fit_group(g, measure, full)
+        pairs = {}
+        for g, h in _coupled(groups):
+            a, b = _probe_width(g), _probe_width(h)
+            both = measure({g.name: a, h.name: b}) - full
+            one = lin[g.name] * (a - g.size) + sq[g.name] * (a * a - g.size ** 2)
+            other = lin[h.name] * (b - h.size) + sq[h.name] * (b * b - h.size ** 2)
+            pairs[(g.name, h.name)] = (both - one - other) / ((a - g.size) * (b - h.size))
+        return cls(full, {g.name: g.size for g in groups}, lin, sq, pairs)
+
+    def at(self, widths: Mapping[str, float]) -> float:
+        """Cost at deterministic widths (groups not named keep their full width)."""
+        m = {k: torch.tensor(float(widths.get(k, n)), dtype=torch.float64) for k, n in self.sizes.items()}
+        return float(self._cost(m, {k: v * v for k, v in m.items()}))
+
+    def expected(self, probs: Mapping[str, Tensor]) -> Tensor:
+        """E[cost] for independent gates with keep-probabilities ``probs`` (group -> (size,))."""
+        mean = {k: probs[k].double().sum() for k in self.sizes}
+        second = {k: mean[k] ** 2 + (probs[k].double() * (1 - probs[k].double())).sum() for k in self.sizes}
+        return self._cost(mean, second)
+
+    def _cost(self, mean: Mapping[str, Tensor], second: Mapping[str, Tensor]) -> Tensor:
+        total = torch.tensor(self.full, dtype=torch.float64)
+        for k, n in self.sizes.items():
+            total = total + self.linear[k] * (mean[k] - n) + self.square[k] * (second[k] - n * n)
+        for (g, h), b in self.pairs.items():
+            total = total + b * (mean[g] - self.sizes[g]) * (mean[h] - self.sizes[h])
+        return total
+
+
+@dataclass
+class LatencyCost:
+    """Batch-1 time (ms) from a measured ``LatencyTable``: ``base - sum_g saved_g(w_g)``, each
+    group's saving interpolated linearly between its measured widths (the table's own prediction).
+    The expectation uses each group's expected width (not exact: the saving is piecewise linear),
+    and equals the table's prediction when every gate is 0 or 1."""
+
+    table: LatencyTable
+    sizes: dict[str, int]  # group -> full width
+
+    @property
+    def full(self) -> float:
+        return self.table.base_ms
+
+    def at(self, widths: Mapping[str, float]) -> float:
+        return self.table.predict({k: w for k, w in widths.items() if k in self.table.groups})
+
+    def expected(self, probs: Mapping[str, Tensor]) -> Tensor:
+        total = torch.tensor(self.table.base_ms, dtype=torch.float64)
+        for k, entry in self.table.groups.items():
+            if k in probs:
+                total = total - _interp(probs[k].double().sum(), entry["widths"][::-1], entry["saved_ms"][::-1])
+        return total
+
+
+def _interp(x: Tensor, xs: list[float], ys: list[float]) -> Tensor:
+    """``np.interp`` (xs ascending, clamped at the ends), differentiable in ``x``."""
+    if len(xs) == 1 or x <= xs[0]:
+        return torch.tensor(float(ys[0]), dtype=torch.float64) + 0 * x
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return torch.tensor(float(ys[-1]), dtype=torch.float64) + 0 * x
+
+
+def gateable_groups(model: AcousticModel) -> list[Group]:
+    """Groups that can lose a unit (wider than their ``min_size``)."""
+    return [g for g in prunable_groups(model) if g.size > g.min_size]
+
+
+def _measurer(model: AcousticModel, kind: str):
+    def measure(widths: Mapping[str, int]) -> float:
+        keep = {name: list(range(w)) for name, w in widths.items()}
+        return float(model_cost(prune_model(model, keep) if keep else model, kind))
+    return measure
+
+
+def _fit_width_points(g: Group) -> list[int]:
+    """Up to two narrower widths to fit a group's terms at (>= 1 where the group allows it)."""
+    low = max(g.min_size, 1) if g.size > 1 else g.min_size
+    options = sorted({w for w in (g.size // 2, g.size // 4, g.size - 1, low) if low <= w < g.size}, reverse=True)
+    return options[:2]
+
+
+def _probe_width(g: Group) -> int:
+    return _fit_width_points(g)[0]
+
+
+def _fit_group(g: Group, measure, full: float) -> tuple[float, float]:
+    """(a_g, q_g) from the cost at one or two narrower widths (one: no square term)."""
+    points = _fit_width_points(g)
+    deltas = [measure({g.name: w}) - full for w in points]
+    n = g.size
+    if len(points) == 1:
+        return deltas[0] / (points[0] - n), 0.0
+    a = torch.tensor([[w - n, w * w - n * n] for w in points], dtype=torch.float64)
+    sol = torch.linalg.solve(a, torch.tensor(deltas, dtype=torch.float64))
+    return float(sol[0]), float(sol[1])
+
+
+def _coupled(groups: list[Group]) -> list[tuple[Group, Group]]:
+    """Pairs of groups that slice a common tensor (their widths multiply in that layer's cost)."""
+    tensors = [{s.tensor for s in g.slices} for g in groups]
+    return [(groups[i], groups[j]) for i, j in itertools.combinations(range(len(groups)), 2)
+            if tensors[i] & tensors[j]]
+
+
+# ---- binarization -------------------------------------------------------------------------------
+
+def binarize(gates: ModelGates, cost: CostModel, fraction: float, how: str = "rank",
+             latency: tuple[LatencyCost, float] | None = None) -> dict[str, list[int]]:
+    """Keep-lists (ascending indices) for ``prune_model`` from trained gates. ``threshold``:
+    units whose deterministic gate is > 0.5; ``rank``: the fewest lowest-probability units whose
+    removal brings the cost to at most ``(1 - fraction)`` of the full cost (and, with
+    ``latency = (cost, share)``, the predicted time to ``1 - share`` of it). Each group keeps at
+    least its ``min_size`` units (its most probable)."""
+    with torch.no_grad():
+        probs = {k: v.detach().double() for k, v in gates.keep_probs().items()}
+        if how == "threshold":
+            keep = {k: (gates.gate(k).deterministic() > 0.5).nonzero().flatten().tolist() for k in probs}
+            return _with_minimum(gates, probs, keep)
+        order = sorted(((float(p[j]), k, j) for k, p in probs.items() for j in range(len(p))))
+        limits = [(cost, (1.0 - fraction) * cost.full)]
+        if latency is not None:
+            limits.append((latency[0], (1.0 - latency[1]) * latency[0].full))
+        lo, hi = 0, len(order)  # remove the first k units of ``order``: find the smallest k that fits
+        while lo < hi:
+            mid = (lo + hi) // 2
+            w = _widths(_with_minimum(gates, probs, _kept(probs, order[:mid])))
+            if all(c.at(w) <= limit for c, limit in limits):
+                hi = mid
+            else:
+                lo = mid + 1
+        return _with_minimum(gates, probs, _kept(probs, order[:lo]))
+
+
+def _kept(probs: Mapping[str, Tensor], removed: Iterable[tuple[float, str, int]]) -> dict[str, list[int]]:
+    gone: dict[str, set[int]] = {k: set() for k in probs}
+    for _, k, j in removed:
+        gone[k].add(j)
+    return {k: [j for j in range(len(p)) if j not in gone[k]] for k, p in probs.items()}
+
+
+def _with_minimum(gates: ModelGates, probs: Mapping[str, Tensor], keep: dict[str, list[int]]
+                  ) -> dict[str, list[int]]:
+    out = {}
+    for k, idx in keep.items():
+        need = gates.groups[k].min_size - len(idx)
+        if need > 0:
+            extra = [j for j in torch.argsort(probs[k], descending=True).tolist() if j not in idx][:need]
+            idx = sorted(idx + extra)
+        out[k] = idx
+    return out
+
+
+def _widths(keep: Mapping[str, list[int]]) -> dict[str, int]:
+    return {k: len(v) for k, v in keep.items()}
+
+
+@torch.no_grad()
+def fold_gates_(model: AcousticModel, gates: ModelGates) -> None:
+    """Multiply every group's deterministic gate values into the weights that read its units (the
+    consumer slices: next layer's columns, ``out_proj``/``down``/``pw_out`` columns), so that
+    ``model`` without hooks computes what it computed with the gates (in eval mode). Exact for
+    every site: each gate sits right before the linear layer (or conv) whose columns it scales
+    (dropout between them is the identity in eval mode)."""
+    params = dict(model.named_parameters())
+    for name, group in gates.groups.items():
+        z = gates.gate(name).deterministic()
+        for s in group.slices:
+            if s.consumer:
+                w = params[s.tensor]
+                scale = torch.ones(w.shape[s.dim], dtype=w.dtype)
+                scale[s.positions.reshape(-1)] = z[:, None].expand(-1, s.positions.shape[1]).reshape(-1).to(w.dtype)
+                shape = [1] * w.dim()
+                shape[s.dim] = -1
+                w.mul_(scale.view(shape))
+
+
+def pruned_student(state: MaskState, keep: Mapping[str, list[int]]) -> AcousticModel:
+    """The mask-trained student, gates folded into its weights, units not in ``keep`` removed."""
+    student = copy.deepcopy(state.student).eval()
+    fold_gates_(student, state.gates)
+    return prune_model(student, {k: v for k, v in keep.items() if len(v) < state.gates.groups[k].size}).eval()
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+def target_ratio(step: int, fraction: float, warmup: int) -> float:
+    """Cost ratio the constraint asks for after ``step`` steps: 1 -> 1 - fraction over ``warmup``."""
+    return 1.0 - fraction * (min(1.0, step / warmup) if warmup else 1.0)
+
+
+@dataclass
+class MaskState:
+    """Everything mask training needs to continue: model and gate weights, multipliers,
+    optimizers, the step and the curves."""
+
+    student: AcousticModel
+    gates: ModelGates
+    lambdas: Tensor  # (2 * constraints,): l1, l2 of the cost target, then of the latency target
+    opt_w: torch.optim.Optimizer
+    opt_g: torch.optim.Optimizer
+    opt_l: torch.optim.Optimizer
+    step: int
+    curves: dict[str, list[float]]
+
+    def state_dict(self) -> dict:
+        return {"student": self.student.state_dict(), "gates": self.gates.state_dict(),
+                "lambdas": self.lambdas.detach().clone(), "opt_w": self.opt_w.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_l": self.opt_l.state_dict(), "step": self.step,
+                "curves": self.curves, "rng": torch.get_rng_state()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.student.load_state_dict(s["student"])
+        self.gates.load_state_dict(s["gates"])
+        with torch.no_grad():
+            self.lambdas.copy_(s["lambdas"])
+        for opt, key in ((self.opt_w, "opt_w"), (self.opt_g, "opt_g"), (self.opt_l, "opt_l")):
+            opt.load_state_dict(s[key])
+        self.step, self.curves = s["step"], s["curves"]
+        torch.set_rng_state(s["rng"])
+
+
+def new_state(model: AcousticModel, cfg: LearnedConfig, groups: list[Group], constraints: int = 1
+              ) -> MaskState:
+    student = copy.deepcopy(model).train()
+    gates = ModelGates(groups, cfg.init_keep)
+    lambdas = torch.zeros(2 * constraints, requires_grad=True)
+    curves = ["step", "expected_ratio", "target_ratio", "lambda1", "lambda2", "loss", "task_loss"]
+    if constraints > 1:
+        curves += ["expected_latency_ratio", "latency_target_ratio", "lambda3", "lambda4"]
+    return MaskState(student, gates, lambdas,
+                     torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0),
+                     torch.optim.Adam(gates.parameters(), lr=cfg.gate_lr),
+                     torch.optim.Adam([lambdas], lr=cfg.lambda_lr, maximize=True), 0,
+                     {k: [] for k in curves})
+
+
+def train_masks(model: AcousticModel, batches: Iterable[dict], cfg: LearnedConfig, fraction: float,
+                cost: CostModel | None = None, checkpoint: Path | None = None, log=None, seed: int = 0,
+                latency: tuple[LatencyCost, float] | None = None) -> tuple[MaskState, CostModel]:
+    """Train gates (and weights) on ``batches`` (cycled) until ``cfg.steps``; ``model`` is the
+    frozen KD teacher and is not changed. With ``checkpoint``, the state is saved there every
+    ``cfg.checkpoint_every`` steps (atomically) and training resumes from it when it exists
+    (bitwise the same as an uninterrupted run: the random state is saved too). ``log(state)``
+    is called every tenth of the steps. ``latency = (cost, share)`` adds a second constraint
+    (its own multipliers): the predicted time at most ``1 - share`` of the unpruned one."""
+    groups = gateable_groups(model)
+    cost = cost or CostModel.fit(model, "macs", groups)
+    torch.manual_seed(seed)
+    constraints = [(cost, fraction)] + ([latency] if latency is not None else [])
+    state = new_state(model, cfg, groups, len(constraints))
+    if checkpoint is not None and checkpoint.is_file():
+        state.load_state_dict(torch.load(checkpoint, weights_only=False))
+    teacher = model.eval()
+    handles = state.gates.attach(state.student)
+    try:
+        for batch in _cycle(batches, state.step):
+            if state.step >= cfg.steps:
+                break
+            _train_step(state, teacher, batch, cfg, constraints)
+            if checkpoint is not None and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
+                with atomic_path(checkpoint) as tmp:
+                    torch.save(state.state_dict(), tmp)
+            if log is not None and state.step % max(1, cfg.steps // 10) == 0:
+                log(state)
+    finally:
+        for h in handles:
+            h.remove()
+    state.gates.mode = "deterministic"
+    return state, cost
+
+
+def _cycle(batches: Iterable[dict], start: int) -> Iterator[dict]:
+    """``batches`` over and over; list them once (they are small calibration sets or a generator
+    factory's output)."""
+    items = list(batches)
+    if not items:
+        raise ConfigError("learned masks: no training batches")
+    return itertools.islice(itertools.cycle(items), start % len(items), None)
+
+
+def _train_step(state: MaskState, teacher: AcousticModel, batch: dict, cfg: LearnedConfig,
+                constraints: list[tuple[Any, float]]) -> None:
+    state.student.train()
+    state.gates.mode = "sample"
+    x, x_lens = batch["features"], batch["feature_lens"]
+    with torch.no_grad():
+        t_logp, t_lens = teacher(x, x_lens)
+    logp, lens = state.student(x, x_lens)
+    task = torch.zeros(())
+    if cfg.ctc_weight > 0:
+        task = task + cfg.ctc_weight * losses.ctc_term(logp, lens, batch["targets"], batch["target_lens"])
+    if cfg.kd_weight > 0:
+        task = task + cfg.kd_weight * losses.kd_kl(logp, t_logp, lens, cfg.temperature)
+    probs = state.gates.keep_probs()
+    ratios, targets, lagrangian = [], [], torch.zeros((), dtype=torch.float64)
+    for i, (cost, fraction) in enumerate(constraints):
+        ratios.append(cost.expected(probs) / cost.full)
+        targets.append(target_ratio(state.step + 1, fraction, cfg.warmup_steps))
+        gap = ratios[-1] - targets[-1]
+        if len(constraints) > 1:  # both must be met: inequalities (two equalities may conflict)
+            gap = gap.clamp(min=0.0)
+        lagrangian = lagrangian + state.lambdas[2 * i] * gap + state.lambdas[2 * i + 1] * gap ** 2
+    loss = task + lagrangian.float()
+    for opt in (state.opt_w, state.opt_g, state.opt_l):
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in (state.opt_w, state.opt_g, state.opt_l):
+        opt.step()
+    state.step += 1
+    _record(state, ratios, targets, float(loss.detach()), float(task.detach()))
+
+
+def _record(state: MaskState, ratios: list[Tensor], targets: list[float], loss: float, task: float) -> None:
+    lam = state.lambdas.detach().tolist()
+    values = {"step": state.step, "expected_ratio": float(ratios[0].detach()), "target_ratio": targets[0],
+              "lambda1": lam[0], "lambda2": lam[1], "loss": loss, "task_loss": task}
+    if len(ratios) > 1:
+        values.update({"expected_latency_ratio": float(ratios[1].detach()), "latency_target_ratio": targets[1],
+                       "lambda3": lam[2], "lambda4": lam[3]})
+    for key, v in values.items():
+        state.curves[key].append(v)
+
+
+def plot_curves(curves: Mapping[str, list[float]], path: Path) -> Path:
+    """Expected vs target cost ratio, the multipliers and the losses per step (PNG)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
+    s = curves["step"]
+    axes[0].plot(s, curves["expected_ratio"], label="expected cost / original")
+    axes[0].plot(s, curves["target_ratio"], "--", label="target")
+    if "expected_latency_ratio" in curves:
+        axes[0].plot(s, curves["expected_latency_ratio"], label="predicted latency / original")
+        axes[0].plot(s, curves["latency_target_ratio"], ":", label="latency target")
+    for name in ("lambda1", "lambda2", "lambda3", "lambda4"):
+        if name in curves:
+            axes[1].plot(s, curves[name], label=name)
+    axes[2].plot(s, curves["loss"], label="total loss")
+    axes[2].plot(s, curves["task_loss"], label="CTC + KD")
+    axes[2].set_xlabel("step")
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def learned_record(state: MaskState, cost: CostModel, keep: Mapping[str, list[int]], actual: float,
+                   kind: str = "macs") -> dict[str, Any]:
+    """prune.json's ``learned`` entry: widths per group, the expected cost at the end of mask
+    training, the cost the binarized widths predict and the counted one, the curves."""
+    with torch.no_grad():
+        probs = state.gates.keep_probs()
+        expected = float(cost.expected(probs))
+    return {"kind": kind, "widths": _widths(keep), "original": cost.full, "expected": expected,
+            "binarized_predicted": cost.at(_widths(keep)), "actual": actual, "steps": state.step,
+            "lambdas": state.lambdas.detach().tolist(),
+            "expected_widths": {k: float(v.sum()) for k, v in probs.items()}, "curves": state.curves}
+
+
+def learned_prune(model: AcousticModel, cfg: LearnedConfig, kind: str, fraction: float,
+                 batches: list[dict], step_dir: Path, row: dict, log=None, seed: int = 0,
+                 table: LatencyTable | None = None, latency_share: float | None = None
+                 ) -> AcousticModel:
+    """``slimasr prune --criterion learned``: train masks (checkpoint ``step_dir/masks.pt``,
+    resumed when there), binarize them, record them in ``row["learned"]``, plot the curves
+    (``step_dir/learned.png``) and return the pruned mask-trained student (gates folded into its
+    weights). The gates and multipliers are not kept in the model."""
+    cost = CostModel.fit(model, kind)
+    latency = None
+    if table is not None and latency_share is not None:
+        latency = (LatencyCost(table, cost.sizes), latency_share)
+    state, cost = train_masks(model, batches, cfg, fraction, cost, step_dir / MASKS_FILE, log, seed, latency)
+    keep = binarize(state.gates, cost, fraction, cfg.binarize, latency)
+    small = pruned_student(state, keep)
+    row["learned"] = learned_record(state, cost, keep, model_cost(small, kind), kind)
+    if latency is not None:
+        row["learned"]["latency_ms_expected"] = float(latency[0].expected(state.gates.keep_probs()).detach())
+    plot_curves(state.curves, step_dir / "learned.png")
+    (step_dir / MASKS_FILE).unlink(missing_ok=True)  # done: the gates are not part of the result
+    return small

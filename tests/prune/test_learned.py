@@ -1,0 +1,307 @@
+"""Learned structured masks: the expected cost is the counted MACs of the binarized model (every
+family), a closed gate removes exactly its unit, the Lagrangian meets the target on a tiny run,
+the result saves and reloads, mask training resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from slimasr.cli import main
+from slimasr.models import load_model
+from slimasr.prune.gates import ModelGates
+from slimasr.prune.groups import group_by_name
+from slimasr.prune.learned import (
+    CostModel,
+    LearnedConfig,
+    binarize,
+    gateable_groups,
+    target_ratio,
+    train_masks,
+)
+from slimasr.prune.plan import model_cost
+from slimasr.prune.surgery import prune_model
+from tests.prune.helpers import random_model
+from tests.train.helpers import make_corpus, tiny_recipe
+
+FEATS, VOCAB = 8, 7
+FAMILIES = {
+    "dnn": ("dnn", dict(num_features=FEATS, context_left=1, context_right=1, hidden_sizes=[9, 7, 5])),
+    "crnn-lstm-bi": ("crnn", dict(num_features=FEATS, subsampling_channels=[3, 4], rnn_type="lstm",
+                                  rnn_hidden_sizes=[6, 5], bidirectional=True)),
+    "crnn-lstm-uni": ("crnn", dict(num_features=FEATS, subsampling_channels=[3, 4], rnn_type="lstm",
+                                   rnn_hidden_sizes=[6, 5], bidirectional=False)),
+    "crnn-gru-bi": ("crnn", dict(num_features=FEATS, subsampling_channels=[3, 4], rnn_type="gru",
+                                 rnn_hidden_sizes=[6, 5], bidirectional=True)),
+    "crnn-gru-uni": ("crnn", dict(num_features=FEATS, subsampling_channels=[3, 4], rnn_type="gru",
+                                  rnn_hidden_sizes=[6, 5], bidirectional=False)),
+    "conformer": ("conformer", dict(num_features=FEATS, subsampling_channels=[3, 4], d_model=8, num_blocks=2,
+                                    num_heads=[2, 3], head_dim=4, ffn_dim=[12, 6, 5, 9],
+                                    conv_channels=[8, 6], conv_kernel=3, max_relative_position=3)),
+}
+
+
+def family(name: str, seed: int = 0):
+    arch, cfg = FAMILIES[name]
+    return random_model(arch, cfg, VOCAB, seed)
+
+
+def random_keep(model, gen: torch.Generator) -> dict[str, list[int]]:
+    """Random 0/1 gate states, each group keeping at least its min_size units."""
+    keep = {}
+    for g in gateable_groups(model):
+        on = torch.rand(g.size, generator=gen) < 0.5
+        idx = on.nonzero().flatten().tolist()
+        while len(idx) < g.min_size:
+            idx = sorted(set(idx) | {int(torch.randint(g.size, (1,), generator=gen))})
+        keep[g.name] = idx
+    return keep
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_expected_cost_of_deterministic_gates_is_the_counted_macs(name):
+    model = family(name)
+    cost = CostModel.fit(model)
+    assert cost.full == model_cost(model, "macs")
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        keep = random_keep(model, gen)
+        probs = {g: torch.zeros(cost.sizes[g]).index_fill(0, torch.tensor(idx, dtype=torch.long), 1.0)
+                 for g, idx in keep.items()}
+        counted = model_cost(prune_model(model, keep), "macs")
+        assert abs(float(cost.expected(probs)) - counted) < 0.5, keep
+        assert abs(cost.at({g: len(v) for g, v in keep.items()}) - counted) < 0.5
+
+
+def test_expected_cost_is_differentiable_in_the_keep_probabilities():
+    model = family("crnn-lstm-bi")
+    cost = CostModel.fit(model)
+    gates = ModelGates(gateable_groups(model))
+    e = cost.expected(gates.keep_probs())
+    e.backward()
+    assert all(g.log_alpha.grad is not None and (g.log_alpha.grad > 0).all() for g in gates.gates.values())
+    assert float(e.detach()) < cost.full  # keep-probabilities below 1: fewer expected MACs
+
+
+@pytest.mark.parametrize("name", ["dnn", "crnn-lstm-bi", "conformer"])
+def test_a_closed_gate_removes_exactly_its_unit(name):
+    """Gate j of a group at 0 and the others at 1 gives the outputs of the model with that unit
+    removed by surgery, when nothing reads the unit but the gated site (its outgoing weights are
+    zero for RNN units: the recurrence is not gated)."""
+    model = family(name)
+    x, lens = torch.randn(2, 40, FEATS), torch.tensor([40, 31])
+    for g in gateable_groups(model):
+        m = family(name)
+        if g.kind == "rnn_unit":  # the unit must not feed the recurrence either
+            for s in g.slices:
+                if s.tensor.endswith("weight_hh_l0") and s.dim == 1:
+                    m.state_dict()[s.tensor][:, s.positions[1]] = 0.0
+        gates = ModelGates(gateable_groups(m))
+        gates.mode = "fixed"
+        gates.fixed = {k: torch.ones(v.size) for k, v in gates.groups.items()}
+        gates.fixed[g.name] = torch.ones(g.size).index_fill(0, torch.tensor([1]), 0.0)
+        handles = gates.attach(m)
+        with torch.no_grad():
+            gated = m(x, lens)[0]
+        for h in handles:
+            h.remove()
+        small = prune_model(m, {g.name: [j for j in range(g.size) if j != 1]})
+        with torch.no_grad():
+            torch.testing.assert_close(small(x, lens)[0], gated, atol=1e-5, rtol=1e-5, msg=g.name)
+        assert group_by_name(small)[g.name].size == g.size - 1
+
+
+def test_open_gates_leave_the_model_unchanged():
+    model = family("conformer")
+    x, lens = torch.randn(1, 40, FEATS), torch.tensor([40])
+    gates = ModelGates(gateable_groups(model))
+    gates.mode = "fixed"
+    gates.fixed = {k: torch.ones(v.size) for k, v in gates.groups.items()}
+    with torch.no_grad():
+        before = model(x, lens)[0]
+        handles = gates.attach(model)
+        after = model(x, lens)[0]
+    for h in handles:
+        h.remove()
+    assert torch.equal(before, after)
+
+
+def test_target_warms_up_linearly():
+    assert [target_ratio(s, 0.5, 4) for s in (0, 2, 4, 8)] == [1.0, 0.75, 0.5, 0.5]
+    assert target_ratio(0, 0.3, 0) == pytest.approx(0.7)
+
+
+def batches(n: int = 4, seed: int = 0) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        out.append({"features": torch.randn(3, 40, FEATS, generator=gen), "feature_lens": torch.tensor([40, 36, 30]),
+                    "targets": torch.randint(1, VOCAB, (3, 4), generator=gen), "target_lens": torch.tensor([4, 3, 2])})
+    return out
+
+
+def test_lagrangian_brings_expected_macs_within_2_percent_of_the_target():
+    model = family("crnn-lstm-bi")
+    cfg = LearnedConfig(steps=300, warmup_steps=100, lr=1e-3, gate_lr=0.05, lambda_lr=0.05)
+    state, cost = train_masks(model, batches(), cfg, fraction=0.5)
+    with torch.no_grad():
+        ratio = float(cost.expected(state.gates.keep_probs())) / cost.full
+    assert abs(ratio - 0.5) <= 0.02 * 0.5, ratio
+    keep = binarize(state.gates, cost, 0.5)
+    small = prune_model(model, keep)
+    assert model_cost(small, "macs") <= 0.5 * cost.full
+    assert abs(cost.at({g: len(v) for g, v in keep.items()}) - model_cost(small, "macs")) < 0.5
+
+
+RESUME_CFG = dict(steps=20, warmup_steps=10, checkpoint_every=5)
+
+
+def _masks_run(checkpoint: str, marker: str | None = None, pause_at: int = 10):
+    """Mask training on the tiny BiLSTM (the child process of the resume test runs this)."""
+    torch.set_num_threads(1)
+
+    def log(state):
+        if marker is not None and state.step == pause_at:
+            open(marker, "w").close()
+            time.sleep(600)  # killed here, with the checkpoint of step ``pause_at`` written
+    return train_masks(family("crnn-lstm-bi"), batches(), LearnedConfig(**RESUME_CFG), 0.5,
+                       checkpoint=None if checkpoint == "" else __import__("pathlib").Path(checkpoint), log=log)
+
+
+def test_mask_training_sigkilled_resumes_to_bitwise_the_same_gates(tmp_path):
+    ckpt, marker = tmp_path / "masks.pt", tmp_path / "paused"
+    code = ("from tests.prune.test_learned import _masks_run; "
+            f"_masks_run({str(ckpt)!r}, {str(marker)!r})")
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=repo, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"mask training ended before the kill: {proc.stderr.read().decode()[-2000:]}")
+        assert time.monotonic() < deadline, "mask training never reached the checkpoint"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert torch.load(ckpt, weights_only=False)["step"] == 10
+    resumed, _ = _masks_run(str(ckpt))
+    reference, _ = _masks_run("")
+    assert resumed.step == reference.step == 20
+    assert resumed.curves == reference.curves
+    for a, b in ((resumed.gates, reference.gates), (resumed.student, reference.student)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sb)
+    assert torch.equal(resumed.lambdas, reference.lambdas)
+
+
+def test_cli_prunes_with_learned_masks_into_a_model_directory_that_reloads(tmp_path):
+    from slimasr.train import train_model
+
+    data = make_corpus(tmp_path / "data", n_train=12)
+    train_model(tiny_recipe(epochs=2), data, tmp_path / "teacher", show_progress=False)
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(tmp_path / "teacher"), "--data", str(data), "--out", str(out),
+                 "--criterion", "learned", "--target-macs", "0.5", "--finetune-epochs", "1", "--distill",
+                 "--round-to", "1", "--quiet", "calibration_cuts=8", "num_threads=1",
+                 "learned.steps=60", "learned.warmup_steps=20", "learned.checkpoint_every=20"]) == 0
+    record = json.loads((out / "prune.json").read_text())
+    learned = record["steps"][0]["learned"]
+    teacher, pruned = load_model(tmp_path / "teacher"), load_model(out)
+    assert learned["actual"] == model_cost(prune_model(teacher, {
+        k: list(range(w)) for k, w in learned["widths"].items()}), "macs")
+    assert learned["actual"] <= 0.5 * learned["original"]
+    assert abs(learned["binarized_predicted"] - learned["actual"]) < 0.5
+    assert len(learned["curves"]["expected_ratio"]) == 60 and learned["steps"] == 60
+    assert record["final"]["widths"] == {**record["original"]["widths"], **learned["widths"]}
+    assert model_cost(pruned, "macs") == learned["actual"]
+    assert (out / "steps" / "1" / "learned.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "steps" / "1" / "masks.pt").exists()
+    assert not any("log_alpha" in k for k in pruned.state_dict())  # the gates stay out of the model
+    x = torch.randn(1, 100, 40)
+    torch.testing.assert_close(pruned(x, torch.tensor([100]))[0], load_model(out)(x, torch.tensor([100]))[0])
+
+
+def test_learned_refuses_what_it_cannot_do(tmp_path, capsys):
+    assert main(["prune", "--model", str(tmp_path / "m"), "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--criterion", "learned", "--steps", "2"]) == 1
+    assert "criterion learned" in capsys.readouterr().err
+
+
+def test_latency_cost_is_the_tables_prediction_and_a_second_constraint_is_met():
+    from slimasr.prune.latency import LatencyTable
+    from slimasr.prune.learned import LatencyCost
+
+    model = family("crnn-lstm-bi")
+    groups = {g.name: g for g in gateable_groups(model)}
+    table = LatencyTable(base_ms=10.0, seconds=1.0, threads=1, machine="test", total_macs=1.0, groups={
+        "rnns.0": {"size": 6, "class": 0, "widths": [6, 4, 2], "saved_ms": [0.0, 1.0, 3.0], "macs_saved": [0, 1, 2]},
+        "rnns.1": {"size": 5, "class": 1, "widths": [5, 1], "saved_ms": [0.0, 4.0], "macs_saved": [0, 1]}})
+    lat = LatencyCost(table, {k: g.size for k, g in groups.items()})
+    for w0, w1 in ((6, 5), (3, 2), (1, 1), (5, 4)):
+        probs = {k: torch.ones(g.size) for k, g in groups.items()}
+        probs["rnns.0"][w0:] = 0.0
+        probs["rnns.1"][w1:] = 0.0
+        expected = float(lat.expected(probs))
+        assert expected == pytest.approx(table.predict({"rnns.0": w0, "rnns.1": w1}), abs=1e-9)
+        assert lat.at({"rnns.0": w0, "rnns.1": w1}) == table.predict({"rnns.0": w0, "rnns.1": w1})
+    cfg = LearnedConfig(steps=300, warmup_steps=100, lr=1e-3)
+    cost = CostModel.fit(model)
+    state, _ = train_masks(model, batches(), cfg, 0.2, cost, latency=(lat, 0.4))
+    with torch.no_grad():
+        ratio = float(lat.expected(state.gates.keep_probs())) / 10.0
+    assert ratio <= 0.6 * 1.02, ratio
+    assert len(state.curves["lambda3"]) == 300
+    keep = binarize(state.gates, cost, 0.2, latency=(lat, 0.4))
+    widths = {k: len(v) for k, v in keep.items()}
+    assert lat.at(widths) <= 6.0 and cost.at(widths) <= 0.8 * cost.full
+
+
+@pytest.mark.parametrize("name", ["dnn", "conformer", "crnn-gru-uni"])
+def test_folded_and_pruned_student_computes_what_the_gated_one_did(name):
+    """Deterministic gates folded into the readers' columns, closed units removed: the outputs
+    of the gated student (eval mode). RNN units: only those whose recurrent columns are zero
+    (the recurrence is not gated). A group closed entirely is not exact: its sub-module goes
+    with the output bias the gates cannot close, so every group keeps a unit here."""
+    from slimasr.prune.learned import new_state, pruned_student
+
+    model = family(name)
+    state = new_state(model, LearnedConfig(), gateable_groups(model))
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for k, group in state.gates.groups.items():
+            la = state.gates.gate(k).log_alpha
+            la.copy_(torch.randn(la.shape, generator=gen) * 3)
+            la[: max(group.min_size, 1)] = 5.0  # width 0 drops a sub-module with its output bias
+    keep = binarize(state.gates, CostModel.fit(model), 0.5, "threshold")
+    with torch.no_grad():
+        for k, group in state.gates.groups.items():
+            closed = [j for j in range(group.size) if j not in keep[k]]
+            for s in group.slices:
+                if group.kind == "rnn_unit" and s.tensor.endswith("weight_hh_l0") and s.dim == 1:
+                    state.student.state_dict()[s.tensor][:, closed] = 0.0
+    assert any(len(v) < state.gates.groups[k].size for k, v in keep.items())
+    assert all(len(v) == int((state.gates.gate(k).deterministic() > 0.5).sum()) or
+               len(v) == state.gates.groups[k].min_size for k, v in keep.items())
+    x, lens = torch.randn(2, 40, FEATS), torch.tensor([40, 33])
+    state.student.eval()
+    state.gates.mode = "fixed"
+    # closed = exactly 0; kept units keep their (fractional) deterministic value
+    state.gates.fixed = {k: torch.where(torch.isin(torch.arange(g.size), torch.tensor(keep[k], dtype=torch.long)),
+                                        state.gates.gate(k).deterministic().detach(), torch.zeros(g.size))
+                         for k, g in state.gates.groups.items()}
+    handles = state.gates.attach(state.student)
+    with torch.no_grad():
+        gated = state.student(x, lens)[0]
+    for h in handles:
+        h.remove()
+    small = pruned_student(state, keep)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x, lens)[0], gated, atol=1e-5, rtol=1e-5)
