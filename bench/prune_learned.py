@@ -78,7 +78,8 @@ def table(rows: list[dict], ref: dict) -> str:
     lm = "wer_lm" in ref
     head = "| criterion | MACs removed (target) | MACs ratio | WER greedy |" + (" WER beam+LM |" if lm else "") \
         + " speed-up |\n|---|---|---|---|" + ("---|" if lm else "") + "---|\n"
-    line = f"| unpruned | - | 1.000 | {ref['wer_greedy']:.2f} |" + (f" {ref['wer_lm']:.2f} |" if lm else "") + " 1.00x |\n"
+    line = (f"| unpruned | - | 1.000 | {ref['wer_greedy']:.2f} |" + (f" {ref['wer_lm']:.2f} |" if lm else "")
+            + " 1.00x |\n")
     for r in rows:
         line += (f"| {r['criterion']} | {r['target']:.0%} | {r['macs_ratio']:.3f} | {r['wer_greedy']:.2f} |"
                  + (f" {r['wer_lm']:.2f} |" if lm else "") + f" {r['speedup']:.2f}x |\n")

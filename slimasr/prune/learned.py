@@ -2,9 +2,9 @@
 constraint (the CoFi / DPHuBERT recipe), for every family that declares its groups.
 
     cost = CostModel.fit(model)                       # MACs as a polynomial of the group widths
-    gates, curves = train_masks(model, batches, LearnedConfig(), fraction=0.5)
-    keep = binarize(gates, cost, fraction=0.5)        # {group: kept unit indices}
-    small = prune_model(model, keep)                  # the existing surgery: a dense model
+    state, cost = train_masks(model, batches, LearnedConfig(), 0.5, cost)   # gates + weights, KD
+    keep = binarize(state.gates, cost, 0.5)           # {group: kept unit indices}
+    small = pruned_student(state, keep)               # gates folded in, the existing surgery
 
 Expected cost: the planner counts MACs by running the model (``plan.model_cost``). Every counted
 product is a product of layer dimensions, and a prunable group's width enters a dimension of the
@@ -21,14 +21,17 @@ Objective (``train_masks``): CTC + frame KD from the unpruned model (``slimasr.d
 warmed up from 1 to ``1 - fraction``; the multipliers l1, l2 are learned by gradient *ascent*
 (Adam with ``maximize``), the weights and gates by descent. With a latency target beside it
 (``LatencyCost``: the measured table's prediction) each constraint has its own pair, and both
-become inequalities (``r - t`` clipped at 0): two equalities can contradict each other. Binarized (``binarize``): by the
-deterministic gate (> 0.5), or ranked by keep-probability until the target is met exactly.
+become inequalities (``r - t`` clipped at 0): two equalities can contradict each other.
+Binarized (``binarize``): by the deterministic gate (> 0.5), or ranked by keep-probability until
+the target is met exactly; ``pruned_student`` folds the gate values into the readers' columns
+and removes the other units from the mask-trained student.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Mapping
@@ -39,15 +42,18 @@ from torch import Tensor
 from slimasr.config import check_numbers
 from slimasr.distill import losses
 from slimasr.errors import ConfigError
-from slimasr.io import atomic_path
+from safetensors.torch import load_file, save_file
+
+from slimasr.io import atomic_dir, read_json, write_json_atomic
 from slimasr.models.common import AcousticModel
 from slimasr.prune.gates import ModelGates
 from slimasr.prune.groups import Group, prunable_groups
 from slimasr.prune.latency import LatencyTable
 from slimasr.prune.plan import model_cost
 from slimasr.prune.surgery import prune_model
+from slimasr.train.checkpoint import optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state
 
-MASKS_FILE = "masks.pt"  # mask-training checkpoint in the step's folder (not part of the model)
+MASKS_FILE = "masks"  # mask-training checkpoint folder in the step's folder (not part of the model)
 
 @dataclass
 class LearnedConfig:
@@ -300,21 +306,46 @@ class MaskState:
     step: int
     curves: dict[str, list[float]]
 
-    def state_dict(self) -> dict:
-        return {"student": self.student.state_dict(), "gates": self.gates.state_dict(),
-                "lambdas": self.lambdas.detach().clone(), "opt_w": self.opt_w.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_l": self.opt_l.state_dict(), "step": self.step,
-                "curves": self.curves, "rng": torch.get_rng_state()}
+    def save(self, folder: Path) -> None:
+        """Write the state as ``folder/{tensors.safetensors,state.json}`` atomically (no pickle:
+        tensors in safetensors, the rest in JSON, as training checkpoints are)."""
+        tensors = {**_prefixed("student", self.student.state_dict()),
+                   **_prefixed("gates", self.gates.state_dict()),
+                   "lambdas": self.lambdas.detach().clone()}
+        meta: dict = {"step": self.step, "curves": self.curves, "optimizers": {}}
+        for key, opt in self._optimizers().items():
+            flat, opt_meta = optimizer_to_flat(opt.state_dict())
+            tensors.update(_prefixed(key, flat))
+            meta["optimizers"][key] = opt_meta
+        rng, meta["rng"] = rng_state()
+        tensors.update(_prefixed("rng", rng))
+        with atomic_dir(folder) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                      str(tmp / "tensors.safetensors"))
+            write_json_atomic(tmp / "state.json", meta)
 
-    def load_state_dict(self, s: dict) -> None:
-        self.student.load_state_dict(s["student"])
-        self.gates.load_state_dict(s["gates"])
+    def load(self, folder: Path) -> None:
+        """Restore what :meth:`save` wrote (bitwise: the random state too)."""
+        tensors, meta = load_file(str(folder / "tensors.safetensors")), read_json(folder / "state.json")
+        self.student.load_state_dict(_unprefixed("student", tensors))
+        self.gates.load_state_dict(_unprefixed("gates", tensors))
         with torch.no_grad():
-            self.lambdas.copy_(s["lambdas"])
-        for opt, key in ((self.opt_w, "opt_w"), (self.opt_g, "opt_g"), (self.opt_l, "opt_l")):
-            opt.load_state_dict(s[key])
-        self.step, self.curves = s["step"], s["curves"]
-        torch.set_rng_state(s["rng"])
+            self.lambdas.copy_(tensors["lambdas"])
+        for key, opt in self._optimizers().items():
+            opt.load_state_dict(optimizer_from_flat(_unprefixed(key, tensors), meta["optimizers"][key]))
+        self.step, self.curves = meta["step"], meta["curves"]
+        set_rng_state(_unprefixed("rng", tensors), meta["rng"])
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_w": self.opt_w, "opt_g": self.opt_g, "opt_l": self.opt_l}
+
+
+def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in tensors.items()}
+
+
+def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
 def new_state(model: AcousticModel, cfg: LearnedConfig, groups: list[Group], constraints: int = 1
@@ -346,8 +377,8 @@ def train_masks(model: AcousticModel, batches: Iterable[dict], cfg: LearnedConfi
     torch.manual_seed(seed)
     constraints = [(cost, fraction)] + ([latency] if latency is not None else [])
     state = new_state(model, cfg, groups, len(constraints))
-    if checkpoint is not None and checkpoint.is_file():
-        state.load_state_dict(torch.load(checkpoint, weights_only=False))
+    if checkpoint is not None and (checkpoint / "state.json").is_file():
+        state.load(checkpoint)
     teacher = model.eval()
     handles = state.gates.attach(state.student)
     try:
@@ -356,8 +387,7 @@ def train_masks(model: AcousticModel, batches: Iterable[dict], cfg: LearnedConfi
                 break
             _train_step(state, teacher, batch, cfg, constraints)
             if checkpoint is not None and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
-                with atomic_path(checkpoint) as tmp:
-                    torch.save(state.state_dict(), tmp)
+                state.save(checkpoint)
             if log is not None and state.step % max(1, cfg.steps // 10) == 0:
                 log(state)
     finally:
@@ -368,8 +398,7 @@ def train_masks(model: AcousticModel, batches: Iterable[dict], cfg: LearnedConfi
 
 
 def _cycle(batches: Iterable[dict], start: int) -> Iterator[dict]:
-    """``batches`` over and over; list them once (they are small calibration sets or a generator
-    factory's output)."""
+    """``batches`` over and over, from batch ``start`` (a resumed run continues where it was)."""
     items = list(batches)
     if not items:
         raise ConfigError("learned masks: no training batches")
@@ -466,7 +495,7 @@ def learned_prune(model: AcousticModel, cfg: LearnedConfig, kind: str, fraction:
                  batches: list[dict], step_dir: Path, row: dict, log=None, seed: int = 0,
                  table: LatencyTable | None = None, latency_share: float | None = None
                  ) -> AcousticModel:
-    """``slimasr prune --criterion learned``: train masks (checkpoint ``step_dir/masks.pt``,
+    """``slimasr prune --criterion learned``: train masks (checkpoint folder ``step_dir/masks/``,
     resumed when there), binarize them, record them in ``row["learned"]``, plot the curves
     (``step_dir/learned.png``) and return the pruned mask-trained student (gates folded into its
     weights). The gates and multipliers are not kept in the model."""
@@ -481,5 +510,5 @@ def learned_prune(model: AcousticModel, cfg: LearnedConfig, kind: str, fraction:
     if latency is not None:
         row["learned"]["latency_ms_expected"] = float(latency[0].expected(state.gates.keep_probs()).detach())
     plot_curves(state.curves, step_dir / "learned.png")
-    (step_dir / MASKS_FILE).unlink(missing_ok=True)  # done: the gates are not part of the result
+    shutil.rmtree(step_dir / MASKS_FILE, ignore_errors=True)  # done: the gates are not part of the result
     return small

@@ -176,7 +176,7 @@ def _masks_run(checkpoint: str, marker: str | None = None, pause_at: int = 10):
 
 
 def test_mask_training_sigkilled_resumes_to_bitwise_the_same_gates(tmp_path):
-    ckpt, marker = tmp_path / "masks.pt", tmp_path / "paused"
+    ckpt, marker = tmp_path / "masks", tmp_path / "paused"
     code = ("from tests.prune.test_learned import _masks_run; "
             f"_masks_run({str(ckpt)!r}, {str(marker)!r})")
     repo = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -191,7 +191,7 @@ def test_mask_training_sigkilled_resumes_to_bitwise_the_same_gates(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
-    assert torch.load(ckpt, weights_only=False)["step"] == 10
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 10  # no pickle anywhere
     resumed, _ = _masks_run(str(ckpt))
     reference, _ = _masks_run("")
     assert resumed.step == reference.step == 20
@@ -223,7 +223,7 @@ def test_cli_prunes_with_learned_masks_into_a_model_directory_that_reloads(tmp_p
     assert record["final"]["widths"] == {**record["original"]["widths"], **learned["widths"]}
     assert model_cost(pruned, "macs") == learned["actual"]
     assert (out / "steps" / "1" / "learned.png").read_bytes()[:4] == b"\x89PNG"
-    assert not (out / "steps" / "1" / "masks.pt").exists()
+    assert not (out / "steps" / "1" / "masks").exists()
     assert not any("log_alpha" in k for k in pruned.state_dict())  # the gates stay out of the model
     x = torch.randn(1, 100, 40)
     torch.testing.assert_close(pruned(x, torch.tensor([100]))[0], load_model(out)(x, torch.tensor([100]))[0])
@@ -233,6 +233,9 @@ def test_learned_refuses_what_it_cannot_do(tmp_path, capsys):
     assert main(["prune", "--model", str(tmp_path / "m"), "--data", str(tmp_path), "--out", str(tmp_path / "o"),
                  "--criterion", "learned", "--steps", "2"]) == 1
     assert "criterion learned" in capsys.readouterr().err
+    assert main(["prune", "--model", str(tmp_path / "m"), "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--criterion", "learned", "learned.init_keep=1.5"]) == 1
+    assert "learned.init_keep must be in (0, 1)" in capsys.readouterr().err
 
 
 def test_latency_cost_is_the_tables_prediction_and_a_second_constraint_is_met():
