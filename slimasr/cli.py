@@ -349,6 +349,21 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
 
+    _corpus_parser(verbs)
+    _train_parser(verbs)
+    _distill_parser(verbs)
+    _prune_parser(verbs)
+    _evaluate_parser(verbs)
+    _report_parser(verbs)
+    _run_parser(verbs)
+    _lm_parser(verbs)
+    _transcribe_parser(verbs)
+    _export_parser(verbs)
+    return parser
+
+
+def _corpus_parser(verbs: Any) -> None:
+    """The corpus verb and its actions (synth, import)."""
     corpus = verbs.add_parser("corpus", help="build or import a speech corpus (lhotse manifests)")
     corpus_verbs = corpus.add_subparsers(dest="corpus_verb", metavar="ACTION")
     corpus_verbs.required = True
@@ -380,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=_corpus_import)
 
+
+def _train_parser(verbs: Any) -> None:
+    """The train verb."""
     train = _verb(verbs, "train", "train a CTC model (teacher or baseline)",
                   "slimasr train --config recipes/train_crnn_teacher.yaml --data data/smarthome "
                   "--out exp/teacher train.epochs=20")
@@ -392,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(train, "recipe overrides, e.g. train.epochs=5")
     train.set_defaults(func=_train, resolve=_train_recipe)
 
+
+def _distill_parser(verbs: Any) -> None:
+    """The distill verb."""
     dist = _verb(verbs, "distill", "knowledge distillation from a teacher into a small student",
                  "slimasr distill --teacher exp/teacher --config recipes/distill_crnn_student.yaml "
                  "--data data/smarthome --out exp/student",
@@ -415,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(dist, "recipe overrides, e.g. loss.kd_weight=0.5 loss.temperature=2")
     dist.set_defaults(func=_distill, resolve=_distill_recipe)
 
+
+def _prune_parser(verbs: Any) -> None:
+    """The prune verb."""
     prune = _verb(verbs, "prune", "structured pruning (channels, units, heads) or unstructured (weights) + fine-tuning",
                   "slimasr prune --model exp/teacher --data data/smarthome --out exp/pruned "
                   "--criterion taylor --target-macs 0.5 --finetune-epochs 4 --distill",
@@ -463,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(prune, "PruneConfig overrides, e.g. calibration_cuts=128")
     prune.set_defaults(func=_prune, resolve=_prune_config)
 
+
+def _evaluate_parser(verbs: Any) -> None:
+    """The evaluate verb."""
     ev = _verb(verbs, "evaluate", "WER, CER, params, MACs, latency and RTF of a model",
                "slimasr evaluate --model exp/teacher --data data/smarthome/test_cuts.jsonl.gz "
                "--lm exp/lm3.arpa --json exp/teacher_test.json",
@@ -481,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(ev, "EvalConfig overrides, e.g. decode.beam.alpha=0.8")
     ev.set_defaults(func=_evaluate, resolve=_eval_config)
 
+
+def _report_parser(verbs: Any) -> None:
+    """The report verb."""
     rep = _verb(verbs, "report", "comparison table and plot of several evaluated models",
                 "slimasr report exp/teacher exp/student exp/pruned --out exp/report",
                 "slimasr report exp/teacher exp/teacher_onnx --out exp/deploy_report")
@@ -489,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="report", help="output prefix: writes OUT.md, OUT.json, OUT.png")
     rep.set_defaults(func=_report)
 
+
+def _run_parser(verbs: Any) -> None:
+    """The run and demo verbs (both run a pipeline recipe)."""
     run = _verb(verbs, "run", "run a pipeline recipe; finished stages are skipped",
                 "slimasr run recipes/demo.yaml --experiment exp/demo2")
     run.add_argument("recipe", help="pipeline recipe YAML (or a bundled name: demo)")
@@ -503,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(demo, "recipe overrides (its keys: experiment, stages)")
     demo.set_defaults(func=_run, resolve=_pipeline)
 
+
+def _lm_parser(verbs: Any) -> None:
+    """The lm verb."""
     lm = _verb(verbs, "lm", "build a word n-gram LM (ARPA) from a corpus's training text",
                "slimasr lm --data data/smarthome --out exp/lm3.arpa --order 3")
     lm.add_argument("--data", required=True, help="data directory")
@@ -511,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
     lm.set_defaults(func=_lm)
 
+
+def _transcribe_parser(verbs: Any) -> None:
+    """The transcribe verb."""
     tr = _verb(verbs, "transcribe", "recognize audio files with a model",
                "slimasr transcribe --model exp/teacher some.wav other.flac --lm exp/lm3.arpa")
     tr.add_argument("--model", required=True,
@@ -525,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stream the microphone until Ctrl-C (needs sounddevice: pip install 'slimasr[mic]')")
     tr.set_defaults(func=_transcribe)
 
+
+def _export_parser(verbs: Any) -> None:
+    """The export verb."""
     exp = _verb(verbs, "export", "ONNX bundle (optionally int8) for onnxruntime and sherpa-onnx, parity-checked",
                 "slimasr export --model exp/teacher --out exp/teacher_onnx --int8")
     exp.add_argument("--model", required=True, help="model directory to export")
@@ -540,7 +582,6 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true", help="replace an earlier bundle in --out")
     _add_overrides(exp, "ExportConfig overrides, e.g. int8_per_channel=true")
     exp.set_defaults(func=_export, resolve=_export_config)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

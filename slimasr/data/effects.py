@@ -30,6 +30,8 @@ TELEPHONE_RATE = 8000  # Hz, a narrowband call
 TELEPHONE_BAND = (300.0, 3400.0)  # Hz, the ITU-T voice channel
 TELEPHONE_CODECS = ("pcm", "mulaw", "gsm")  # each line picks one: none, G.711 mu-law, GSM 06.10
 _MU = 255.0  # G.711 mu-law constant
+CODEC_HEADROOM = 0.5  # peak the codec sees at most: the decoded wave may overshoot the input
+CODEC_LEVELS = (0.2, 0.9)  # compression level range (libsndfile: 0 best quality, 1 smallest file)
 _CODEC_SUBTYPES = {"vorbis": ("OGG", "VORBIS"), "opus": ("OGG", "OPUS"),
                    "mp3": ("MP3", "MPEG_LAYER_III")}  # fmt: skip
 
@@ -142,9 +144,9 @@ def codec(audio: np.ndarray, sample_rate: int, rng: np.random.Generator,
           name: str = "opus") -> np.ndarray:  # fmt: skip
     """A lossy round trip through ``name`` (see :func:`available_codecs`) at a random
     compression level in [0.2, 0.9] (libsndfile's scale: 0 best quality, 1 smallest file)."""
-    level = float(rng.uniform(0.2, 0.9))
+    level = float(rng.uniform(*CODEC_LEVELS))
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    scale = 0.5 / peak if peak > 0.5 else 1.0  # headroom: the decoded wave may overshoot
+    scale = CODEC_HEADROOM / peak if peak > CODEC_HEADROOM else 1.0
     coded = Compress(codec=name, compression_level=level)(
         (audio * scale).astype(np.float32)[None, :], sample_rate
     )[0]

@@ -15,7 +15,6 @@ said with a fixed ``optional_probability``.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from dataclasses import dataclass, field

@@ -72,6 +72,8 @@ ROOMS = ("none", "near", "far")  # plan.room: no reverberation, effects.reverb, 
 CHANNELS = ("none", "telephone", "vorbis", "opus", "mp3")  # plan.channel
 
 _SPLIT_CODE = {"train": 0, "dev": 1, "test": 2, UNSEEN_SYNTH_SPLIT: 3, UNLABELLED_SPLIT: 4}
+_TEST_VOICE_FROM = 3  # a non-eSpeak family holds out a test voice from this many voices
+_DEV_VOICE_FROM = 5  # ... and a dev voice too from this many
 _FAMILY_CODE = {"espeak": 0, "flite": 1, "festival": 2}  # seeds each family's voice split
 # Random streams, the second word of every seed: (seed, stream, split, index).
 _UTTERANCE_STREAM, _SENTENCE_STREAM, _VOICE_STREAM = 0, 1, 2
@@ -118,26 +120,26 @@ class SynthConfig:
     pitch_min: int = 20  # eSpeak base pitch (0-100), uniform in [min, max]; the other families
     pitch_max: int = 80  # keep their voices' own pitch, moved by the warp below
     pitch_range_min: int = 20  # eSpeak intonation range (0 = monotone, 100 = lively)
-    pitch_range_max: int = 80
+    pitch_range_max: int = 80  # upper end of the intonation range
     warp_min: float = 0.92  # non-eSpeak voices are resampled by a factor uniform in [min, max]:
     warp_max: float = 1.08  # pitch, formants and speed move together (a larger or smaller talker)
     # Acoustic conditions (slimasr/data/effects.py): the share of utterances each reaches.
     reverb_share: float = 0.25  # a near talker in a room (T60 0.15-0.6 s)
     far_field_share: float = 0.1  # a talker across the room (T60 0.4-1 s, strong reverb, quiet)
     far_peak_min_dbfs: float = -35.0  # far-field level: the peak lands uniformly in [min, max]
-    far_peak_max_dbfs: float = -20.0
+    far_peak_max_dbfs: float = -20.0  # upper end of the far-field peak level
     microphone_share: float = 0.5  # a microphone's colouring (random EQ)
     telephone_share: float = 0.05  # a phone line: 8 kHz, 300-3400 Hz, mu-law or GSM
     codec_share: float = 0.1  # a lossy codec round trip, one of codecs (exclusive of telephone)
     codecs: tuple[str, ...] = ("vorbis", "opus", "mp3")  # lossy codecs (written by libsndfile)
     clean_share: float = 0.25  # share of utterances with no added noise (dither only)
     snr_min_db: float = 10.0  # SNR of the added noise, dB, uniform (FINDINGS: 10-30 dB is fine)
-    snr_max_db: float = 30.0
+    snr_max_db: float = 30.0  # upper end of the noise SNR
     noise_colors: tuple[str, ...] = ("white", "pink", "brown")  # spectra of the added noise
     peak_min_dbfs: float = -20.0  # random gain: the peak lands uniformly in [min, max] dBFS
     peak_max_dbfs: float = -1.0  # below 0 dBFS, so nothing ever clips
     silence_min_s: float = 0.05  # leading and trailing silence, each uniform in [min, max] s
-    silence_max_s: float = 0.5
+    silence_max_s: float = 0.5  # upper end of the leading/trailing silence
     dither_lsb: float = 2.0  # Gaussian dither, std in 16-bit steps: never digital silence
     trim_level: float = 3e-4  # the synthesizer's own silence (|x| below this, full scale 1) is cut
     variants: list[str] = field(default_factory=list_variants)  # eSpeak variants to draw from
@@ -319,7 +321,7 @@ def _held_out_counts(config: SynthConfig, family: str, n: int) -> tuple[int, int
     """(dev, test) speakers a family of ``n`` speakers holds out of train."""
     if family == "espeak":
         return config.dev_variants, config.test_variants
-    return int(n >= 5), int(n >= 3)
+    return int(n >= _DEV_VOICE_FROM), int(n >= _TEST_VOICE_FROM)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ class StudentConfig:
     (spread over the depth, first and last kept) and/or ``width`` of its units in every prunable
     group (the units with the largest weight magnitude)."""
 
-    init: Literal["scratch", "teacher", "path"] = "scratch"
+    init: Literal["scratch", "teacher", "path"] = "scratch"  # where the weights start (above)
     path: str | None = None  # init "path": start from this model directory (e.g. a pruned model)
     layers: int | None = None  # recurrent layers / hidden layers / blocks kept (None: all)
     width: float | None = None  # fraction of units kept per group, 0 < width <= 1 (None: all)

@@ -56,7 +56,7 @@ class StateSpec:
     shape: tuple[int, ...]  # with batch 1
     batch_dim: int  # where sherpa-onnx stacks streams of a batch
     role: str  # what it holds ("unused": passed through)
-    dtype: str = "float32"
+    dtype: str = "float32"  # element type of the state tensor
 
 
 @dataclass

@@ -53,6 +53,7 @@ from slimasr.prune.plan import model_cost
 from slimasr.prune.surgery import prune_model
 from slimasr.train.checkpoint import optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state
 
+GATE_OPEN = 0.5  # binarize "threshold": a unit stays when its deterministic gate exceeds this
 MASKS_FILE = "masks"  # mask-training checkpoint folder in the step's folder (not part of the model)
 
 @dataclass
@@ -218,7 +219,7 @@ def binarize(gates: ModelGates, cost: CostModel, fraction: float, how: str = "ra
     with torch.no_grad():
         probs = {k: v.detach().double() for k, v in gates.keep_probs().items()}
         if how == "threshold":
-            keep = {k: (gates.gate(k).deterministic() > 0.5).nonzero().flatten().tolist() for k in probs}
+            keep = {k: (gates.gate(k).deterministic() > GATE_OPEN).nonzero().flatten().tolist() for k in probs}
             return _with_minimum(gates, probs, keep)
         order = sorted(((float(p[j]), k, j) for k, p in probs.items() for j in range(len(p))))
         limits = [(cost, (1.0 - fraction) * cost.full)]

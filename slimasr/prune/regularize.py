@@ -54,7 +54,7 @@ NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)  # modules whose "we
 class RegularizeConfig:
     """A sparsity-inducing training penalty (see the module docstring)."""
 
-    kind: Literal["none", "l1", "group-lasso", "slimming"] = "none"
+    kind: Literal["none", "l1", "group-lasso", "slimming"] = "none"  # the penalty ("none": off)
     strength: float = 0.0  # lambda; each step shrinks by lr * lambda (decoupled, like AdamW's decay)
     warmup_steps: int = 0  # lambda ramps linearly from 0 over these optimizer steps
     include: list[str] = field(default_factory=lambda: ["*"])  # l1: state_dict name patterns

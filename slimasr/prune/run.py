@@ -132,7 +132,7 @@ class PruneConfig:
     # is "group_norm" (the L2 norm of the unit's weights: what group lasso drives to zero) or
     # "norm_scale" (|gamma| of its norm: network slimming; units without a norm stay).
     remove_below: float | None = None
-    remove_by: Literal["group_norm", "norm_scale"] = "group_norm"
+    remove_by: Literal["group_norm", "norm_scale"] = "group_norm"  # the score remove_below reads
     learned: LearnedConfig = field(default_factory=LearnedConfig)  # criterion learned: mask training
 
     def __post_init__(self) -> None:
@@ -264,6 +264,13 @@ def _prune(model_dir: Path, data_dir: Path, out_dir: Path, cfg: PruneConfig, sho
                         "dev_loss_finetuned": _mean_loss(model, sens_batches),
                         "learned_nothing": result["learned_nothing"]})
         record["steps"].append(row)
+    _finish_record(record, model, cost0, latency0)
+    _publish(current_dir, out_dir, record)
+    return record
+
+
+def _finish_record(record: dict, model: AcousticModel, cost0: dict, latency0: float | None) -> None:
+    """Fill ``record["final"]`` (and the unpruned latency) once every step has run."""
     record["final"] = {"macs": model_cost(model, "macs"), "params": model_cost(model, "params"),
                        "macs_ratio": model_cost(model, "macs") / cost0["macs"],
                        "params_ratio": model_cost(model, "params") / cost0["params"],
@@ -275,8 +282,6 @@ def _prune(model_dir: Path, data_dir: Path, out_dir: Path, cfg: PruneConfig, sho
         record["original"]["latency_ms"] = latency0
         if measured:
             record["final"].update({"latency_ms": measured[-1], "speedup": latency0 / measured[-1]})
-    _publish(current_dir, out_dir, record)
-    return record
 
 
 def _prune_unstructured(model_dir: Path, data_dir: Path, out_dir: Path, cfg: PruneConfig, show: bool
