@@ -5,9 +5,6 @@ the result saves and reloads, mask training resumes from its checkpoint."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 
@@ -29,7 +26,7 @@ from slimasr.prune.learned import (
 from slimasr.prune.plan import model_cost
 from slimasr.prune.surgery import prune_model
 from tests.prune.helpers import random_model
-from tests.train.helpers import make_corpus, tiny_recipe
+from tests.train.helpers import kill_when_paused, make_corpus, tiny_recipe
 
 FEATS, VOCAB = 8, 7
 FAMILIES = {
@@ -180,17 +177,7 @@ def test_mask_training_sigkilled_resumes_to_bitwise_the_same_gates(tmp_path):
     code = ("from tests.prune.test_learned import _masks_run; "
             f"_masks_run({str(ckpt)!r}, {str(marker)!r})")
     repo = __import__("pathlib").Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=repo, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 120
-    while not marker.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"mask training ended before the kill: {proc.stderr.read().decode()[-2000:]}")
-        assert time.monotonic() < deadline, "mask training never reached the checkpoint"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    kill_when_paused([sys.executable, "-c", code], marker, 120, repo)
     assert json.loads((ckpt / "state.json").read_text())["step"] == 10  # no pickle anywhere
     resumed, _ = _masks_run(str(ckpt))
     reference, _ = _masks_run("")

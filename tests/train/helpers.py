@@ -101,6 +101,27 @@ def tiny_recipe(**train: object) -> dict:
     }
 
 
+def kill_when_paused(cmd: list[str], marker: Path, wait_s: float, cwd: Path) -> None:
+    """Start ``cmd``, wait until it creates ``marker`` (it pauses there), then SIGKILL it. Fails
+    the test if it ends first or never gets there within ``wait_s`` seconds."""
+    import signal
+    import subprocess
+
+    import pytest
+
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + wait_s
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before the kill: {proc.stderr.read().decode()[-2000:]}")
+        assert time.monotonic() < deadline, "the run never reached the point of the kill"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+
+
 def main(argv: list[str]) -> None:
     recipe, data, out, result = argv[:4]
     resume = "--resume" in argv

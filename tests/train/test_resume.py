@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +13,7 @@ from safetensors.torch import load_file
 
 from slimasr.errors import ConfigError
 from slimasr.train import prepare, train_model
-from tests.train.helpers import make_corpus, tiny_recipe
+from tests.train.helpers import kill_when_paused, make_corpus, tiny_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = tiny_recipe(epochs=25, lr=1e-2, decay_steps=400, checkpoint_every_steps=5, log_every_steps=1)
@@ -48,16 +44,7 @@ def _kill_at_checkpoint(recipe: Path, data: Path, out: Path, n: int) -> None:
     marker = out.parent / "paused"
     cmd = [sys.executable, "-m", "tests.train.helpers", str(recipe), str(data), str(out),
            str(out.parent / "result.json"), "--pause-at-checkpoint", str(n), str(marker)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + WAIT_S
-    while not marker.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"training ended before the kill: {proc.stderr.read().decode()[-2000:]}")
-        assert time.monotonic() < deadline, "the run never reached the checkpoint"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    kill_when_paused(cmd, marker, WAIT_S, REPO)
 
 
 def test_sigkilled_run_resumes_to_bitwise_the_same_model(reference, tmp_path, monkeypatch) -> None:
