@@ -1,6 +1,7 @@
 """Benchmark: streaming recognition on one thread — RTF, latency from the end of the audio to the
 final text, and latency of the first partial text — for chunks of 80, 160 and 320 ms, PyTorch
-(slimasr.streaming) and ONNX (slimasr.runtime.streaming on onnxruntime).
+(slimasr.streaming), ONNX fp32 and, when the bundle has one, the int8 streaming graph
+(slimasr.runtime.streaming on onnxruntime) — and each one's WER on the streamed utterances.
 
     python bench/streaming.py --model exp/causal_student --data data/smarthome --split test
     python bench/streaming.py --model M --bundle M_onnx --utterances 100 --tag causal_student
@@ -19,7 +20,10 @@ greedy decoding). Nothing sleeps: the arrival times are computed, the processing
   the compute — not the time the model needs to hear a word. ``first_partial_audio_s``: the
   same moment on the audio's clock (when the text appears, from the start of the audio).
 
-Without ``--bundle`` the model is exported into a temporary folder first (fp32, no WER scoring).
+- ``wer``: greedy WER of the final texts (scored as ``slimasr evaluate`` scores).
+
+Without ``--bundle`` the model is exported into a temporary folder first (``--int8``, its WER gate
+scored on the dev split).
 Results: bench/results/streaming/<tag>.json. Not a timed test: run it on a quiet machine.
 """
 
@@ -40,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from slimasr.io import write_json_atomic  # noqa: E402
+from slimasr.runtime.bundle import STREAMING_INT8_FILE  # noqa: E402
 from slimasr.runtime.streaming import OnnxStreamingRecognizer  # noqa: E402
 from slimasr.streaming import StreamingRecognizer  # noqa: E402
 
@@ -51,13 +56,18 @@ THREADS = 1  # one core of a device
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(THREADS)
-    audios = load_utterances(args)
+    audios, texts = load_utterances(args)
     bundle = Path(args.bundle) if args.bundle else export_bundle(Path(args.model))
+    int8 = (bundle / STREAMING_INT8_FILE).is_file()
     rows = []
     for chunk_ms in args.chunks:
-        for backend, recognizer in (("pytorch", StreamingRecognizer(args.model, chunk_ms)),
-                                    ("onnx", OnnxStreamingRecognizer(bundle, chunk_ms, num_threads=THREADS))):
-            rows.append({"backend": backend, "chunk_ms": chunk_ms, **measure(recognizer, audios)})
+        recognizers = [("pytorch", StreamingRecognizer(args.model, chunk_ms)),
+                       ("onnx", OnnxStreamingRecognizer(bundle, chunk_ms, num_threads=THREADS))]
+        if int8:
+            recognizers.append(("onnx_int8", OnnxStreamingRecognizer(bundle, chunk_ms, num_threads=THREADS,
+                                                                     int8=True)))
+        for backend, recognizer in recognizers:
+            rows.append({"backend": backend, "chunk_ms": chunk_ms, **measure(recognizer, audios, texts)})
             print_row(rows[-1])
     result = {"model": str(Path(args.model).resolve()), "bundle": str(bundle.resolve()),
               "data": args.data, "split": args.split, "utterances": len(audios),
@@ -83,39 +93,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_utterances(args: argparse.Namespace) -> list[np.ndarray]:
+def load_utterances(args: argparse.Namespace) -> tuple[list[np.ndarray], list[str]]:
+    """The audio and reference transcripts of the first ``--utterances`` of the split."""
     from slimasr.data.manifests import read_split
     from slimasr.models import read_model_config
+    from slimasr.train.prepare import transcript
 
     data = args.data or (read_model_config(args.model).get("provenance") or {}).get("data_dir")
     if data is None:
         sys.exit("error: --data is needed: the model's config.json does not say what it was trained on")
     args.data = str(data)
     cuts = read_split(data, args.split).subset(first=args.utterances)
-    return [c.load_audio().reshape(-1).astype(np.float32) for c in cuts]
+    return [c.load_audio().reshape(-1).astype(np.float32) for c in cuts], [transcript(c) for c in cuts]
 
 
 def export_bundle(model: Path) -> Path:
     from slimasr.export import ExportConfig, export_model
 
     out = Path(tempfile.mkdtemp(prefix="stream_bench_")) / "bundle"
-    export_model(model, out, ExportConfig(wer_manifest=None, max_wer_utterances=1, parity_utterances=0))
+    export_model(model, out, ExportConfig(int8=True))
     return out
 
 
-def measure(recognizer, audios: list[np.ndarray]) -> dict:
-    """Stream every utterance (after one untimed warm-up); the timings described in the module doc."""
+def measure(recognizer, audios: list[np.ndarray], texts: list[str]) -> dict:
+    """Stream every utterance (after one untimed warm-up); the timings described in the module doc
+    and the WER of the final texts against ``texts``."""
+    from slimasr.evaluate.metrics import ErrorRateStats
+    from slimasr.text import normalize_text
+
+    config = recognizer.frontend.normalizer if hasattr(recognizer, "frontend") else recognizer.bundle.normalizer
+    stats = ErrorRateStats(normalize=lambda text: normalize_text(text, config))
     time_utterance(recognizer, audios[0])
     finals, firsts, firsts_audio, busy = [], [], [], 0.0
-    for audio in audios:
+    for i, (audio, reference) in enumerate(zip(audios, texts)):
         timing = time_utterance(recognizer, audio)
+        stats.append([str(i)], [timing["text"]], [reference])
         busy += timing["busy"]
         finals.append(timing["final_ms"])
         if timing["first_partial_ms"] is not None:
             firsts.append(timing["first_partial_ms"])
             firsts_audio.append(timing["first_partial_audio_s"])
     seconds = sum(len(a) for a in audios) / recognizer.sampling_rate
-    return {"rtf": busy / seconds, **summary("final_ms", finals), **summary("first_partial_ms", firsts),
+    return {"rtf": busy / seconds, "wer": stats.summarize()["wer"], **summary("final_ms", finals), **summary("first_partial_ms", firsts),
             "first_partial_audio_s_p50": statistics.median(firsts_audio) if firsts_audio else None,
             "utterances_with_text": len(firsts)}
 
@@ -144,7 +163,7 @@ def time_utterance(recognizer, audio: np.ndarray) -> dict:
     if first_ready is not None:
         first_ms = 1000 * (first_ready - first_token_time(stream, recognizer))
         first_audio = first_ready
-    return {"busy": busy, "final_ms": final_ms, "first_partial_ms": first_ms,
+    return {"text": text, "busy": busy, "final_ms": final_ms, "first_partial_ms": first_ms,
             "first_partial_audio_s": first_audio}
 
 
@@ -175,7 +194,7 @@ def print_row(row: dict) -> None:
     def ms(value):
         return "-" if value is None else f"{value:.1f}"
 
-    print(f"{row['backend']:8s} {row['chunk_ms']:4d} ms  RTF {row['rtf']:.4f}  final p50/p90 "
+    print(f"{row['backend']:9s} {row['chunk_ms']:4d} ms  WER {row['wer']:.2f}%  RTF {row['rtf']:.4f}  final p50/p90 "
           f"{ms(row['final_ms_p50'])}/{ms(row['final_ms_p90'])} ms  first partial p50/p90 "
           f"{ms(row['first_partial_ms_p50'])}/{ms(row['first_partial_ms_p90'])} ms", flush=True)
 

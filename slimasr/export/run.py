@@ -48,6 +48,8 @@ from slimasr.runtime.bundle import (
     BUNDLE_VERSION,
     INT8_FILE,
     MODEL_FILE,
+    STREAMING_FILE,
+    STREAMING_INT8_FILE,
     TOKENIZER_MODEL,
     TOKENS_FILE,
     tokens_txt,
@@ -217,6 +219,10 @@ def write_fp32(source: Source, tmp: Path, config: ExportConfig, real: list[torch
         quantize_int8(model_path, tmp / INT8_FILE, config.int8_op_types, config.int8_per_channel,
                       config.int8_keep_head_fp32)
         info["files"]["model_int8"] = INT8_FILE
+        if info["streaming"]:
+            quantize_int8(tmp / STREAMING_FILE, tmp / STREAMING_INT8_FILE, config.int8_op_types,
+                          config.int8_per_channel, config.int8_keep_head_fp32)
+            info["files"]["model_streaming_int8"] = info["streaming"]["int8_file"] = STREAMING_INT8_FILE
     write_json_atomic(tmp / BUNDLE_FILE, info)
     return info
 
@@ -244,7 +250,7 @@ def bundle_info(source: Source, config: ExportConfig) -> dict[str, Any]:
         "format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "slimasr_version": __version__,
         "files": {"model": MODEL_FILE, "model_int8": None, "tokens": TOKENS_FILE,
                   "tokenizer_model": None if kind == "char" else TOKENIZER_MODEL,
-                  "model_streaming": None},
+                  "model_streaming": None, "model_streaming_int8": None},
         "source": {"model_dir": str(source.path.resolve()), "architecture": model.arch,
                    "weights_sha256": file_sha256(source.path / WEIGHTS_FILE),
                    "params": sum(p.numel() for p in model.parameters()),
@@ -300,22 +306,37 @@ def real_features(source: Source, cuts: Any, count: int) -> list[torch.Tensor]:
 
 
 def measure_wers(bundle_dir: Path, cuts: Any, manifest: str | None, config: ExportConfig) -> dict:
-    """Greedy WER of model.onnx (and model.int8.onnx) on ``cuts``; nulls without cuts."""
+    """Greedy WER of model.onnx (and model.int8.onnx, and model.streaming.int8.onnx streamed in
+    ``streaming_chunk_ms`` chunks) on ``cuts``; nulls without cuts. The fp32 streaming graph needs no
+    score: its parity check holds it to model.onnx's log-probs."""
+    result = {"wer_manifest": manifest, "wer_utterances": 0, "wer_fp32": None, "wer_int8": None,
+              "wer_streaming_int8": None}
     if cuts is None:
-        return {"wer_manifest": None, "wer_utterances": 0, "wer_fp32": None, "wer_int8": None}
-    fp32, count = score(OnnxRecognizer(bundle_dir / MODEL_FILE), cuts, config.wer_batch)
-    int8 = score(OnnxRecognizer(bundle_dir / INT8_FILE), cuts, config.wer_batch)[0] if config.int8 else None
-    return {"wer_manifest": manifest, "wer_utterances": count, "wer_fp32": fp32, "wer_int8": int8}
+        return result
+    recognizer = OnnxRecognizer(bundle_dir / MODEL_FILE)
+    result["wer_fp32"], result["wer_utterances"] = score(recognizer, cuts, config.wer_batch)
+    if config.int8:
+        result["wer_int8"] = score(OnnxRecognizer(bundle_dir / INT8_FILE), cuts, config.wer_batch)[0]
+    if (bundle_dir / STREAMING_INT8_FILE).is_file():
+        from slimasr.runtime.streaming import OnnxStreamingRecognizer
+
+        streaming = OnnxStreamingRecognizer(bundle_dir, config.streaming_chunk_ms, int8=True)
+        result["wer_streaming_int8"] = score(streaming, cuts, 1, recognizer.frontend.normalize)[0]
+    return result
 
 
-def score(recognizer: OnnxRecognizer, cuts: Any, batch: int) -> tuple[float, int]:
-    """(WER in percent, utterances) of greedy transcripts, scored as ``slimasr evaluate`` scores."""
+def score(recognizer: Any, cuts: Any, batch: int, normalize: Any = None) -> tuple[float, int]:
+    """(WER in percent, utterances) of greedy transcripts, scored as ``slimasr evaluate`` scores.
+    ``recognizer``: an OnnxRecognizer (``transcribe_batch``) or a streaming one (``transcribe``,
+    ``batch`` 1, with the bundle's ``normalize``)."""
     from slimasr.evaluate.metrics import ErrorRateStats
     from slimasr.train.prepare import transcript
 
-    stats = ErrorRateStats(normalize=recognizer.frontend.normalize)
+    stats = ErrorRateStats(normalize=normalize or recognizer.frontend.normalize)
     for group in _batches(cuts, batch):
-        hyps = recognizer.transcribe_batch([c.load_audio().reshape(-1) for c in group])
+        audio = [c.load_audio().reshape(-1) for c in group]
+        hyps = (recognizer.transcribe_batch(audio) if hasattr(recognizer, "transcribe_batch")
+                else [recognizer.transcribe(a) for a in audio])
         stats.append([c.id for c in group], hyps, [transcript(c) for c in group])
     summary = stats.summarize()
     return summary["wer"], summary["num_utterances"]
@@ -333,14 +354,18 @@ def _batches(cuts: Any, size: int):
 
 
 def check_wer_gate(wer: dict, config: ExportConfig, model_dir: Path) -> None:
-    """ExportCheckFailed when int8 WER exceeds fp32 WER by more than ``max_wer_increase``."""
-    rise = wer["wer_int8"] - wer["wer_fp32"]
-    if rise > config.max_wer_increase:
-        raise ExportCheckFailed(
-            model_dir, f"int8 WER {wer['wer_int8']:.2f}% is {rise:.2f} above fp32 {wer['wer_fp32']:.2f}% "
-                       f"on {wer['wer_utterances']} utterances of {wer['wer_manifest']} (allowed: "
-                       f"{config.max_wer_increase:g}); nothing published: export without --int8, or "
-                       "quantize fewer operators (int8_op_types=...)")
+    """ExportCheckFailed when the WER of an int8 graph (offline, or streaming) exceeds fp32 WER by
+    more than ``max_wer_increase``."""
+    for key, what in (("wer_int8", "int8"), ("wer_streaming_int8", "streaming int8")):
+        if wer[key] is None:
+            continue
+        rise = wer[key] - wer["wer_fp32"]
+        if rise > config.max_wer_increase:
+            raise ExportCheckFailed(
+                model_dir, f"{what} WER {wer[key]:.2f}% is {rise:.2f} above fp32 {wer['wer_fp32']:.2f}% "
+                           f"on {wer['wer_utterances']} utterances of {wer['wer_manifest']} (allowed: "
+                           f"{config.max_wer_increase:g}); nothing published: export without --int8, or "
+                           "quantize fewer operators (int8_op_types=...)")
 
 
 # ---------------------------------------------------------------------------------------------

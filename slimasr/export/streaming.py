@@ -230,7 +230,7 @@ def write_streaming(source: Any, tmp: Path, config: Any, real: list[Tensor]) -> 
     feats = [x[0] for _, x, _ in parity_cases(source.wrapper, config.parity_lengths, real) if len(x) == 1]
     parity = check_streaming_parity(source.wrapper, wrapper.layout, open_session(path), feats,
                                      [chunk, model.subsampling], config.parity_atol, str(source.path))
-    return {"file": STREAMING_FILE, "layout": STATE_LAYOUT, "chunk_frames": chunk,
+    return {"file": STREAMING_FILE, "int8_file": None, "layout": STATE_LAYOUT, "chunk_frames": chunk,
             "chunk_multiple": model.subsampling, "inputs": ["x", *(s.name for s in wrapper.layout.states)],
             "outputs": ["log_probs", *("new_" + s.name for s in wrapper.layout.states)],
             "states": wrapper.layout.describe(), **parity}

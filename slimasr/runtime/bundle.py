@@ -3,6 +3,9 @@
     BUNDLE/model.onnx        fp32 graph: x (N, T, F) float32 raw log-mel fbank, x_lens (N,) int64
                              -> log_probs (N, T', V) float32 log-softmax, log_probs_len (N,) int64
     BUNDLE/model.int8.onnx   the same graph, dynamically quantized (``slimasr export --int8``)
+    BUNDLE/model.streaming.onnx, model.streaming.int8.onnx
+                             causal models only: one chunk and the state in, the chunk's log-probs
+                             and the new state out (``slimasr.runtime.streaming``)
     BUNDLE/tokens.txt        ``symbol id`` per line, ``<blk> 0`` first (sherpa-onnx's format)
     BUNDLE/tokenizer.model   the sentencepiece model (bpe/unigram vocabularies only): what
                              ``evaluate`` encodes references with to apply its exclusion rules
@@ -30,8 +33,10 @@ INT8_FILE = "model.int8.onnx"
 TOKENS_FILE = "tokens.txt"
 TOKENIZER_MODEL = "tokenizer.model"  # sentencepiece vocabularies only
 STREAMING_FILE = "model.streaming.onnx"  # causal models only: the streaming graph (runtime/streaming.py)
+STREAMING_INT8_FILE = "model.streaming.int8.onnx"  # the streaming graph quantized (causal models, --int8)
 # Every file a bundle consists of (``slimasr export`` writes these and nothing else)
-BUNDLE_NAMES = (MODEL_FILE, INT8_FILE, STREAMING_FILE, TOKENS_FILE, TOKENIZER_MODEL, BUNDLE_FILE)
+BUNDLE_NAMES = (MODEL_FILE, INT8_FILE, STREAMING_FILE, STREAMING_INT8_FILE, TOKENS_FILE, TOKENIZER_MODEL,
+                BUNDLE_FILE)
 BUNDLE_FORMAT = "slimasr-bundle"  # value of bundle.json's "format"
 BUNDLE_VERSION = 1  # bump when bundle.json's layout changes
 INPUT_NAMES = ("x", "x_lens")  # what sherpa-onnx's offline CTC path feeds, by position

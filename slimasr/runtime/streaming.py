@@ -6,7 +6,8 @@
         partial = stream.accept(samples)         # the text so far
     final = stream.finish()
 
-It runs the bundle's ``model.streaming.onnx`` (written by ``slimasr export`` for a causal model):
+It runs the bundle's ``model.streaming.onnx`` (written by ``slimasr export`` for a causal model), or
+with ``int8`` its ``model.streaming.int8.onnx`` (``slimasr export --int8``):
 ``x`` (1, T, F) raw fbank and the state tensors -> ``log_probs`` (1, T', V) and the new states,
 which go back in with the next chunk; every state starts at zero. ``bundle.json``'s ``streaming``
 entry lists them (docs/streaming.md). Nothing here imports training code or a PyTorch model.
@@ -20,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from slimasr.errors import DataError
-from slimasr.runtime.bundle import BUNDLE_FILE, MODEL_FILE, STREAMING_FILE, read_bundle
+from slimasr.runtime.bundle import (
+    BUNDLE_FILE,
+    INT8_FILE,
+    MODEL_FILE,
+    STREAMING_FILE,
+    STREAMING_INT8_FILE,
+    read_bundle,
+)
 from slimasr.runtime.recognizer import open_session
 from slimasr.streaming.features import online_features
 from slimasr.streaming.stream import DEFAULT_CHUNK_MS, Stream, chunk_samples_for, stream_array
@@ -43,22 +51,23 @@ class OnnxStep:
 
 
 class OnnxStreamingRecognizer:
-    """A bundle's streaming graph ready to stream. ``path``: the bundle folder or one of its .onnx
-    files; ``chunk_ms`` and ``features`` as for ``slimasr.streaming.StreamingRecognizer``."""
+    """A bundle's streaming graph ready to stream. ``path``: the bundle folder or one of its
+    streaming .onnx files (``model.streaming.int8.onnx`` means ``int8``); ``chunk_ms`` and
+    ``features`` as for ``slimasr.streaming.StreamingRecognizer``."""
 
     def __init__(self, path: str | Path, chunk_ms: float = DEFAULT_CHUNK_MS, features: str = "lhotse",
-                 num_threads: int = 1):
-        path = Path(path)
-        folder = path.parent if path.suffix == ".onnx" else path
-        if path.suffix == ".onnx" and path.name != STREAMING_FILE and path.name != MODEL_FILE:
-            raise DataError(path, f"streaming runs the bundle's {STREAMING_FILE} (fp32; there is no int8 "
-                                  "streaming graph): pass the bundle folder")
+                 num_threads: int = 1, int8: bool = False):
+        folder, int8 = streaming_graph(Path(path), int8)
         self.bundle = read_bundle(folder)
         self.info = self.bundle.info.get("streaming")
         if not self.info:
             raise DataError(folder / BUNDLE_FILE, f"has no streaming graph ({STREAMING_FILE}): its model "
                             "is not causal (slimasr export writes one for a unidirectional, causal CRNN)")
-        self.session = open_session(folder / self.info["file"], num_threads)
+        name = self.info.get("int8_file") if int8 else self.info["file"]
+        if not name or not (folder / name).is_file():
+            raise DataError(folder, f"has no {STREAMING_INT8_FILE} (export the causal model with --int8)")
+        self.int8 = int8
+        self.session = open_session(folder / name, num_threads)
         self.feature_backend = features
         online_features(self.bundle.features, features)  # fails now on a config that cannot stream
         self.chunk_ms = chunk_ms
@@ -78,3 +87,15 @@ class OnnxStreamingRecognizer:
     def transcribe(self, audio: np.ndarray) -> str:
         """Stream a whole array in ``chunk_ms`` pieces; the final text."""
         return stream_array(self.stream(), audio, self.chunk_ms, self.sampling_rate)
+
+
+def streaming_graph(path: Path, int8: bool) -> tuple[Path, bool]:
+    """``(bundle folder, int8)`` for a bundle folder or one of its graphs: an offline graph names
+    the streaming graph of the same precision (model.int8.onnx: model.streaming.int8.onnx)."""
+    if path.suffix != ".onnx":
+        return path, int8
+    names = {STREAMING_FILE: False, MODEL_FILE: False, STREAMING_INT8_FILE: True, INT8_FILE: True}
+    if path.name not in names:
+        raise DataError(path, f"not a bundle graph (streaming runs the bundle's {STREAMING_FILE} or "
+                              f"{STREAMING_INT8_FILE}): pass one of those or the bundle folder")
+    return path.parent, int8 or names[path.name]

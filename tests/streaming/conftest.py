@@ -25,6 +25,14 @@ def causal_bundle(causal: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def causal_int8_bundle(causal: Path) -> Path:
+    """``causal`` exported with --int8: model.int8.onnx and model.streaming.int8.onnx as well."""
+    out = causal.parent / "bundle_int8"
+    export_model(causal, out, ExportConfig(int8=True, max_wer_utterances=3))
+    return out
+
+
+@pytest.fixture(scope="session")
 def bidirectional(causal: Path) -> Path:
     """An untrained bidirectional CRNN directory (same front end as ``causal``)."""
     return random_model_dir(causal.parent / "bidirectional", causal, "crnn",

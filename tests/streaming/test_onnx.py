@@ -4,6 +4,7 @@ by slimasr's onnxruntime runner with PyTorch streaming's output."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from slimasr.data.audio import load_audio
 from slimasr.errors import DataError
 from slimasr.export import ExportCheckFailed, ExportConfig, ExportWrapper, export_model
 from slimasr.export.streaming import StreamingWrapper, check_streaming_parity, export_streaming_onnx
-from slimasr.runtime.recognizer import open_session
+from slimasr.runtime.recognizer import OnnxRecognizer, open_session
 from slimasr.runtime.streaming import OnnxStreamingRecognizer
 from slimasr.streaming import StreamingRecognizer
 from tests.streaming.helpers import CHUNK_MS, dev_audio
@@ -81,10 +82,47 @@ def test_a_graph_that_computes_something_else_is_not_published(tmp_path):
                                open_session(path), feats, [8], atol=1e-4, where="m")
 
 
-def test_the_int8_graph_cannot_stream(causal_bundle):
-    assert OnnxStreamingRecognizer(causal_bundle / "model.streaming.onnx").transcribe(np.zeros(8000)) == ""
-    with pytest.raises(DataError, match=r"model.int8.onnx: streaming runs the bundle's model.streaming.onnx"):
-        OnnxStreamingRecognizer(causal_bundle / "model.int8.onnx")
+def test_a_graph_path_names_the_streaming_graph_of_its_precision(causal_bundle, causal_int8_bundle):
+    for name in ("model.streaming.onnx", "model.onnx"):
+        recognizer = OnnxStreamingRecognizer(causal_int8_bundle / name)
+        assert not recognizer.int8 and recognizer.transcribe(np.zeros(8000)) == ""
+    for name in ("model.streaming.int8.onnx", "model.int8.onnx"):
+        assert OnnxStreamingRecognizer(causal_int8_bundle / name).int8
+    assert OnnxStreamingRecognizer(causal_int8_bundle, int8=True).int8
+    with pytest.raises(DataError, match=r"bundle: has no model.streaming.int8.onnx \(export .* with --int8\)"):
+        OnnxStreamingRecognizer(causal_bundle, int8=True)
+    with pytest.raises(DataError, match=r"other.onnx: not a bundle graph"):
+        OnnxStreamingRecognizer(causal_bundle / "other.onnx")
+
+
+def test_int8_export_quantizes_the_streaming_graph_and_scores_it(causal, causal_int8_bundle):
+    import onnx
+
+    info = json.loads((causal_int8_bundle / "bundle.json").read_text())
+    assert info["files"]["model_streaming_int8"] == info["streaming"]["int8_file"] == "model.streaming.int8.onnx"
+    ops = {n.op_type for n in onnx.load(str(causal_int8_bundle / "model.streaming.int8.onnx")).graph.node}
+    assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops  # its one MatMul, the head, stays fp32
+    fp32 = (causal_int8_bundle / "model.streaming.onnx").stat().st_size
+    assert (causal_int8_bundle / "model.streaming.int8.onnx").stat().st_size < fp32 / 2
+    # the gate scored the graph it ships: streaming it here in the export's chunks gives that WER
+    from slimasr.data.manifests import load_cuts
+    from slimasr.export.run import score
+
+    recognizer = OnnxStreamingRecognizer(causal_int8_bundle, chunk_ms=160, int8=True)
+    cuts = load_cuts(causal.parent / "data" / "dev_cuts.jsonl.gz").subset(first=3)
+    wer, count = score(recognizer, cuts, 1, OnnxRecognizer(causal_int8_bundle).frontend.normalize)
+    assert count == info["results"]["wer_utterances"] == 3
+    assert wer == info["results"]["wer_streaming_int8"]
+
+
+def test_the_wer_gate_covers_the_streaming_int8_graph():
+    from slimasr.export.run import check_wer_gate
+
+    wer = {"wer_fp32": 10.0, "wer_int8": 10.2, "wer_streaming_int8": 10.9, "wer_utterances": 5,
+           "wer_manifest": "dev"}
+    check_wer_gate(wer, ExportConfig(max_wer_increase=1.0), Path("m"))
+    with pytest.raises(ExportCheckFailed, match=r"^m: streaming int8 WER 10.90% is 0.90 above fp32 10.00%"):
+        check_wer_gate(wer, ExportConfig(max_wer_increase=0.5), Path("m"))
 
 
 def test_a_bundle_of_a_non_causal_model_has_no_streaming_graph(bidirectional, tmp_path):

@@ -17,16 +17,20 @@ TAIL_PADDING = np.zeros(4800, dtype=np.float32)  # sherpa-onnx decodes whole chu
 # silence after the audio (as its examples do) lets the last real frames through
 
 
+def online(bundle, graph: str = "model.streaming.onnx"):
+    return sherpa_onnx.OnlineRecognizer.from_zipformer2_ctc(
+        tokens=str(bundle / "tokens.txt"), model=str(bundle / graph), num_threads=1, sample_rate=16000,
+        feature_dim=MEL_BINS)
+
+
 @pytest.fixture(scope="module")
 def sherpa(causal_bundle):
-    return sherpa_onnx.OnlineRecognizer.from_zipformer2_ctc(
-        tokens=str(causal_bundle / "tokens.txt"), model=str(causal_bundle / "model.streaming.onnx"),
-        num_threads=1, sample_rate=16000, feature_dim=MEL_BINS)
+    return online(causal_bundle)
 
 
-def ours(causal_bundle, audio) -> tuple[str, list[str]]:
+def ours(causal_bundle, audio, int8: bool = False) -> tuple[str, list[str]]:
     """slimasr's streaming text and token symbols."""
-    recognizer = OnnxStreamingRecognizer(causal_bundle)
+    recognizer = OnnxStreamingRecognizer(causal_bundle, int8=int8)
     stream = recognizer.stream()
     for start in range(0, len(audio), 1600):
         stream.accept(audio[start:start + 1600])
@@ -34,21 +38,38 @@ def ours(causal_bundle, audio) -> tuple[str, list[str]]:
     return text, [recognizer.bundle.tokens[i] for i in stream.ids]
 
 
+def sherpa_stream(sherpa, audio):
+    """sherpa-onnx's result on ``audio`` fed 100 ms at a time, decoding what is ready."""
+    stream = sherpa.create_stream()
+    for start in range(0, len(audio), 1600):
+        stream.accept_waveform(16000, audio[start:start + 1600])
+        while sherpa.is_ready(stream):
+            sherpa.decode_stream(stream)
+    stream.accept_waveform(16000, TAIL_PADDING)
+    stream.input_finished()
+    while sherpa.is_ready(stream):
+        sherpa.decode_stream(stream)
+    return sherpa.get_result_all(stream)
+
+
 def test_sherpa_onnx_streams_the_graph_with_slimasr_transcripts(causal, causal_bundle, sherpa):
     for path in dev_audio(causal):
         audio = load_audio(path)
-        stream = sherpa.create_stream()
-        for start in range(0, len(audio), 1600):  # 100 ms at a time, decoding what is ready
-            stream.accept_waveform(16000, audio[start:start + 1600])
-            while sherpa.is_ready(stream):
-                sherpa.decode_stream(stream)
-        stream.accept_waveform(16000, TAIL_PADDING)
-        stream.input_finished()
-        while sherpa.is_ready(stream):
-            sherpa.decode_stream(stream)
         text, tokens = ours(causal_bundle, audio)
-        result = sherpa.get_result_all(stream)
+        result = sherpa_stream(sherpa, audio)
         assert result.tokens == tokens  # sherpa-onnx maps "▁" back to " "
+        assert " ".join(result.text.split()) == text != ""
+
+
+def test_sherpa_onnx_streams_the_int8_graph_with_slimasr_transcripts(causal, causal_int8_bundle):
+    """The quantized graph (DynamicQuantizeLSTM) runs in sherpa-onnx unmodified too;
+    its activations are quantized per call, so both runners feed it the same chunks."""
+    sherpa = online(causal_int8_bundle, "model.streaming.int8.onnx")
+    for path in dev_audio(causal):
+        audio = load_audio(path)
+        text, tokens = ours(causal_int8_bundle, audio, int8=True)
+        result = sherpa_stream(sherpa, audio)
+        assert result.tokens == tokens
         assert " ".join(result.text.split()) == text != ""
 
 
