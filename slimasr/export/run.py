@@ -10,8 +10,9 @@ files are moved into place only when every check passed, so a failed export publ
 1. load the model and its front end; fold global CMVN into the graph; export ``model.onnx``;
 2. parity: ONNX against PyTorch on synthetic and real inputs (``slimasr.export.parity``);
 3. write ``tokens.txt`` (and a sentencepiece model's ``tokenizer.model``) and ``bundle.json``;
-4. with ``int8``: quantize (``slimasr.export.quantize``), then score fp32 and int8 on the dev
-   split (or ``wer_manifest``); int8 WER more than ``max_wer_increase`` above fp32 fails;
+4. with ``int8``: quantize (``slimasr.export.quantize``; a causal model's streaming graph too),
+   then score fp32 and int8 (the streaming int8 graph streamed) on the dev split (or
+   ``wer_manifest``); an int8 WER more than ``max_wer_increase`` above fp32 fails;
 5. measure sizes and batch-1 latency, and record everything in ``bundle.json``;
 6. publish (``publish``): the bundle's files replace an earlier bundle's, ``bundle.json`` last;
    the earlier graphs' evaluation results go with them; nothing else in the folder is touched.
