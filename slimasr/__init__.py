@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from slimasr import models
 
         return getattr(models, name)
+    if name == "pretrained":  # the folder of a shipped model: slimasr.pretrained("smarthome-crnn")
+        from slimasr.shipped import pretrained
+
+        return pretrained
     raise AttributeError(f"module 'slimasr' has no attribute {name!r}")

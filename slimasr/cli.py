@@ -588,6 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
+        _resolve_shipped(args)
         result = args.func(args)
     except SlimasrError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -603,6 +604,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_summary(result)
         return int(result.get("exit_code", 0))  # e.g. 3: a pipeline model learned nothing
     return 0
+
+
+def _resolve_shipped(args: argparse.Namespace) -> None:
+    """Every verb's ``model`` and ``teacher`` (one value or a list): a shipped model's name
+    (``smarthome-crnn``) becomes its folder, unless a path of that name exists."""
+    from slimasr.shipped import resolve_model
+
+    for name in ("model", "teacher"):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, resolve_model(value))
+        elif isinstance(value, list):
+            setattr(args, name, [resolve_model(v) if isinstance(v, str) else v for v in value])
 
 
 def print_summary(result: dict) -> None:

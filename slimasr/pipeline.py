@@ -66,7 +66,7 @@ class TrainStage:
 @dataclass
 class DistillStage:
     name: str = "student"  # model folder under the experiment
-    teacher: str = "teacher"  # the teacher: a model stage's name, or a model directory
+    teacher: str = "teacher"  # the teacher: a model stage's name, a shipped model's, or a folder
     recipe: str = "distill_crnn_student.yaml"  # distillation recipe, relative to the pipeline recipe
     overrides: list[str] = field(default_factory=list)  # KEY=VALUE changes to the recipe
     data: str = "data"  # name of the corpus stage to train on
@@ -75,7 +75,7 @@ class DistillStage:
 @dataclass
 class PruneStage:
     name: str = "pruned"  # model folder under the experiment
-    model: str = "teacher"  # the model to prune: a model stage's name, or a model directory
+    model: str = "teacher"  # the model to prune: a model stage's name, a shipped model's, or a folder
     config: dict = field(default_factory=dict)  # PruneConfig fields (criterion, target, steps, ...)
     data: str = "data"  # name of the corpus stage (calibration and fine-tuning)
 
@@ -323,7 +323,7 @@ def _run_distill(stage: Stage, exp: Path) -> None:
 
     spec: DistillStage = stage.spec
     out = exp / spec.name
-    teacher = exp / spec.teacher if (exp / spec.teacher).is_dir() else Path(spec.teacher)
+    teacher = _model_dir(exp, spec.teacher)
     resume = (out / "checkpoints" / "last").is_dir()
     distill_model(resolve(stage, spec.recipe), _data_of(exp, spec.data), out, resume=resume,
                   overrides=[f"teacher.path={teacher}", *spec.overrides], overwrite=True)
@@ -336,11 +336,21 @@ def _run_prune(stage: Stage, exp: Path) -> None:
 
     spec: PruneStage = stage.spec
     out = exp / spec.name
-    source = exp / spec.model if (exp / spec.model).is_dir() else Path(spec.model)
+    source = _model_dir(exp, spec.model)
     # An interrupted prune starts over (its steps are short): overwrite clears only what a run
     # leaves (slimasr.io.OUTPUT_NAMES) in this stage's own folder, never the model it reads.
     prune_model_dir(source, _data_of(exp, spec.data), out, build(PruneConfig, spec.config, "config"),
                     overwrite=True)
+
+
+def _model_dir(exp: Path, value: str) -> Path:
+    """The folder a stage's ``model`` / ``teacher`` names: a model stage of the experiment first,
+    then a shipped model (``smarthome-crnn``), then a path."""
+    from slimasr.shipped import SHIPPED, pretrained
+
+    if (exp / value).is_dir():
+        return exp / value
+    return pretrained(value) if value in SHIPPED else Path(value)
 
 
 def _eval_plan(stage: Stage, exp: Path) -> tuple[Any, Path]:

@@ -145,8 +145,9 @@ def test_evaluate_json_works_on_a_read_only_model_folder(made, tmp_path, capsys,
         assert {p.name: p.stat().st_mtime_ns for p in model.iterdir()} == before  # untouched
         capsys.readouterr()
         assert main(["evaluate", "--model", str(model), "--data", str(manifest), "--quiet"]) == 1
-        assert one_error_line(capsys) == (f"error: {model}: is not writable, so the metrics cannot go "
-                                          "beside the model; pass --json FILE to write them elsewhere")
+        assert one_error_line(capsys) == (f"error: {model}: is not writable (or is a model shipped with "
+                                          "slimasr), so the metrics cannot go beside the model; pass "
+                                          "--json FILE to write them elsewhere")
     finally:
         model.chmod(0o755)
 

@@ -135,12 +135,21 @@ def evaluate_model(model_dir: str | Path, manifest: str | Path, config: EvalConf
         raise DataError(json_out, "is a folder; give a file name")  # before any work
     outputs = outputs_of(model_dir)
     _check_model(outputs)
-    writable = os.access(outputs.folder, os.W_OK)
+    writable = os.access(outputs.folder, os.W_OK) and not is_shipped(outputs.folder)
     if not writable and json_out is None:
-        raise DataError(outputs.folder, "is not writable, so the metrics cannot go beside the model; "
-                                        "pass --json FILE to write them elsewhere")
+        raise DataError(outputs.folder, "is not writable (or is a model shipped with slimasr), so the "
+                                        "metrics cannot go beside the model; pass --json FILE to write "
+                                        "them elsewhere")
     with output_lock(outputs.folder, "evaluate") if writable else contextlib.nullcontext():
         return _evaluate(Path(model_dir), outputs, manifest, config, json_out, show_progress, writable)
+
+
+def is_shipped(folder: Path) -> bool:
+    """Whether ``folder`` is a model shipped as package data: read-only, whatever the file
+    system says (results written there would be packaged with it)."""
+    from slimasr.shipped import SHIPPED_DIR
+
+    return Path(folder).resolve().is_relative_to(SHIPPED_DIR)
 
 
 def _check_model(outputs: Outputs) -> None:
