@@ -3,6 +3,8 @@ and through sherpa-onnx, bytes on disk, batch-1 latency side by side in one proc
 
     python bench/deploy.py run --data data/smarthome --lm exp/lm.arpa \
         --model teacher=exp/teacher --model causal_student=exp/causal_student
+    python bench/deploy.py run --data data/smarthome --lm exp/lm.arpa --model pruned3=exp/pruned3 \
+        --reference teacher=exp/teacher    # also: each variant against the teacher's PyTorch model
     python bench/deploy.py table            # rebuild bench/results/deploy/deploy.md from the JSONs
 
 Per model: ``slimasr export --int8`` into ``OUT/bundles/NAME`` (its WER gate scores the dev split),
@@ -10,7 +12,10 @@ then the test split through ``evaluate`` for every variant (greedy, and beam + L
 the same test split through sherpa-onnx's offline CTC recognizer (greedy) for both ONNX graphs,
 and latency on 3 s of input at batch 1 with one thread: the three variants timed in turn within
 each of ``--rounds`` rounds (so all see the same machine conditions); the median of the rounds'
-p50s is reported with the range. Results: ``OUT/NAME.json`` and ``OUT/deploy.md``.
+p50s is reported with the range. ``--reference NAME=DIR`` (the teacher) is timed as PyTorch fp32
+within the same rounds, so "how much faster than the teacher" compares timings taken under the
+same conditions; its WER comes from ``OUT/NAME.json`` (run it as a ``--model`` once). Results:
+``OUT/NAME.json`` and ``OUT/deploy.md`` (with the table against the reference).
 """
 
 from __future__ import annotations
@@ -87,16 +92,19 @@ def sherpa_wer(bundle: Path, data: Path, int8: bool) -> dict:
     return {"wer_greedy": summary["wer"], "cer_greedy": summary["cer"]}
 
 
-def side_by_side_latency(model_dir: Path, bundle: Path, rounds: int) -> dict:
-    """Each variant's batch-1 p50 per round, the variants timed in turn within every round."""
+def side_by_side_latency(model_dir: Path, bundle: Path, rounds: int, reference: Path | None = None) -> dict:
+    """Each variant's batch-1 p50 per round, the variants (and the ``reference`` model's PyTorch
+    fp32, as "reference") timed in turn within every round."""
     torch.set_num_threads(1)
     model = load_model(model_dir).eval()
     feat_dim = read_bundle(bundle).features.num_mel_bins
     sessions = {"onnx_fp32": open_session(bundle / "model.onnx", num_threads=1),
                 "onnx_int8": open_session(bundle / "model.int8.onnx", num_threads=1)}
-    p50s: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    torch_models = {"pytorch": model, **({"reference": load_model(reference).eval()} if reference else {})}
+    p50s: dict[str, list[float]] = {v: [] for v in (*VARIANTS, *torch_models)}
     for _ in range(rounds):
-        p50s["pytorch"].append(measure_latency(model, LATENCY_SECONDS, 1)["latency_ms_p50"])
+        for variant, net in torch_models.items():
+            p50s[variant].append(measure_latency(net, LATENCY_SECONDS, 1)["latency_ms_p50"])
         for variant, session in sessions.items():
             p50s[variant].append(measure_session_latency(session, feat_dim, LATENCY_SECONDS)["latency_ms_p50"])
     return {v: {"latency_ms_p50": statistics.median(t), "range": [min(t), max(t)],
@@ -105,6 +113,8 @@ def side_by_side_latency(model_dir: Path, bundle: Path, rounds: int) -> dict:
 
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
+    ref_name, _, ref_path = (args.reference or "").partition("=")
+    reference = Path(ref_path) if ref_path else None
     for spec in args.model:
         name, _, path = spec.partition("=")
         model_dir = Path(path)
@@ -116,7 +126,9 @@ def run(args: argparse.Namespace) -> None:
                                                Path(args.lm) if args.lm else None),
                   "sherpa_onnx": {"onnx_fp32": sherpa_wer(bundle, Path(args.data), int8=False),
                                   "onnx_int8": sherpa_wer(bundle, Path(args.data), int8=True)},
-                  "latency": side_by_side_latency(model_dir, bundle, args.rounds),
+                  "latency": side_by_side_latency(model_dir, bundle, args.rounds, reference),
+                  "reference": reference and {"name": ref_name, "model_dir": str(reference),
+                                              "bytes": (reference / "model.safetensors").stat().st_size},
                   "export": read_json(bundle / "bundle.json").get("results", {})}
         record["seconds"] = time.perf_counter() - start
         write_json_atomic(out / f"{name}.json", record)
@@ -140,8 +152,34 @@ def table(args: argparse.Namespace) -> None:
                 f"{f'{sherpa:.2f}%' if sherpa is not None else '–'} | {s['model_bytes'] / 1e6:.2f} | "
                 f"{lat['latency_ms_p50']:.1f} ({lat['range'][0]:.1f}–{lat['range'][1]:.1f}) | "
                 f"{lat['rtf']:.4f} | {torch_ms / lat['latency_ms_p50']:.2f}x |")
+    lines += against_reference(rows)
     write_text_atomic(out / "deploy.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def against_reference(rows: list[dict]) -> list[str]:
+    """Every variant of the models timed beside a reference (the teacher): speed-up over the
+    reference's PyTorch fp32 in the same rounds, how many times smaller on disk, WER (+LM) above
+    the reference's PyTorch WER (+LM) from its own JSON."""
+    by_name = {r["name"]: r for r in rows}
+    lines = []
+    for r in rows:
+        ref = r.get("reference")
+        if not ref or ref["name"] not in by_name or "reference" not in r["latency"]:
+            continue
+        if not lines:
+            lines = ["", f"Against {ref['name']}'s PyTorch fp32 (timed in the same rounds):", "",
+                     "| model | variant | WER +LM (vs reference) | times smaller on disk | speed-up |",
+                     "|---" * 5 + "|"]
+        ref_lm = by_name[ref["name"]]["slimasr"]["pytorch"].get("wer_lm")
+        ref_ms = r["latency"]["reference"]["latency_ms_p50"]
+        for variant in VARIANTS:
+            s, lat = r["slimasr"][variant], r["latency"][variant]
+            delta = f" ({s['wer_lm'] - ref_lm:+.2f})" if ref_lm is not None and "wer_lm" in s else ""
+            lm = f"{s['wer_lm']:.2f}%{delta}" if "wer_lm" in s else "–"
+            lines.append(f"| {r['name']} | {variant} | {lm} | {ref['bytes'] / s['model_bytes']:.1f}x | "
+                         f"{ref_ms / lat['latency_ms_p50']:.1f}x |")
+    return lines
 
 
 def main() -> None:
@@ -152,6 +190,8 @@ def main() -> None:
     r.add_argument("--data", required=True, help="data directory with train/dev/test splits")
     r.add_argument("--lm", default=None, help="ARPA LM for beam search (slimasr lm)")
     r.add_argument("--rounds", type=int, default=ROUNDS, help="latency rounds")
+    r.add_argument("--reference", default=None,
+                   help="NAME=MODEL_DIR timed as PyTorch fp32 beside every model (the teacher)")
     r.add_argument("--out", default=str(RESULTS), help="results folder")
     r.set_defaults(func=run)
     t = verbs.add_parser("table", help="rebuild the table from the JSONs")
