@@ -3,6 +3,7 @@
 A pipeline recipe names an experiment folder and its stages, in order::
 
     experiment: exp/demo                 # relative to the working directory
+    threads: 1                           # torch threads of every stage (null: torch's default)
     stages:
       - {stage: corpus, name: data, synth: {hours: 1.5}}
       - {stage: train, name: teacher, recipe: train_crnn_teacher.yaml, overrides: [train.max_minutes=6]}
@@ -13,7 +14,10 @@ Each stage writes one folder ``EXPERIMENT/NAME`` (evaluate writes into the model
 writes ``EXPERIMENT/report.*``). ``EXPERIMENT/pipeline.json`` records the settings each finished
 stage ran with; a stage whose output is complete and whose settings did not change is skipped, so
 a stopped run picks up where it stopped (a half-trained model resumes from its last checkpoint).
-Later stages (distill, prune, export) register themselves the same way: see ``STAGES``.
+Every stage kind registers itself the same way (see ``STAGES``); the deployment stages (export,
+sherpa, stream) live in ``slimasr.pipeline_deploy``. ``threads`` applies to every stage: one torch
+thread per process by default, because measured here an LSTM forward with 2 OpenMP threads took
+3.8 s while another process kept a core busy, against 0.019 s with 1 thread.
 
 Names are plain folder names (checked when the recipe is read), each used once and never the name
 of a model or corpus the stage reads. A stage writes (and, when it reruns, replaces) only a folder
@@ -24,11 +28,14 @@ folder is locked while a pipeline runs (``slimasr.io.output_lock``).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from slimasr.config import config_to_dict, from_dict, parse_overrides, merge, read_config_file
 from slimasr.errors import ConfigError, DataError
@@ -38,12 +45,15 @@ log = logging.getLogger(__name__)
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # bundled recipes (editable install)
 STATE_FILE = "pipeline.json"
-MODEL_STAGES = ("train", "distill", "prune")  # stages whose model folder holds a training.json
+MODEL_STAGES = ("model", "train", "distill", "prune")  # stages whose model folder holds a training.json
 LEARNED_NOTHING_EXIT = 3  # exit status of `slimasr run` / `demo` when a model learned nothing
 FOLDERS_FILE = ".pipeline-folders.json"  # folder name -> key of the stage that created it
 STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a plain folder name: no '/', '.', '..'
 RESERVED_NAMES = {STATE_FILE, FOLDERS_FILE, LOCK_NAME, "pipeline"}  # report "pipeline" -> pipeline.json
-FOLDER_STAGES = ("corpus", "train", "distill", "prune")  # kinds that write EXPERIMENT/NAME
+FOLDER_STAGES = ("corpus", "model", "train", "distill", "prune", "export", "sherpa",
+                 "stream")  # kinds that write EXPERIMENT/NAME
+PIPELINE_KEYS = ("experiment", "threads", "stages")  # top-level keys of a pipeline recipe
+DEFAULT_THREADS = 1  # torch threads per stage (see the module doc)
 
 
 @dataclass
@@ -53,6 +63,15 @@ class CorpusStage:
     import_format: str | None = None  # or import a corpus: librispeech, timit or jsonl ...
     import_src: str | None = None  # ... from this folder / manifest
     path: str | None = None  # or use an existing data directory as it is
+
+
+@dataclass
+class ModelStage:
+    name: str = "teacher"  # model folder under the experiment (a copy of the shipped model)
+    shipped: str = "smarthome-crnn"  # the shipped model's name (slimasr.pretrained)
+    data: str = "data"  # name of the corpus stage whose fingerprint is compared with its provenance
+    check_corpus: bool = True  # warn in one line when that corpus is not the one it was trained on
+    train: dict | None = None  # TrainStage fields: how `--train-teacher` trains it from scratch
 
 
 @dataclass
@@ -90,6 +109,7 @@ class EvaluateStage:
     max_utterances: int | None = None  # evaluate only the first N utterances (None: all)
     intents: bool = True  # score intents against the corpus's labelled training sentences
     lm_order: int | None = None  # beam search with an n-gram LM of the corpus's training text
+    greedy_too: bool = True  # with lm_order: also decode greedily (the report's "greedy WER %")
 
 
 @dataclass
@@ -103,6 +123,7 @@ class Stage:
     kind: str  # "corpus", "train", ...
     spec: Any  # the stage's dataclass
     source: Path | None  # folder of the recipe file (relative paths resolve against it)
+    threads: int | None = DEFAULT_THREADS  # torch threads while it runs (None: leave as it is)
 
     @property
     def key(self) -> str:
@@ -122,8 +143,10 @@ def register_stage(kind: str, spec_cls: type, done: Callable[[Stage, Path], bool
     return wrap
 
 
-def load_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = ()) -> tuple[Path, list[Stage]]:
-    """Parse a pipeline recipe into its experiment folder and stages (ConfigError on mistakes)."""
+def load_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = (),
+                  train_models: bool = False) -> tuple[Path, list[Stage]]:
+    """Parse a pipeline recipe into its experiment folder and stages (ConfigError on mistakes).
+    ``train_models``: every model stage with a ``train`` entry becomes that train stage."""
     base = None
     if isinstance(source, (str, Path)):
         path = find_recipe(source)
@@ -131,20 +154,39 @@ def load_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = (
     else:
         data = dict(source)
     data = merge(data, parse_overrides(overrides))
-    unknown = set(data) - {"experiment", "stages"}
+    unknown = set(data) - set(PIPELINE_KEYS)
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(sorted(unknown))} (known: experiment, stages)")
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(PIPELINE_KEYS)})")
     if "experiment" not in data or not isinstance(data.get("stages"), list):
         raise ConfigError(f"{source}: a pipeline needs `experiment` and a list of `stages`")
+    threads = _threads(data.get("threads", DEFAULT_THREADS), source)
     stages = []
     for i, raw in enumerate(data["stages"]):
         if not isinstance(raw, Mapping) or raw.get("stage") not in STAGES:
             raise ConfigError(f"{source}: stages[{i}]: `stage` must be one of {', '.join(STAGES)}")
         kind = raw["stage"]
         spec = from_dict(STAGES[kind][0], {k: v for k, v in raw.items() if k != "stage"}, f"stages[{i}]")
-        stages.append(Stage(kind, spec, base))
+        stages.append(trained_instead(Stage(kind, spec, base, threads), i) if train_models
+                      else Stage(kind, spec, base, threads))
     check_stage_names(stages, source if base is not None else "pipeline recipe")
     return Path(data["experiment"]), stages
+
+
+def _threads(value: Any, source: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{source}: threads must be a whole number >= 1 or null, got {value!r}")
+    return value
+
+
+def trained_instead(stage: Stage, index: int) -> Stage:
+    """A model stage with a ``train`` entry as the train stage it describes (same name), so its
+    model is trained from scratch; any other stage unchanged."""
+    if stage.kind != "model" or stage.spec.train is None:
+        return stage
+    fields = {"name": stage.spec.name, "data": stage.spec.data, **stage.spec.train}
+    spec = from_dict(TrainStage, fields, f"stages[{index}].train")
+    return Stage("train", spec, stage.source, stage.threads)
 
 
 def check_stage_names(stages: list[Stage], where: Any) -> None:
@@ -186,9 +228,10 @@ def find_recipe(name: str | Path) -> Path:
 
 
 def run_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = (),
-                 experiment: str | Path | None = None) -> dict:
-    """Run every stage not already complete; return ``{stage key: "ran" | "skipped"}``."""
-    exp, stages = load_pipeline(source, overrides)
+                 experiment: str | Path | None = None, train_models: bool = False) -> dict:
+    """Run every stage not already complete; return ``{stage key: "ran" | "skipped"}``.
+    ``train_models``: train the models of model stages from scratch (``load_pipeline``)."""
+    exp, stages = load_pipeline(source, overrides, train_models)
     exp = Path(experiment) if experiment is not None else exp
     with output_lock(exp, "run"):
         outcome = _run_stages(stages, exp)
@@ -224,11 +267,26 @@ def _run_stages(stages: list[Stage], exp: Path) -> dict:
         claim_folder(stage, exp, finished=stage.key in state)
         state.pop(stage.key, None)
         write_json_atomic(state_path, state)
-        run(stage, exp)
+        with torch_threads(stage.threads):
+            run(stage, exp)
         state[stage.key] = settings
         write_json_atomic(state_path, state)
         outcome[stage.key] = "ran"
     return outcome
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` (None: unchanged) while the block runs."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def output_folder(stage: Stage) -> str | None:
@@ -301,6 +359,41 @@ def _run_corpus(stage: Stage, exp: Path) -> None:
         raise ConfigError(f"corpus stage {spec.name}: give synth, import_format + import_src, or path")
 
 
+def _shipped_done(stage: Stage, exp: Path) -> bool:
+    out = exp / stage.spec.name
+    return all((out / f).is_file() for f in ("config.json", "model.safetensors", "provenance.json"))
+
+
+@register_stage("model", ModelStage, _shipped_done)
+def _run_model(stage: Stage, exp: Path) -> None:
+    """Copy the shipped model into ``EXPERIMENT/NAME`` (evaluate writes its results beside it; the
+    package data stays read-only) and compare the corpus with the one it was trained on."""
+    from slimasr.shipped import pretrained
+
+    spec: ModelStage = stage.spec
+    source, out = pretrained(spec.shipped), exp / spec.name
+    tmp = exp / f".{spec.name}.copying"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    shutil.rmtree(out, ignore_errors=True)  # this stage's own folder (claim_folder)
+    tmp.rename(out)
+    if spec.check_corpus:
+        warn_corpus_mismatch(_data_of(exp, spec.data), spec.shipped)
+
+
+def warn_corpus_mismatch(data: Path, shipped: str) -> str | None:
+    """Log (and return) the one-line warning when ``data`` is not the corpus the shipped model's
+    provenance.json fingerprints (its test split would not be unseen); None when they agree."""
+    from slimasr.data.fingerprint import fingerprint_mismatch
+    from slimasr.shipped import provenance
+
+    recorded = provenance(shipped).get("corpus", {}).get("fingerprint", {})
+    warning = fingerprint_mismatch(data, recorded)
+    if warning is not None:
+        log.warning("warning: %s", warning)
+    return warning
+
+
 def _model_done(stage: Stage, exp: Path) -> bool:
     out = exp / stage.spec.name
     return all((out / f).is_file() for f in ("config.json", "model.safetensors", "training.json"))
@@ -370,13 +463,51 @@ def _eval_plan(stage: Stage, exp: Path) -> tuple[Any, Path]:
     return cfg, data / f"{spec.split}_cuts.jsonl.gz"
 
 
+def _greedy_plan(stage: Stage, exp: Path) -> Any | None:
+    """The greedy EvalConfig measured besides beam search (None when there is no beam search)."""
+    from dataclasses import replace
+
+    from slimasr.decode import DecodeConfig
+
+    cfg, _ = _eval_plan(stage, exp)
+    if stage.spec.lm_order is None or not stage.spec.greedy_too:
+        return None
+    return replace(cfg, decode=DecodeConfig())
+
+
+def greedy_path(model: Path) -> Path:
+    """Where a model's greedy results go when its metrics.json holds beam search's: beside them
+    (``slimasr.evaluate.report.greedy_path``: greedy.json, greedy.int8.json for an int8 graph)."""
+    from slimasr.evaluate import report
+    from slimasr.evaluate.outputs import outputs_of
+
+    return report.greedy_path(outputs_of(model))
+
+
+def _greedy_done(model: Path, manifest: Path, cfg: Any) -> bool:
+    """Whether ``greedy_path(model)`` holds results of this manifest, settings and weights."""
+    from slimasr.evaluate.outputs import outputs_of
+    from slimasr.evaluate.run import data_signature
+    from slimasr.io import file_sha256
+
+    path = greedy_path(model)
+    if not path.is_file() or not manifest.is_file():
+        return False
+    found, weights = read_json(path), outputs_of(model).model_file
+    wanted = {**data_signature(manifest), "model_sha256": file_sha256(weights) if weights.is_file() else None,
+              "eval_config": json.loads(json.dumps(config_to_dict(cfg)))}
+    return all(found.get(k) == wanted[k] for k in ("data_sha256", "model_sha256", "eval_config"))
+
+
 def _eval_done(stage: Stage, exp: Path) -> bool:
     """Every model's metrics.json was measured on this manifest with these settings (not on the
-    data a user evaluated by hand since, nor with another decoder)."""
+    data a user evaluated by hand since, nor with another decoder), and its greedy results too."""
     from slimasr.evaluate.run import evaluated_on
 
     cfg, manifest = _eval_plan(stage, exp)
-    return all(evaluated_on(exp / m, manifest, cfg) for m in stage.spec.models)
+    greedy = _greedy_plan(stage, exp)
+    return all(evaluated_on(exp / m, manifest, cfg)
+               and (greedy is None or _greedy_done(exp / m, manifest, greedy)) for m in stage.spec.models)
 
 
 @register_stage("evaluate", EvaluateStage, _eval_done)
@@ -385,10 +516,14 @@ def _run_evaluate(stage: Stage, exp: Path) -> None:
 
     spec: EvaluateStage = stage.spec
     cfg, manifest = _eval_plan(stage, exp)
+    greedy = _greedy_plan(stage, exp)
     if spec.lm_order is not None:
         _corpus_lm(_data_of(exp, spec.data), exp, spec.lm_order)
     for model in spec.models:
-        if not evaluated_on(exp / model, manifest, cfg):
+        replaced = greedy is not None and not _greedy_done(exp / model, manifest, greedy)
+        if replaced:  # evaluate also leaves these in metrics.json, which the run below replaces
+            evaluate_model(exp / model, manifest, greedy, json_out=greedy_path(exp / model))
+        if replaced or not evaluated_on(exp / model, manifest, cfg):
             evaluate_model(exp / model, manifest, cfg)
 
 
@@ -420,3 +555,6 @@ def _data_of(exp: Path, name: str) -> Path:
     state = read_json(state_path) if state_path.is_file() else {}
     settings = state.get(f"corpus:{name}") or {}
     return Path(settings["path"]) if settings.get("path") else exp / name
+
+
+from slimasr import pipeline_deploy  # noqa: E402,F401  (registers export, sherpa and stream)

@@ -2,52 +2,93 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from slimasr.cli import main
 from slimasr.pipeline import run_pipeline
+from slimasr.pipeline_deploy import SHERPA_MISSING
 
 DESIGN_KEYS = {"wer", "cer", "sentence_accuracy", "num_utterances", "params", "nonzero_params",
                "macs_per_second_audio", "latency_ms_p50", "latency_ms_p90", "rtf", "model_bytes"}
+STAGES = ["corpus:data", "model:teacher", "distill:student", "prune:pruned", "export:student_onnx",
+          "export:pruned_onnx", "sherpa:student_sherpa", "stream:student_stream",
+          "evaluate:teacher+student+pruned+student_onnx/model.int8.onnx+pruned_onnx/model.int8.onnx"]
+ROWS = ["teacher", "student", "pruned", "student_onnx (int8)", "pruned_onnx (int8)", "student_sherpa",
+        "student_stream"]
 
 
-def test_quick_demo_runs_every_stage_and_resumes(tmp_path):
-    exp = tmp_path / "exp"
-    # Its models train for two steps and learn nothing: it says so and exits 3 (it used to exit
-    # 0 as if they had learned), after every stage, report included, has run.
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> Path:
+    """The quick demo's experiment. Its student trains one epoch and learns nothing: the demo says
+    so and exits 3, after every stage, report included, has run."""
+    exp = tmp_path_factory.mktemp("demo") / "exp"
     assert main(["demo", "--quick", "--experiment", str(exp)]) == 3
+    return exp
+
+
+def test_quick_demo_runs_every_stage_from_the_shipped_teacher(quick):
+    exp = quick
     metrics = json.loads((exp / "teacher" / "metrics.json").read_text())
     assert DESIGN_KEYS <= set(metrics)
-    assert metrics["num_utterances"] == 8 and metrics["params"] > 0 and metrics["rtf"] > 0
-    report = (exp / "report.md").read_text()
-    assert report.startswith("| model | WER %")
-    assert all(f"| {name} |" in report for name in ("teacher", "student", "pruned"))
-    assert (exp / "report.png").stat().st_size > 0
+    assert metrics["num_utterances"] == 8 and metrics["params"] == 7_416_445 and metrics["decode"] == "beam"
+    greedy = json.loads((exp / "teacher" / "greedy.json").read_text())
+    assert greedy["decode"] == "greedy" and greedy["num_utterances"] == 8
     # The student and the pruned model are smaller than the teacher and measured the same way.
     for name in ("student", "pruned"):
         small = json.loads((exp / name / "metrics.json").read_text())
         assert DESIGN_KEYS <= set(small) and small["params"] < metrics["params"]
         assert small["macs_per_second_audio"] < metrics["macs_per_second_audio"]
+    student = json.loads((exp / "student" / "config.json").read_text())["model"]
+    assert student["bidirectional"] is False and student["causal"] is True
     pruned = json.loads((exp / "pruned" / "prune.json").read_text())
-    assert pruned["final"]["macs_ratio"] <= 0.5 and pruned["final"]["learned_nothing"] is True
-    # A second run finds every stage complete (the report is always rewritten).
-    result = run_pipeline("demo_quick", experiment=exp)
-    assert result["learned_nothing"] == ["teacher", "student", "pruned"] and result["exit_code"] == 3
-    again = result["stages"]
-    stages = ["corpus:data", "train:teacher", "distill:student", "prune:pruned",
-              "evaluate:teacher+student+pruned"]
-    assert again == {**{k: "skipped" for k in stages}, "report:report": "ran"}
-    state = json.loads((exp / "pipeline.json").read_text())
-    assert set(state) == {*stages, "report:report"}
+    assert pruned["final"]["macs_ratio"] <= 0.5
+    for bundle in ("student_onnx", "pruned_onnx"):
+        info = json.loads((exp / bundle / "bundle.json").read_text())
+        assert info["files"]["model_int8"] == "model.int8.onnx"
+    assert json.loads((exp / "student_onnx" / "bundle.json").read_text())["streaming"]["int8_file"] == \
+        "model.streaming.int8.onnx"
 
 
-def test_evaluate_accepts_a_nemo_jsonl_manifest(tmp_path):
+def test_quick_demo_report_has_bundles_sherpa_and_streaming(quick):
+    exp = quick
+    rows = {row["model"]: row for row in json.loads((exp / "report.json").read_text())}
+    assert list(rows) == ROWS
+    report = (exp / "report.md").read_text()
+    assert report.startswith("| model | WER % | greedy WER % |")
+    assert all(f"| {name} |" in report for name in ROWS)
+    for name in ("student_onnx (int8)", "pruned_onnx (int8)"):
+        assert DESIGN_KEYS <= set(rows[name]) and rows[name]["wer_greedy"] is not None
+    sherpa = rows["student_sherpa"]
+    if importlib.util.find_spec("sherpa_onnx") is None:
+        assert sherpa["note"] == SHERPA_MISSING and "wer" not in sherpa
+    else:
+        assert sherpa["num_utterances"] == 8 and 0 <= sherpa["wer"] == sherpa["wer_greedy"]
+        assert sherpa["note"] == "sherpa-onnx offline CTC, greedy, model.int8.onnx"
+    stream = rows["student_stream"]
+    assert stream["num_utterances"] == 3 and stream["chunk_ms"] == 160.0
+    assert stream["rtf"] > 0 and 0 < stream["final_ms_p50"] <= stream["final_ms_max"]
+    assert [t["id"] for t in stream["transcripts"]] == ["test_000000", "test_000001", "test_000002"]
+    assert f"- student_stream: {stream['note']}" in report
+    assert (exp / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_demo_resumes_with_every_stage_complete(quick):
+    result = run_pipeline("demo_quick", experiment=quick)
+    assert result["learned_nothing"] == ["student"] and result["exit_code"] == 3
+    assert result["stages"] == {**{k: "skipped" for k in STAGES}, "report:report": "ran"}
+    state = json.loads((quick / "pipeline.json").read_text())
+    assert set(state) == {*STAGES, "report:report"}
+
+
+def test_evaluate_accepts_a_nemo_jsonl_manifest(quick, tmp_path):
     """`slimasr evaluate` on a NeMo-style manifest with relative paths (DESIGN.md contract)."""
     from lhotse import CutSet
 
-    exp = tmp_path / "exp"
-    assert run_pipeline("demo_quick", experiment=exp)["stages"]["train:teacher"] == "ran"
+    exp = quick
     cuts = CutSet.from_jsonl_lazy(exp / "data" / "test_cuts.jsonl.gz")
     lines = []
     for cut in cuts:
@@ -64,3 +105,14 @@ def test_evaluate_accepts_a_nemo_jsonl_manifest(tmp_path):
     result = json.loads(out.read_text())
     assert DESIGN_KEYS <= set(result) and result["num_utterances"] == len(lines)
     assert result["manifest"] == str(manifest)
+
+
+def test_train_teacher_trains_it_in_an_experiment_of_its_own(monkeypatch):
+    from slimasr import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda *a, **k: calls.append((a, k)) or {"stages": {}})
+    assert main(["demo", "--train-teacher"]) == 0
+    assert main(["demo", "--train-teacher", "--quick", "--experiment", "E"]) == 0
+    assert calls == [(("demo", []), {"experiment": "exp/demo_trained_teacher", "train_models": True}),
+                     (("demo_quick", []), {"experiment": "E", "train_models": True})]

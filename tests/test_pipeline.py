@@ -66,10 +66,103 @@ def test_bad_recipes_are_rejected(recipe, message):
         pipeline.load_pipeline(recipe)
 
 
+DEMO_KINDS = ["corpus", "model", "distill", "prune", "export", "export", "sherpa", "stream", "evaluate",
+              "report"]
+
+
 def test_bundled_recipes_parse():
     for name in ("demo", "demo_quick"):
         exp, stages = pipeline.load_pipeline(name)
-        assert [s.kind for s in stages] == ["corpus", "train", "distill", "prune", "evaluate", "report"]
+        assert [s.kind for s in stages] == DEMO_KINDS
+        assert {s.threads for s in stages} == {1}
+        assert stages[1].spec.shipped == "smarthome-crnn"
+        distill = stages[2].spec.overrides
+        assert {"student.init=scratch", "model.config.bidirectional=false", "model.config.causal=true",
+                "loss.kd_weight=0.0"} <= set(distill)
+
+
+def test_demo_recipes_budget_epochs_never_minutes():
+    for name in ("demo", "demo_quick"):
+        text = pipeline.find_recipe(name).read_text()
+        assert "max_minutes" not in text
+    _, stages = pipeline.load_pipeline("demo")
+    assert "train.epochs=10" in stages[2].spec.overrides and stages[3].spec.config["finetune_epochs"] == 2
+
+
+def test_train_models_turns_a_model_stage_into_its_train_stage():
+    _, stages = pipeline.load_pipeline("demo", train_models=True)
+    teacher = stages[1]
+    assert teacher.kind == "train" and teacher.key == "train:teacher" and teacher.threads == 1
+    assert teacher.spec == pipeline.TrainStage(
+        name="teacher", recipe="train_crnn_teacher.yaml", data="data",
+        overrides=["model.config.subsampling_strides=[[2,2],[2,2]]", "train.epochs=36"])
+    assert [s.kind for s in stages][2:] == DEMO_KINDS[2:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Threads: one recipe key, applied to every stage
+
+
+def test_every_stage_runs_with_the_recipe_threads(tmp_path, monkeypatch):
+    import torch
+
+    seen = []
+    monkeypatch.setitem(pipeline.STAGES, "echo", (EchoStage, lambda stage, exp: seen.append(
+        torch.get_num_threads()), lambda s, e: False))
+    before = torch.get_num_threads()
+    stages = [{"stage": "echo", "name": "a"}, {"stage": "echo", "name": "b"}]
+    pipeline.run_pipeline({"experiment": str(tmp_path / "exp"), "stages": stages})
+    pipeline.run_pipeline({"experiment": str(tmp_path / "exp2"), "threads": 2, "stages": stages})
+    pipeline.run_pipeline({"experiment": str(tmp_path / "exp3"), "threads": None, "stages": stages})
+    assert seen == [1, 1, 2, 2, before, before]
+    assert torch.get_num_threads() == before  # restored after each stage
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, "two", True])
+def test_bad_threads_are_rejected(threads):
+    with pytest.raises(ConfigError, match=rf"threads must be a whole number >= 1 or null, got {threads!r}"):
+        pipeline.load_pipeline({"experiment": "x", "threads": threads, "stages": []})
+
+
+# ---------------------------------------------------------------------------------------------
+# The model stage: a shipped model, copied into the experiment, its corpus compared
+
+
+def test_the_model_stage_copies_the_shipped_model_and_warns_on_another_corpus(tmp_path, caplog):
+    import logging
+
+    from slimasr.shipped import pretrained
+    from tests.train.helpers import make_corpus
+
+    exp = tmp_path / "exp"
+    data = make_corpus(exp / "data", n_train=2)
+    recipe = {"experiment": str(exp), "stages": [{"stage": "model", "name": "teacher"}]}
+    with caplog.at_level(logging.WARNING):
+        assert pipeline.run_pipeline(recipe)["stages"] == {"model:teacher": "ran"}
+    shipped = pretrained("smarthome-crnn")
+    assert sorted(p.name for p in (exp / "teacher").iterdir()) == sorted(p.name for p in shipped.iterdir())
+    assert (exp / "teacher" / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"warning: {data}: split(s) dev, test, test_unseen_synth, train differ from the "
+                        "corpus the shipped model was trained and tested on (other package versions "
+                        "or settings?); its test WER there may not be comparable, and its test "
+                        "utterances may have been heard in training"]
+    assert pipeline.run_pipeline(recipe)["stages"] == {"model:teacher": "skipped"}
+
+
+def test_the_corpus_check_is_quiet_when_the_fingerprint_matches(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from slimasr import shipped
+    from slimasr.data.fingerprint import corpus_fingerprint
+    from tests.train.helpers import make_corpus
+
+    data = make_corpus(tmp_path / "data", n_train=2)
+    recorded = corpus_fingerprint(data)
+    monkeypatch.setattr(shipped, "provenance", lambda name: {"corpus": {"fingerprint": recorded}})
+    with caplog.at_level(logging.WARNING):
+        assert pipeline.warn_corpus_mismatch(data, "smarthome-crnn") is None
+    assert caplog.records == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,3 +308,108 @@ def test_a_model_that_learned_nothing_is_marked_and_the_run_exits_3(tmp_path, ca
     assert "exit_code: 3" in capsys.readouterr().out
     result = pipeline.run_pipeline(recipe)
     assert result["learned_nothing"] == ["teacher"] and result["exit_code"] == 3
+
+
+def test_the_evaluate_stage_with_an_lm_keeps_greedy_results_beside_beam_search(evaluated):
+    exp = evaluated
+    recipe = {"experiment": str(exp), "stages": [
+        {"stage": "evaluate", "models": ["teacher"], "split": "dev", "intents": False, "lm_order": 2},
+        {"stage": "report", "models": ["teacher"]}]}
+    assert pipeline.run_pipeline(recipe)["stages"]["evaluate:teacher"] == "ran"
+    beam = json.loads((exp / "teacher" / "metrics.json").read_text())
+    greedy = json.loads((exp / "teacher" / "greedy.json").read_text())
+    assert (beam["decode"], greedy["decode"]) == ("beam", "greedy")
+    assert greedy["data_sha256"] == beam["data_sha256"] and greedy["model_sha256"] == beam["model_sha256"]
+    row = json.loads((exp / "report.json").read_text())[0]
+    assert (row["wer"], row["wer_greedy"], row["cer_greedy"]) == (beam["wer"], greedy["wer"], greedy["cer"])
+    assert pipeline.run_pipeline(recipe)["stages"]["evaluate:teacher"] == "skipped"
+    (exp / "teacher" / "greedy.json").unlink()  # greedy results lost: the stage runs again
+    assert pipeline.run_pipeline(recipe)["stages"]["evaluate:teacher"] == "ran"
+    assert json.loads((exp / "teacher" / "metrics.json").read_text())["decode"] == "beam"
+
+
+# ---------------------------------------------------------------------------------------------
+# The deployment stages: export, sherpa-onnx, streaming
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """A tiny trained causal CRNN (``EXP/model``, dev WER 0) exported by the export stage, then
+    decoded by the sherpa stage and streamed by the stream stage."""
+    from tests.streaming.helpers import train_causal
+
+    exp = tmp_path_factory.mktemp("deploy")
+    train_causal(exp)
+    recipe = {"experiment": str(exp), "stages": [
+        {"stage": "export", "name": "bundle", "model": "model", "config": {"max_wer_utterances": 3}},
+        {"stage": "sherpa", "name": "sherpa", "bundle": "bundle", "split": "dev", "max_utterances": 4},
+        {"stage": "stream", "name": "stream", "bundle": "bundle", "split": "dev", "utterances": 2},
+        {"stage": "report", "models": ["sherpa", "stream"]}]}
+    return exp, recipe, pipeline.run_pipeline(recipe)
+
+
+def test_the_export_stage_writes_an_int8_bundle_gated_on_the_corpus_dev_split(deployed):
+    exp, _, result = deployed
+    assert result["stages"]["export:bundle"] == "ran"
+    info = json.loads((exp / "bundle" / "bundle.json").read_text())
+    assert info["files"]["model_int8"] == "model.int8.onnx"
+    assert info["streaming"]["int8_file"] == "model.streaming.int8.onnx"
+    assert json.loads((exp / pipeline.FOLDERS_FILE).read_text()) == {
+        "bundle": "export:bundle", "sherpa": "sherpa:sherpa", "stream": "stream:stream"}
+
+
+def test_the_stream_stage_streams_the_first_utterances_and_times_them(deployed):
+    from slimasr.data.manifests import read_split
+    from slimasr.train.prepare import transcript
+
+    exp, _, _ = deployed
+    metrics = json.loads((exp / "stream" / "metrics.json").read_text())
+    cuts = list(read_split(exp / "data", "dev"))[:2]
+    assert metrics["transcripts"] == [{"id": c.id, "reference": transcript(c), "text": transcript(c)}
+                                      for c in cuts]  # the model transcribes its dev split exactly
+    assert metrics["wer"] == 0.0 and metrics["num_utterances"] == 2 and metrics["chunk_ms"] == 160.0
+    assert metrics["rtf"] > 0 and 0 < metrics["final_ms_p50"] <= metrics["final_ms_max"]
+    assert metrics["model_file"] == "model.streaming.int8.onnx"
+    assert metrics["note"] == "streaming, 160 ms chunks, model.streaming.int8.onnx"
+
+
+def test_the_sherpa_stage_decodes_the_bundle_or_says_why_not(deployed):
+    exp, _, _ = deployed
+    metrics = json.loads((exp / "sherpa" / "metrics.json").read_text())
+    assert metrics["model_file"] == "model.int8.onnx"
+    pytest.importorskip("sherpa_onnx")
+    assert (metrics["wer"], metrics["num_utterances"], metrics["runtime"]) == (0.0, 4, "sherpa-onnx")
+
+
+def test_without_sherpa_onnx_the_sherpa_stage_writes_a_note(deployed, monkeypatch, caplog):
+    import logging
+    import sys
+
+    from slimasr.pipeline_deploy import SHERPA_MISSING
+
+    exp, recipe, _ = deployed
+    monkeypatch.setitem(sys.modules, "sherpa_onnx", None)  # import fails
+    stage = {"stage": "sherpa", "name": "no_sherpa", "bundle": "bundle", "split": "dev"}
+    recipe = {**recipe, "stages": [stage]}
+    with caplog.at_level(logging.WARNING):
+        pipeline.run_pipeline(recipe)
+    metrics = json.loads((exp / "no_sherpa" / "metrics.json").read_text())
+    assert metrics["note"] == SHERPA_MISSING and "wer" not in metrics
+    assert [r.getMessage() for r in caplog.records] == [f"warning: no_sherpa: {SHERPA_MISSING}"]
+
+
+def test_deployment_stages_rerun_when_the_bundle_changes(deployed):
+    from slimasr.runtime.bundle import INT8_FILE
+
+    exp, recipe, _ = deployed
+    again = pipeline.run_pipeline(recipe)["stages"]
+    assert again == {"export:bundle": "skipped", "sherpa:sherpa": "skipped", "stream:stream": "skipped",
+                     "report:report": "ran"}
+    rows = json.loads((exp / "report.json").read_text())
+    assert [r["model"] for r in rows] == ["sherpa", "stream"]
+    assert rows[1]["final_ms_p50"] > 0 and rows[1]["wer_greedy"] == 0.0
+    stamp = json.loads((exp / "sherpa" / "metrics.json").read_text())
+    stamp["model_sha256"] = "0" * 64  # as if measured on a graph exported before
+    (exp / "sherpa" / "metrics.json").write_text(json.dumps(stamp))
+    assert (exp / "bundle" / INT8_FILE).is_file()
+    assert pipeline.run_pipeline(recipe)["stages"]["sherpa:sherpa"] == "ran"

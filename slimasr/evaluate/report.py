@@ -7,6 +7,11 @@ Each row comes from the ``metrics.json`` that ``evaluate`` left in a model direc
 model is the reference the ratios (size, MACs, speed-up) are computed against. A bundle folder
 from ``slimasr export`` gives a row per evaluated graph (``student_onnx (fp32)``,
 ``student_onnx (int8)``; ``slimasr.evaluate.outputs``), and a bundle's .onnx file that graph's row.
+A ``greedy.json`` beside a ``metrics.json`` of beam search (the pipeline's evaluate stage with
+``lm_order`` writes both) fills the ``greedy WER %`` column. Any folder holding a metrics.json is a
+row: the pipeline's sherpa and stream stages write one (their ``note``, when present, is printed
+under the table). The plot: WER against MACs, against batch-1 latency (the Pareto front drawn:
+the models no other model beats on both) and against bytes on disk.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from slimasr.evaluate.outputs import METRICS_FILE, Outputs, bundle_outputs, outp
 from slimasr.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from slimasr.runtime.bundle import is_bundle
 
-__all__ = ["COLUMNS", "METRICS_FILE", "collect_rows", "markdown_table", "plot_wer_vs_macs",
-           "read_metrics", "write_report"]
+__all__ = ["COLUMNS", "GREEDY_STEM", "METRICS_FILE", "collect_rows", "greedy_path", "markdown_table",
+           "pareto_front", "plot_report", "read_metrics", "write_report"]
+
+GREEDY_STEM = "greedy"  # greedy.json (greedy.int8.json): greedy results beside beam-search metrics
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,7 @@ class Column:
 
 COLUMNS = (
     Column("wer", "WER %", ".2f"),
+    Column("wer_greedy", "greedy WER %", ".2f"),
     Column("cer", "CER %", ".2f"),
     Column("sentence_accuracy", "sent. acc. %", ".1f"),
     Column("params", "params", ",d"),
@@ -43,6 +51,7 @@ COLUMNS = (
     Column("speedup", "speed-up", ".2f"),
     Column("rtf", "RTF", ".4f"),
     Column("model_bytes", "MB", ".2f"),
+    Column("final_ms_p50", "final ms", ".1f"),  # streaming: end of audio to final text (p50)
 )
 
 
@@ -54,7 +63,7 @@ def collect_rows(model_dirs: Sequence[str | Path]) -> list[dict]:
         for outputs in _evaluated(Path(model_dir)):
             name = outputs.folder.name + (f" ({outputs.label})" if outputs.label else "")
             rows.append({"model": name, "model_dir": str(outputs.folder),
-                         **read_metrics(outputs.metrics)})
+                         **read_metrics(outputs.metrics), **_greedy(outputs)})
     if rows:
         base = rows[0]
         for row in rows:
@@ -62,6 +71,21 @@ def collect_rows(model_dirs: Sequence[str | Path]) -> list[dict]:
             row["macs_ratio"] = _div(row.get("macs_per_second_audio"), base.get("macs_per_second_audio"))
             row["speedup"] = _div(base.get("latency_ms_p50"), row.get("latency_ms_p50"))
     return rows
+
+
+def greedy_path(outputs: Outputs) -> Path:
+    """Where greedy results sit beside ``outputs.metrics`` (metrics.json -> greedy.json)."""
+    return outputs.metrics.with_name(outputs.metrics.name.replace("metrics", GREEDY_STEM, 1))
+
+
+def _greedy(outputs: Outputs) -> dict:
+    """``wer_greedy`` / ``cer_greedy``: from greedy.json when there is one, else the metrics' own
+    rates when they were decoded greedily; empty otherwise."""
+    path = greedy_path(outputs)
+    metrics = read_metrics(path) if path.is_file() else read_metrics(outputs.metrics)
+    if not path.is_file() and metrics.get("decode") != "greedy":
+        return {}
+    return {f"{key}_greedy": metrics[key] for key in ("wer", "cer") if metrics.get(key) is not None}
 
 
 def _evaluated(path: Path) -> list[Outputs]:
@@ -104,33 +128,62 @@ def markdown_table(rows: Sequence[dict]) -> str:
     for row in rows:
         cells = [_cell(row, c) for c in COLUMNS]
         lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {row.get('data') or '—'} |")
-    return "\n".join(lines) + "\n"
+    notes = [f"- {row['model']}: {row['note']}" for row in rows if row.get("note")]
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-def plot_wer_vs_macs(rows: Sequence[dict], out_png: str | Path) -> None:
-    """Scatter of WER against MACs per second of audio, one labelled point per model."""
+PANELS = (("macs_per_second_audio", 1e-6, "MMACs per second of audio", "against compute"),
+          ("latency_ms_p50", 1.0, "batch-1 latency p50 (ms)", "against latency (Pareto front)"),
+          ("model_bytes", 1e-6, "MB on disk", "against size"))  # (key, scale, x label, title)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both coordinates (lower is better), sorted by x."""
+    front, best = [], float("inf")
+    for x, y in sorted(points):
+        if y < best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def plot_report(rows: Sequence[dict], out_png: str | Path) -> None:
+    """WER against MACs, latency (with its Pareto front) and bytes: one labelled point per row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for row in rows:
-        x, y = row.get("macs_per_second_audio"), row.get("wer")
-        if x is None or y is None:
-            continue
-        ax.scatter([x / 1e6], [y], s=40)
-        ax.annotate(row["model"], (x / 1e6, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel("MMACs per second of audio")
-    ax.set_ylabel("WER (%)")
-    ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)  # both from zero, so distances between models are not exaggerated
-    ax.set_title("Word error rate against compute")
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(6 * len(PANELS), 4), dpi=120)
+    for ax, (key, scale, label, title) in zip(axes, PANELS):
+        points = _points(rows, key, scale, ax)
+        if key == "latency_ms_p50" and len(points) > 1:
+            front = pareto_front(points)
+            ax.plot(*zip(*front), "--", color="gray", lw=1, label="Pareto front")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("WER (%)")
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)  # both from zero, so distances between models are not exaggerated
+        ax.set_title(f"Word error rate {title}")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def _points(rows: Sequence[dict], key: str, scale: float, ax) -> list[tuple[float, float]]:
+    """Scatter the rows that have ``key`` and a WER on ``ax``; return their points."""
+    points = []
+    for row in rows:
+        x, y = row.get(key), row.get("wer")
+        if x is None or y is None:
+            continue
+        points.append((x * scale, y))
+        ax.scatter([x * scale], [y], s=40)
+        ax.annotate(row["model"], (x * scale, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    return points
 
 
 def write_report(rows: Sequence[dict], out_prefix: str | Path) -> dict[str, Path]:
@@ -139,7 +192,7 @@ def write_report(rows: Sequence[dict], out_prefix: str | Path) -> dict[str, Path
     paths = {ext: prefix.with_name(prefix.name + f".{ext}") for ext in ("md", "json", "png")}
     write_text_atomic(paths["md"], markdown_table(rows))
     write_json_atomic(paths["json"], list(rows))
-    plot_wer_vs_macs(rows, paths["png"])
+    plot_report(rows, paths["png"])
     return paths
 
 

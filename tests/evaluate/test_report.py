@@ -74,3 +74,25 @@ def test_a_bundle_gives_a_row_per_evaluated_graph(tmp_path):
         collect_rows([bundle / "model.onnx"])
     assert str(info.value) == (f"{bundle / 'metrics.json'}: no evaluation results; run `slimasr evaluate` "
                                "on this model first")
+
+
+def test_the_pareto_front_keeps_the_points_nothing_beats_on_both():
+    from slimasr.evaluate.report import pareto_front
+
+    points = [(20.0, 38.0), (9.5, 39.7), (2.3, 39.7), (0.5, 86.0), (0.2, 86.0), (5.0, 50.0)]
+    assert pareto_front(points) == [(0.2, 86.0), (2.3, 39.7), (20.0, 38.0)]
+
+
+def test_greedy_results_beside_beam_search_fill_the_greedy_column(tmp_path):
+    beam = write_metrics(tmp_path / "teacher", wer=30.0, cer=10.0, decode="beam")
+    (beam / "greedy.json").write_text(json.dumps({"wer": 40.0, "cer": 15.0, "decode": "greedy"}))
+    greedy = write_metrics(tmp_path / "student", wer=50.0, decode="greedy")
+    stream = write_metrics(tmp_path / "stream", wer=60.0, final_ms_p50=4.25, note="streaming, 160 ms chunks")
+    rows = collect_rows([beam, greedy, stream])
+    assert [(r["wer"], r.get("wer_greedy"), r.get("cer_greedy")) for r in rows] == [
+        (30.0, 40.0, 15.0), (50.0, 50.0, None), (60.0, None, None)]
+    table = markdown_table(rows).splitlines()
+    assert table[2].startswith("| teacher | 30.00 | 40.00 | 10.00 |")
+    assert table[3].startswith("| student | 50.00 | 50.00 | — |")
+    assert table[4].startswith("| stream | 60.00 | — | — |")
+    assert table[4].endswith("| 4.2 | — |") and table[5:] == ["", "- stream: streaming, 160 ms chunks"]
