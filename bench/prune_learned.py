@@ -8,7 +8,9 @@ Every point (criterion x target) is pruned with ``slimasr.prune.prune_model_dir`
 from the unpruned model), evaluated on the test split (greedy, and beam + LM with ``--lm``), and
 timed at batch 1 (3 s of audio, one thread) in round-robin with the unpruned model, so that
 speed-ups compare timings taken under the same conditions. Learned masks also train for
-``--mask-steps`` steps before pruning (recorded; the fine-tuning epochs after pruning are equal).
+``--mask-steps`` steps before pruning (recorded); with ``--match-steps`` the other criteria get as
+many extra fine-tuning epochs as those steps hold audio (steps x 60 s batches, over the audio of
+one training epoch), so every point sees the same audio in training.
 Writes ``--results/<model>/learned.json``, ``learned.md`` (table) and ``learned.png``. Nothing is
 hard-coded: every number is measured. The peers of issue 20 (NVIDIA ModelOpt FastNAS, torchao's
 structured pruner) are not run here: they need their own environment.
@@ -30,6 +32,7 @@ from slimasr.config import from_dict  # noqa: E402
 from slimasr.evaluate.cost import measure_latency  # noqa: E402
 from slimasr.evaluate.run import EvalConfig, evaluate_model  # noqa: E402
 from slimasr.models import load_model  # noqa: E402
+from slimasr.prune.learned import LearnedConfig  # noqa: E402
 from slimasr.prune.run import PruneConfig, prune_model_dir  # noqa: E402
 
 LATENCY_SECONDS, LATENCY_THREADS, ROUNDS = 3.0, 1, 5  # batch-1 timing set-up
@@ -49,15 +52,31 @@ def evaluate(model_dir: Path, data: Path, lm: Path | None) -> dict:
     return out
 
 
+def epoch_seconds(model_dir: Path) -> float:
+    """Seconds of audio in one training epoch, from the model's own training record."""
+    return json.loads((model_dir / "training.json").read_text())["train_hours"] * 3600
+
+
+def finetune_epochs(args: argparse.Namespace, criterion: str) -> int:
+    """``--finetune-epochs``; with ``--match-steps`` the other criteria also get the epochs of
+    audio that the learned masks' training sees (steps x LearnedConfig.batch_seconds, rounded), so
+    every point has the same total training."""
+    if criterion == "learned" or not args.match_steps:
+        return args.finetune_epochs
+    seen = args.mask_steps * LearnedConfig().batch_seconds
+    return args.finetune_epochs + round(seen / epoch_seconds(args.model))
+
+
 def prune_point(args: argparse.Namespace, criterion: str, target: float, out: Path) -> dict:
+    epochs = finetune_epochs(args, criterion)
     cfg = {"criterion": criterion, "target": {"kind": "macs", "fraction": target, "round_to": args.round_to},
-           "finetune_epochs": args.finetune_epochs, "distill": True, "calibration_cuts": args.calibration_cuts,
+           "finetune_epochs": epochs, "distill": True, "calibration_cuts": args.calibration_cuts,
            "num_threads": args.threads,
            "learned": {"steps": args.mask_steps, "warmup_steps": max(1, args.mask_steps // 4)}}
     record = prune_model_dir(args.model, args.data, out, from_dict(PruneConfig, cfg), show_progress=False,
                              overwrite=True)
     row = {"criterion": criterion, "target": target, "macs_ratio": record["final"]["macs_ratio"],
-           "finetune_epochs": args.finetune_epochs, "widths": record["final"]["widths"]}
+           "finetune_epochs": epochs, "widths": record["final"]["widths"]}
     learned = record["steps"][0].get("learned")
     if learned:
         row.update({"mask_steps": learned["steps"], "expected_ratio": learned["expected"] / learned["original"]})
@@ -76,12 +95,14 @@ def round_robin(models: dict[str, Path]) -> dict[str, float]:
 
 def table(rows: list[dict], ref: dict) -> str:
     lm = "wer_lm" in ref
-    head = "| criterion | MACs removed (target) | MACs ratio | WER greedy |" + (" WER beam+LM |" if lm else "") \
-        + " speed-up |\n|---|---|---|---|" + ("---|" if lm else "") + "---|\n"
-    line = (f"| unpruned | - | 1.000 | {ref['wer_greedy']:.2f} |" + (f" {ref['wer_lm']:.2f} |" if lm else "")
+    head = "| criterion | MACs removed (target) | MACs ratio | training | WER greedy |" + (" WER beam+LM |" if lm else "") \
+        + " speed-up |\n|---|---|---|---|---|" + ("---|" if lm else "") + "---|\n"
+    line = (f"| unpruned | - | 1.000 | - | {ref['wer_greedy']:.2f} |" + (f" {ref['wer_lm']:.2f} |" if lm else "")
             + " 1.00x |\n")
     for r in rows:
-        line += (f"| {r['criterion']} | {r['target']:.0%} | {r['macs_ratio']:.3f} | {r['wer_greedy']:.2f} |"
+        training = (f"{r['mask_steps']} mask steps + " if r.get("mask_steps") else "") + \
+            f"{r['finetune_epochs']} KD epochs"
+        line += (f"| {r['criterion']} | {r['target']:.0%} | {r['macs_ratio']:.3f} | {training} | {r['wer_greedy']:.2f} |"
                  + (f" {r['wer_lm']:.2f} |" if lm else "") + f" {r['speedup']:.2f}x |\n")
     return head + line
 
@@ -114,6 +135,8 @@ def main() -> None:
     p.add_argument("--criteria", nargs="+", default=["learned", "sensitivity", "taylor"])
     p.add_argument("--finetune-epochs", type=int, default=4, help="KD fine-tuning epochs after pruning (all)")
     p.add_argument("--mask-steps", type=int, default=2000, help="learned: mask-training steps")
+    p.add_argument("--match-steps", action="store_true",
+                   help="give sensitivity/taylor the mask-training steps as extra fine-tuning epochs")
     p.add_argument("--round-to", type=int, default=8)
     p.add_argument("--calibration-cuts", type=int, default=256, help="also the learned masks' training cuts")
     p.add_argument("--threads", type=int, default=1)
