@@ -81,11 +81,28 @@ def ship(model: Path, data: Path, lm: Path, name: str, overwrite: bool) -> Path:
         for fname in COPIED:
             shutil.copy2(model / fname, tmp / fname)
         save_half(model / WEIGHTS, tmp / WEIGHTS)
+        keep_identical(out / WEIGHTS, tmp / WEIGHTS)
         write_json_atomic(tmp / PROVENANCE_NAME, provenance(model, data, lm, name, tmp))
         size = sum(p.stat().st_size for p in tmp.iterdir())
         if size > MAX_BYTES:
             raise DataError(out, f"{size} bytes, over the {MAX_BYTES}-byte limit")
     return out
+
+
+def keep_identical(old: Path, new: Path) -> None:
+    """Put the shipped file's bytes back when its tensors and metadata equal the new ones:
+    safetensors writes its metadata map in an order that varies from run to run, and a shipped
+    file that changes bytes for nothing would add its 15 MB to the repository's history again."""
+    from safetensors import safe_open
+
+    if not old.is_file():
+        return
+    with safe_open(str(old), framework="pt") as a, safe_open(str(new), framework="pt") as b:
+        if a.metadata() != b.metadata() or set(a.keys()) != set(b.keys()):
+            return
+        if not all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys()):
+            return
+    shutil.copy2(old, new)
 
 
 def save_half(src: Path, dst: Path) -> None:
@@ -233,7 +250,8 @@ def recorded_transcripts(data: Path, corpus: dict, shipped: Path) -> dict:
         stored, _ = sf.read(str(data / cut.recording.sources[0].source), dtype="int16")
         if not np.array_equal(audio, stored):
             raise DataError(data, f"{cut.id} does not render again to its stored samples")
-        items.append({"plan": asdict(plan), "samples_sha256": samples_sha256(audio / 32768.0),
+        items.append({"plan": asdict(plan), "num_samples": len(audio),
+                      "samples_sha256": samples_sha256(audio / 32768.0),  # exact where it was shipped
                       "reference": cut.supervisions[0].text,
                       "greedy": recognizer.transcribe(audio.astype(np.float32) / 32768.0)})
     return {"synth_config": {"trim_level": config.trim_level, "dither_lsb": config.dither_lsb},

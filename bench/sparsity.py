@@ -84,16 +84,20 @@ def wer(args: argparse.Namespace) -> None:
         write_json_atomic(results / "dense.json", row)
     for method in args.methods:
         for sparsity in args.sparsities:
-            name = f"{method}_{int(round(sparsity * 100))}_ft{args.finetune_epochs}{'kd' if args.distill else ''}"
+            lr = f"_lr{args.finetune_lr:g}" if args.finetune_lr else ""
+            name = f"{method}_{int(round(sparsity * 100))}_ft{args.finetune_epochs}{'kd' if args.distill else ''}{lr}"
             out = args.out / tag / name
             cfg = from_dict(PruneConfig, {
                 "method": "unstructured", "gradual": method == "gradual", "finetune_epochs": args.finetune_epochs,
                 "distill": args.distill, "num_threads": args.threads, "seed": args.seed,
+                **({"finetune_overrides": [*PruneConfig().finetune_overrides, f"train.lr={args.finetune_lr}"]}
+                   if args.finetune_lr else {}),
                 "unstructured": {"criterion": "gradient" if method == "gradient" else "magnitude",
                                  "sparsity": sparsity, "exclude": args.exclude}})
             start = time.perf_counter()
             record = prune_model_dir(args.model, args.data, out, cfg, show_progress=False, overwrite=True)
             row = {"point": name, "method": method, "sparsity": sparsity, "finetune_epochs": args.finetune_epochs,
+                   "finetune_lr": args.finetune_lr or 1e-3,
                    "distill": args.distill, "seconds": round(time.perf_counter() - start, 1),
                    "reached": record["final"]["sparsity"], "bytes": record["final"]["bytes"],
                    "dense_bytes": record["original"]["bytes"], "bytes_ratio": record["final"]["bytes_ratio"],
@@ -304,24 +308,40 @@ def _group_lasso_lines(path: Path) -> list[str]:
 
 
 def _plot(points: list[dict], path: Path) -> None:
+    """WER (greedy and beam + LM) against sparsity: one line per method and fine-tuning budget;
+    the dense model, and the dense model given the same fine-tuning (0% points), as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in sorted({p["method"] for p in points} - {"dense"}):
-        rows = sorted((p for p in points if p["method"] == method), key=lambda p: p["sparsity"])
-        ax.plot([p["sparsity"] for p in rows], [p["wer_greedy"] for p in rows], "o-", label=method)
-    for p in points:
-        if p["method"] == "dense":
-            ax.axhline(p["wer_greedy"], color="gray", ls="--", label="dense")
-    ax.set_xlabel("sparsity of the pruned weights")
-    ax.set_ylabel("WER greedy (%)")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((axes[0], "wer_greedy", "WER greedy (%)"), (axes[1], "wer_lm", "WER beam + LM (%)")):
+        for curve, rows in sorted(_curves(points).items()):
+            rows = [p for p in rows if p.get(key) is not None]
+            ax.plot([p["sparsity"] for p in rows], [p[key] for p in rows], "o-", label=curve)
+        for p in points:
+            if p["sparsity"] == 0 and p.get(key) is not None:
+                what = "dense" if p["method"] == "dense" else f"dense + {p['finetune_epochs']} KD epochs"
+                ax.axhline(p[key], color="gray", ls="--" if p["method"] == "dense" else ":", label=what)
+        ax.set_xlabel("sparsity of the pruned weights")
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _curves(points: list[dict]) -> dict[str, list[dict]]:
+    """Pruned points grouped by method and fine-tuning budget, in order of sparsity."""
+    curves: dict[str, list[dict]] = {}
+    for p in sorted(points, key=lambda p: p["sparsity"]):
+        if p["sparsity"] > 0:
+            lr = f", lr {p['finetune_lr']:g}" if p.get("finetune_lr", 1e-3) != 1e-3 else ""
+            curves.setdefault(f"{p['method']} ({p['finetune_epochs']} KD epochs{lr})", []).append(p)
+    return curves
 
 
 def main() -> None:
@@ -338,6 +358,8 @@ def main() -> None:
     ap.add_argument("--exclude", nargs="*", default=[], help="weight name patterns kept dense")
     ap.add_argument("--finetune-epochs", type=int, default=4)
     ap.add_argument("--distill", action="store_true", help="fine-tune with KD from the dense model")
+    ap.add_argument("--finetune-lr", type=float, default=None,
+                    help="peak learning rate of the fine-tuning (default: prune's, 1e-3)")
     ap.add_argument("--reg-epochs", type=int, default=2, help="group-lasso: epochs with the penalty")
     ap.add_argument("--strength", type=float, default=0.2, help="group-lasso: lambda")
     ap.add_argument("--target-macs", type=float, default=0.5, help="group-lasso: share of MACs removed")
