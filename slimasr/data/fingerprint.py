@@ -6,11 +6,11 @@
 Each split is summarized by its utterance count and one sha256 over its sorted
 ``(cut id, transcript, synthesizer, voice)`` lines: which sentences, spoken by which voices, in
 which split. Manifest bytes are not hashed: they hold paths (absolute ones, for some corpora) and
-lhotse's formatting. Nor are the samples or the lengths: two syntheses of the default corpus on one
-machine, same seed and packages, differed by 1 int16 step in 0.02% of the samples of some
-utterances (float rounding in the resampler and filters), and one Festival utterance of 2,062 came
-out 126 samples shorter (its silence trimmed at another point) — which changes nothing about which
-utterances the corpus holds, and that is what decides whether a test split is unseen. Two copies synthesized
+lhotse's formatting. Nor are the samples or the lengths: synthesis is identical from run to run on
+one machine (slimasr.data.synth), but another CPU may round the resampler's and filters' float
+sums differently (1 int16 step in some samples, a silence trimmed a few samples elsewhere) —
+which changes nothing about which utterances the corpus holds, and that is what decides whether
+a test split is unseen. Two copies synthesized
 with the same seed and package versions give the same fingerprint, which is what keeps a shipped
 model's test split unseen (docs/pretrained.md).
 """

@@ -31,10 +31,11 @@ import io
 import json
 import math
 import multiprocessing
+import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,7 +56,14 @@ from rich.progress import Progress
 from slimasr.data import effects
 from slimasr.data.espeak import ENGLISH_BASES, EXCLUDED_VARIANTS, data_path, list_variants
 from slimasr.data.grammar import Grammar, Utterance, smart_home_grammar
-from slimasr.data.synthesizers import FAMILIES, Prosody, get_synthesizer, package_versions, require
+from slimasr.data.synthesizers import (
+    FAMILIES,
+    Prosody,
+    get_synthesizer,
+    package_versions,
+    require,
+    restart_synthesizers,
+)
 from slimasr.errors import ConfigError, DataError
 from slimasr.io import LOCK_NAME, atomic_dir, write_json_atomic
 from slimasr.progress import progress_bar
@@ -553,18 +561,47 @@ class _Renderer:
 
 
 def _executor(num_workers: int) -> AbstractContextManager[Executor | None]:
-    """A process pool (spawned: safe even if the caller runs threads), or None for 1 worker."""
+    """A process pool (spawned: safe even if the caller runs threads) of single-threaded
+    workers, or None for 1 worker."""
     if num_workers <= 1:
         return nullcontext(None)  # render in this process
-    context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=num_workers, mp_context=context)
+    return _single_threaded_pool(num_workers)
+
+
+@contextmanager
+def _single_threaded_pool(num_workers: int) -> Iterator[Executor]:
+    """Workers whose BLAS and OpenMP run one thread: the filters' float sums then come out in
+    one order, whatever the machine's cores or load (measured: the same utterances rendered with
+    2 BLAS threads and with 1 differed by 1 int16 step in some samples). Workers read the
+    variables when they start, which may be at any submit: they stay set while the pool lives."""
+    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+    os.environ.update({name: "1" for name in _THREAD_VARIABLES})
+    try:
+        with ProcessPoolExecutor(max_workers=num_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            yield pool
+    finally:
+        _restore(saved)
+
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # read at start
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 # ---------------------------------------------------------------------------------------------
 # Rendering one utterance (runs in worker processes)
 # ---------------------------------------------------------------------------------------------
 def render_batch(plans: list[UtterancePlan], root: str, config: SynthConfig) -> list[int]:
-    """Render each plan to ``root/plan.audio_path``; return the number of samples of each."""
+    """Render each plan to ``root/plan.audio_path``; return the number of samples of each. The
+    synthesizer processes start afresh for every batch (a batch's audio does not depend on which
+    worker rendered it, or after what)."""
+    restart_synthesizers()
     lengths = []
     for plan in plans:
         audio = render_utterance(plan, config)

@@ -60,6 +60,16 @@ def get_synthesizer(name: str) -> Synthesizer:
     return _INSTANCES[name]
 
 
+def restart_synthesizers() -> None:
+    """End this process's synthesizer processes (Festival's), so that the next utterance starts
+    from a fresh one: what a batch of utterances sounds like then depends on the batch alone, not
+    on which batches the worker process rendered before it."""
+    for instance in _INSTANCES.values():
+        close = getattr(instance, "close", None)
+        if close is not None:
+            close()
+
+
 def package_versions(names: list[str]) -> dict[str, dict[str, str]]:
     """``{family: {package: version}}`` for corpus.json."""
     return {name: get_synthesizer(name).versions() for name in names}
