@@ -86,7 +86,7 @@ def test_demo_recipes_budget_epochs_never_minutes():
         text = pipeline.find_recipe(name).read_text()
         assert "max_minutes" not in text
     _, stages = pipeline.load_pipeline("demo")
-    assert "train.epochs=10" in stages[2].spec.overrides and stages[3].spec.config["finetune_epochs"] == 2
+    assert "train.epochs=20" in stages[2].spec.overrides and stages[3].spec.config["finetune_epochs"] == 3
 
 
 def test_train_models_turns_a_model_stage_into_its_train_stage():
