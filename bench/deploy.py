@@ -30,14 +30,12 @@ import torch
 from slimasr.config import from_dict
 from slimasr.data.manifests import read_split
 from slimasr.evaluate.cost import measure_latency
-from slimasr.evaluate.metrics import ErrorRateStats
 from slimasr.evaluate.run import EvalConfig, evaluate_model
 from slimasr.export.run import ExportConfig, export_model
 from slimasr.io import read_json, write_json_atomic, write_text_atomic
 from slimasr.models import load_model
 from slimasr.runtime import open_session, read_bundle
 from slimasr.runtime.recognizer import measure_session_latency
-from slimasr.text import normalize_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "deploy"
 LATENCY_SECONDS = 3.0  # seconds of input per timed call
@@ -74,22 +72,11 @@ def evaluate_variants(model_dir: Path, bundle: Path, data: Path, lm: Path | None
 
 def sherpa_wer(bundle: Path, data: Path, int8: bool) -> dict:
     """Greedy WER of sherpa-onnx's offline CTC recognizer on the test split, scored like evaluate
-    (the same normalization; jiwer through ErrorRateStats)."""
-    import sherpa_onnx
+    (``slimasr.pipeline_deploy.sherpa_offline_wer``, as the demo's sherpa stage measures it)."""
+    from slimasr.pipeline_deploy import sherpa_offline_wer
 
-    info = read_bundle(bundle)
-    recognizer = sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(
-        model=str(info.model_path(int8)), tokens=str(bundle / "tokens.txt"), num_threads=1,
-        sample_rate=16000, feature_dim=info.features.num_mel_bins, decoding_method="greedy_search")
-    stats = ErrorRateStats()
-    for cut in read_split(data, "test"):
-        stream = recognizer.create_stream()
-        stream.accept_waveform(16000, cut.load_audio().reshape(-1))
-        recognizer.decode_stream(stream)
-        ref = normalize_text(" ".join(s.text or "" for s in cut.supervisions))
-        stats.append([cut.id], [" ".join(stream.result.text.split())], [ref])
-    summary = stats.summarize()
-    return {"wer_greedy": summary["wer"], "cer_greedy": summary["cer"]}
+    result = sherpa_offline_wer(bundle, read_split(data, "test"), int8)
+    return {"wer_greedy": result["wer"], "cer_greedy": result["cer"]}
 
 
 def side_by_side_latency(model_dir: Path, bundle: Path, rounds: int, reference: Path | None = None) -> dict:

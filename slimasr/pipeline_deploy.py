@@ -118,25 +118,32 @@ def _run_sherpa(stage: Stage, exp: Path) -> None:
 
 
 def sherpa_wer(exp: Path, spec: SherpaStage) -> dict:
+    """The stage's split through ``sherpa_offline_wer``."""
+    from slimasr.data.manifests import read_split
+
+    cuts = read_split(_data_of(exp, spec.data), spec.split)
+    if spec.max_utterances is not None:
+        cuts = cuts.subset(first=spec.max_utterances)
+    return sherpa_offline_wer(exp / spec.bundle, cuts, spec.int8)
+
+
+def sherpa_offline_wer(bundle_dir: Path, cuts: Any, int8: bool) -> dict:
     """WER and CER of sherpa-onnx's offline CTC recognizer (``from_zipformer_ctc``: it feeds the
-    graph ``x, x_lens`` and reads ``log_probs``) on the split, scored as ``evaluate`` scores."""
+    graph ``x, x_lens`` and reads ``log_probs``) on ``cuts``, greedy, scored as ``evaluate``
+    scores. Also what bench/deploy.py measures."""
     import sherpa_onnx
 
-    from slimasr.data.manifests import read_split
     from slimasr.evaluate.metrics import ErrorRateStats
     from slimasr.runtime.bundle import read_bundle
     from slimasr.text import normalize_text
     from slimasr.train.prepare import transcript
 
-    bundle = read_bundle(exp / spec.bundle)
+    bundle = read_bundle(bundle_dir)
     recognizer = sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(
-        model=str(bundle.model_path(spec.int8)), tokens=str(bundle.path / "tokens.txt"), num_threads=1,
+        model=str(bundle.model_path(int8)), tokens=str(bundle.path / "tokens.txt"), num_threads=1,
         sample_rate=bundle.features.sampling_rate, feature_dim=bundle.features.num_mel_bins,
         decoding_method="greedy_search")
     stats = ErrorRateStats(normalize=lambda text: normalize_text(text, bundle.normalizer))
-    cuts = read_split(_data_of(exp, spec.data), spec.split)
-    if spec.max_utterances is not None:
-        cuts = cuts.subset(first=spec.max_utterances)
     for cut in cuts:
         stream = recognizer.create_stream()
         stream.accept_waveform(bundle.features.sampling_rate, cut.load_audio().reshape(-1))
