@@ -5,8 +5,13 @@ soft labels (no teacher weights copied), every variant with the same data, numbe
     python bench/distill_soft.py --teacher exp/bench_teachers/crnn_teacher --data data/smarthome \
         --out exp/bench_soft --steps 6000 --variants scratch kd kd_t1 kd_t4 kd_w09 kd_only \
         kd_blank kd_symmetric kd_full_topk
-    # unlabelled audio (slimasr corpus synth --unlabelled --hours 3 --out data/unl3, same seed):
-    python bench/distill_soft.py ... --unlabelled data/unl3/unlabelled_cuts.jsonl.gz --variants kd_unl
+    # unlabelled audio (slimasr corpus synth --unlabelled --hours 6 --out data/unl6, the labelled
+    # corpus's seed and voices); 3 h is the first half of the same cuts. The labelled-only
+    # scratch run is the baseline of every unlabelled row.
+    python bench/distill_soft.py ... --tag unl6 --baseline crnn \
+        --unlabelled data/unl6/unlabelled_cuts.jsonl.gz --variants kd_unl
+    python bench/distill_soft.py ... --tag unl3 --baseline crnn --unlabelled-hours 3 \
+        --unlabelled data/unl6/unlabelled_cuts.jsonl.gz --variants kd_unl
     # offline -> streaming: a causal student; kd_delay picks d on dev against the causal scratch run
     python bench/distill_soft.py ... --tag causal --student model.config.bidirectional=false \
         --variants scratch kd kd_delay pseudo
@@ -26,6 +31,8 @@ import json
 import platform
 import time
 from pathlib import Path
+
+from lhotse import CutSet
 
 from slimasr.config import from_dict
 from slimasr.data.manifests import read_split
@@ -57,15 +64,39 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "kd_unl": ("KD 0.5 + CTC 0.5 + unlabelled audio (KD + teacher transcripts 0.5)", [
         *KD, "loss.pseudo_weight=0.5"]),
     "kd_delay": ("KD 0.5 + CTC 0.5 against the teacher delayed by d frames (d on dev)", KD),
+    "cut_causal": ("cut from the teacher: forward directions, half the units, 2 of 3 layers; CTC only "
+                   "(weights copied, no soft labels; run without --student)", [
+        *SCRATCH_CTC, "student.init=teacher", "student.causal=true"]),
     "pseudo": ("CTC 0.5 + CTC on teacher transcripts 0.5 (sequence-level KD)", [
         "loss.ctc_weight=0.5", "loss.kd_weight=0.0", "loss.pseudo_weight=0.5"]),
 }
 
 
+def unlabelled_prefix(manifests: list[Path], hours: float | None, out: Path) -> tuple[list[Path], float]:
+    """The unlabelled manifests to train on and their hours: all of them, or (``hours``) their
+    first cuts in manifest order up to ``hours``, written as one manifest under ``out``."""
+    cuts = [c for m in manifests for c in CutSet.from_file(m)]
+    if hours is None or not cuts:
+        return manifests, sum(c.duration for c in cuts) / 3600
+    kept, total = [], 0.0
+    for cut in cuts:
+        if total + cut.duration > hours * 3600:
+            break
+        kept.append(cut)
+        total += cut.duration
+    path = out / f"unlabelled_first_{hours:g}h_cuts.jsonl.gz"
+    if not path.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp_{path.name}")
+        CutSet.from_cuts(kept).to_file(tmp)
+        tmp.replace(path)
+    return [path], total / 3600
+
+
 def run_variant(name: str, args: argparse.Namespace, lm: Path | None) -> dict:
     what, overrides = VARIANTS[name]
     model_dir = args.out / f"{args.tag}_{name}"
-    extra = [f"unlabelled={json.dumps([str(p) for p in args.unlabelled])}"] if name == "kd_unl" else []
+    extra = [f"unlabelled={json.dumps([str(p) for p in args.unlabelled])}"] if args.unlabelled else []
     if name == "kd_delay":
         d, counts = dev_kd_delay(args.teacher[0], args.out / f"{args.tag}_scratch", args.data,
                                  max_delay=args.max_delay)
@@ -77,9 +108,12 @@ def run_variant(name: str, args: argparse.Namespace, lm: Path | None) -> dict:
     training = distill_model(args.recipe, args.data, model_dir,
                              resume=(model_dir / "checkpoints" / "last").is_dir(),
                              overrides=[*teachers, "student.init=scratch", f"train.max_steps={args.steps}",
-                                        "train.epochs=100000", "train.num_threads=1", *args.student,
+                                        f"train.decay_steps={args.steps}", "train.epochs=100000",
+                                        "train.num_threads=1", *args.student,
                                         *overrides, *extra], show_progress=False)
-    row = {"variant": name, "tag": args.tag, "what": what, "overrides": [*args.student, *overrides, *extra],
+    row = {"variant": name, "tag": args.tag, "baseline_tag": args.baseline or args.tag, "what": what,
+           "unlabelled": [str(p) for p in args.unlabelled], "unlabelled_hours": args.unlabelled_hours_total,
+           "overrides": [*args.student, *overrides, *extra],
            "teachers": [str(t) for t in args.teacher], "steps": args.steps, "seeds": 1,
            "train_seconds": training["train_seconds"], "wall_seconds": time.perf_counter() - start,
            "dev_wer": training["dev_wer"], "loss_counts": training.get("loss_counts")}
@@ -106,7 +140,7 @@ def markdown(rows: list[dict]) -> str:
              "test WER +LM | what |", "|---|---|---|---|---|---|---|---|"]
     scratch = {r["tag"]: r for r in rows if r["variant"] == "scratch"}
     for r in rows:
-        base = scratch.get(r["tag"])
+        base = scratch.get(r.get("baseline_tag", r["tag"]))
         rel = (f" ({100 * (r['test_wer_greedy'] / base['test_wer_greedy'] - 1):+.0f}%)"
                if base and base is not r and base["test_wer_greedy"] else "")
         lm = f"{r['test_wer_lm']:.2f}%" if r.get("test_wer_lm") is not None else "-"
@@ -148,13 +182,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6000, help="optimizer updates of every variant")
     ap.add_argument("--tag", default="crnn", help="names this student shape / setting in the table")
     ap.add_argument("--student", action="append", default=[], help="recipe KEY=VALUE of the student")
-    ap.add_argument("--unlabelled", type=Path, action="append", default=[])
+    ap.add_argument("--unlabelled", type=Path, action="append", default=[],
+                    help="unlabelled cuts (slimasr corpus synth --unlabelled) added to every variant's "
+                         "training data")
+    ap.add_argument("--unlabelled-hours", type=float, default=None,
+                    help="use only the first H hours of the --unlabelled cuts (one manifest, written "
+                         "into --out): 3 h and 6 h from one 6 h synthesis")
+    ap.add_argument("--baseline", default=None,
+                    help="tag whose scratch run the table compares against (default: --tag)")
     ap.add_argument("--max-delay", type=int, default=8, help="kd_delay: largest d tried on dev")
     ap.add_argument("--no-lm", action="store_true", help="greedy only (no trigram beam search)")
     ap.add_argument("--variants", nargs="+", default=["scratch", "kd"], choices=list(VARIANTS))
     args = ap.parse_args()
     if "kd_unl" in args.variants and not args.unlabelled:
         ap.error("kd_unl needs --unlabelled MANIFEST")
+    args.unlabelled, args.unlabelled_hours_total = unlabelled_prefix(args.unlabelled, args.unlabelled_hours,
+                                                                    args.out)
     lm = None if args.no_lm else args.out / "lm_3gram.arpa"
     if lm is not None and not lm.is_file():
         lm.parent.mkdir(parents=True, exist_ok=True)

@@ -43,13 +43,18 @@ class StudentConfig:
     ``path``: the model directory ``path`` as it is (fine-tuning a pruned model).
     ``teacher``: a copy of the teacher (slimasr teachers only) cut down to ``layers`` layers
     (spread over the depth, first and last kept) and/or ``width`` of its units in every prunable
-    group (the units with the largest weight magnitude)."""
+    group (the units with the largest weight magnitude); with ``causal`` (CRNN teachers), then
+    made streamable: forward directions only, causal convolutions."""
 
     init: Literal["scratch", "teacher", "path"] = "scratch"  # where the weights start (above)
     path: str | None = None  # init "path": start from this model directory (e.g. a pruned model)
     layers: int | None = None  # recurrent layers / hidden layers / blocks kept (None: all)
     width: float | None = None  # fraction of units kept per group, 0 < width <= 1 (None: all)
     round_to: int = 8  # kept unit counts are rounded to a multiple of this (at least one)
+    # init "teacher", CRNN teacher: after the cut keep each recurrent layer's forward direction
+    # only and make the convs causal (same weights): a streamable student (bidirectional: false).
+    # A unidirectional teacher just gets causal convs. Scratch students: model.config.bidirectional.
+    causal: bool = False
 
 
 @dataclass
@@ -132,6 +137,10 @@ def load_distill_recipe(source: str | Path | Mapping | DistillRecipe | None = No
         raise ConfigError("student.init: path needs student.path (a model directory)")
     if s.layers is not None and s.layers < 1:
         raise ConfigError(f"student.layers must be >= 1, got {s.layers}")
+    if s.causal and s.init != "teacher":
+        how = ("a scratch student is made causal by model.config.bidirectional=false"
+               if s.init == "scratch" else "student.path is used as it is")
+        raise ConfigError(f"student.causal: only with student.init=teacher ({how})")
     _check_model_overrides(s.init, overrides)
     return recipe
 

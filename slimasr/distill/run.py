@@ -178,7 +178,7 @@ def _adopt_frontend(recipe: DistillRecipe, teacher: Any) -> None:
 def _make_student(recipe: DistillRecipe, teacher: Any, vocab_size: int) -> AcousticModel:
     s = recipe.student
     if s.init == "teacher":
-        return student_from_teacher(teacher.model, s.layers, s.width, s.round_to)
+        return student_from_teacher(teacher.model, s.layers, s.width, s.round_to, s.causal)
     if s.init == "path":
         student = load_model(s.path)
         if student.vocab_size != vocab_size:
