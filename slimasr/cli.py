@@ -185,7 +185,7 @@ def _prune(args: argparse.Namespace) -> dict:
     from slimasr.prune.run import prune_model_dir
 
     result = prune_model_dir(args.model, args.data, args.out, _prune_config(args),
-                             show_progress=not args.quiet, overwrite=args.overwrite)
+                             show_progress=not args.quiet, overwrite=args.overwrite, resume=args.resume)
     return {"out": args.out, **result["final"]}
 
 
@@ -447,7 +447,9 @@ def _prune_parser(verbs: Any) -> None:
                   "slimasr prune --model exp/teacher --data data/smarthome --out exp/pruned "
                   "--criterion taylor --target-macs 0.5 --finetune-epochs 4 --distill",
                   "slimasr prune --model exp/teacher --data data/smarthome --out exp/sparse "
-                  "--method unstructured --criterion magnitude --sparsity 0.8 --finetune-epochs 4 --distill")
+                  "--method unstructured --criterion magnitude --sparsity 0.8 --finetune-epochs 4 --distill",
+                  "slimasr prune --model exp/teacher --data data/smarthome --out exp/pruned "
+                  "--criterion learned --target-macs 0.5 --resume")
     prune.add_argument("--model", required=True, help="model directory to prune")
     prune.add_argument("--method", choices=["structured", "unstructured"],
                        help="remove units: a dense, smaller model (default); or zero single weights "
@@ -486,6 +488,9 @@ def _prune_parser(verbs: Any) -> None:
     prune.add_argument("--data", required=True, help="data directory (train/dev splits)")
     prune.add_argument("--out", required=True, help="pruned model directory to write")
     prune.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    prune.add_argument("--resume", action="store_true",
+                       help="continue the unfinished (structured) prune run in OUT with the same settings: "
+                            "completed steps are kept, mask training and fine-tuning resume from checkpoints")
     prune.add_argument("--quiet", action="store_true", help="no progress output")
     _add_regularize(prune, "during fine-tuning: ")
     _add_overrides(prune, "PruneConfig overrides, e.g. calibration_cuts=128")

@@ -42,7 +42,7 @@ from rich.console import Console
 from slimasr.config import check_numbers, config_to_dict
 from slimasr.data.dataset import AsrDataset
 from slimasr.distill import distill_model
-from slimasr.errors import ConfigError
+from slimasr.errors import ConfigError, DataError
 from slimasr.evaluate.cost import measure_latency, model_bytes
 from slimasr.frontend import Frontend
 from slimasr.io import (
@@ -70,12 +70,16 @@ from slimasr.prune.regularize import RegularizeConfig, norm_scale_scores, weak_u
 from slimasr.prune.sensitivity import plot_sensitivity, ratios_from_scan, save_scan, sensitivity_scan
 from slimasr.prune.surgery import prune_model, select_layers
 from slimasr.prune.unstructured import UnstructuredConfig, select_tensors, sparsify_, sparsity_report, squash_
-from slimasr.train.loop import compute_loss
+from slimasr.train.loop import CHECKPOINTS, LAST, TRAINING_NAME, compute_loss
 from slimasr.train.prepare import feature_cache_dir, feature_cuts
 
 CRITERIA = ("magnitude", "taylor", "activation", "apoz", "sensitivity", "random", "learned")
 PRUNE_JSON = "prune.json"
 STEPS_DIR = "steps"
+RUN_JSON = "run.json"  # OUT/steps/run.json: the run's config and inputs, written first (--resume reads it)
+ROW_JSON = "row.json"  # OUT/steps/k/row.json: a completed step's record row (skipped on --resume)
+PRUNED_ROW_JSON = "pruned_row.json"  # OUT/steps/k/: the row once step k's pruned model is saved
+RESUME_HINT = "pass --resume to continue it"
 LATENCY_TOLERANCE = 0.01  # a latency plan may miss its goal by this share of the current time
 LATENCY_ATTEMPTS = 3  # plans per step when the measured time misses the goal
 MAX_LATENCY_SHARE = 0.95  # a re-plan never asks for more than this share of the time
@@ -172,27 +176,108 @@ class PruneConfig:
 
 
 def prune_model_dir(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
-                    cfg: PruneConfig, show_progress: bool = True, overwrite: bool = False) -> dict:
+                    cfg: PruneConfig, show_progress: bool = True, overwrite: bool = False,
+                    resume: bool = False) -> dict:
     """Prune the model directory ``model_dir`` into ``out_dir``; returns prune.json's content.
     ``out_dir`` is locked meanwhile; one that holds a model or a run is refused unless
-    ``overwrite`` (then cleared of it first), and the input model never is replaced."""
+    ``overwrite`` (then cleared of it first), and the input model never is replaced.
+    ``resume``: continue the unfinished (structured) run in ``out_dir`` (same config and inputs,
+    else a DataError): completed steps are skipped, an interrupted one reruns (its mask training
+    and fine-tuning resume from their checkpoints); with no run there, start afresh."""
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     read_model_config(model_dir)  # one-line error for a broken model directory
+    if resume and cfg.method == "unstructured":
+        raise ConfigError("--resume: an unstructured prune cannot be resumed; pass --overwrite to "
+                          "start it again")
     inputs = [model_dir, data_dir, cfg.latency_table]
     check_output_dir(out_dir, True, inputs)  # an input is never the output: not even locked
+    info = _run_info(cfg, model_dir, data_dir)
     with output_lock(out_dir, "prune"):  # then, as the only writer, what the folder holds
-        check_output_dir(out_dir, overwrite, inputs)
-        if overwrite:
-            clear_output_dir(out_dir)
+        if not _resumable(out_dir, info, resume, overwrite, show_progress):
+            _start_run(out_dir, info, overwrite, inputs)
         threads = torch.get_num_threads()
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         try:
-            if cfg.method == "unstructured":
-                return _prune_unstructured(model_dir, data_dir, out_dir, cfg, show_progress)
-            return _prune(model_dir, data_dir, out_dir, cfg, show_progress)
+            with _undo_empty_start(out_dir):
+                if cfg.method == "unstructured":
+                    return _prune_unstructured(model_dir, data_dir, out_dir, cfg, show_progress)
+                return _prune(model_dir, data_dir, out_dir, cfg, show_progress)
         finally:
             torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _undo_empty_start(out_dir: Path) -> Iterator[None]:
+    """A run that fails before writing anything but steps/run.json leaves nothing behind (the
+    output lock then removes the folder it created)."""
+    try:
+        yield
+    except BaseException:
+        steps = out_dir / STEPS_DIR
+        if steps.is_dir() and [p.name for p in steps.iterdir()] == [RUN_JSON]:
+            shutil.rmtree(steps)
+        raise
+
+
+def _run_info(cfg: PruneConfig, model_dir: Path, data_dir: Path) -> dict:
+    """steps/run.json: what a resumed run must share with the one it continues."""
+    return {"config": config_to_dict(cfg), "model": str(model_dir.resolve()),
+            "data": str(data_dir.resolve())}
+
+
+def _unfinished(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a prune run that started (steps/run.json) and did not publish
+    prune.json (written last)."""
+    return (out_dir / STEPS_DIR / RUN_JSON).is_file() and not (out_dir / PRUNE_JSON).exists()
+
+
+def _resumable(out_dir: Path, info: dict, resume: bool, overwrite: bool, show: bool) -> bool:
+    """With ``resume``: True for an unfinished run of the same config and inputs (a DataError
+    naming the fields that differ otherwise); a finished run is refused unless ``overwrite``;
+    no run at all: False (start afresh, as ``train --resume`` does)."""
+    if not resume:
+        return False
+    if _unfinished(out_dir):
+        saved = read_json(out_dir / STEPS_DIR / RUN_JSON)
+        differ = [f"config.{k}" for k in sorted(set(saved.get("config", {})) | set(info["config"]))
+                  if saved.get("config", {}).get(k) != info["config"].get(k)]
+        differ += [k for k in ("model", "data") if saved.get(k) != info[k]]
+        if differ:
+            raise DataError(out_dir, f"cannot resume: its run has a different {', '.join(differ)}; pass "
+                                     "the same settings, or --overwrite to start again")
+        return True
+    if (out_dir / PRUNE_JSON).exists() and not overwrite:
+        raise DataError(out_dir, "holds a finished prune run (prune.json), nothing to resume; pass "
+                                 "--overwrite to replace it, or choose another output folder")
+    Console(stderr=True, quiet=not show).print(
+        f"resume: no unfinished prune run in {out_dir}, starting afresh", markup=False, highlight=False)
+    return False
+
+
+def _start_run(out_dir: Path, info: dict, overwrite: bool, inputs: list) -> None:
+    """A fresh run: refuse (or, ``overwrite``, clear) what ``out_dir`` holds, then write
+    steps/run.json first."""
+    resumable = _unfinished(out_dir) and info["config"]["method"] == "structured"
+    check_output_dir(out_dir, overwrite, inputs, hint=RESUME_HINT if resumable else "")
+    if overwrite:
+        clear_output_dir(out_dir)
+    write_json_atomic(out_dir / STEPS_DIR / RUN_JSON, info)
+
+
+@dataclass
+class _Run:
+    """What every step of a structured prune reads."""
+    cfg: PruneConfig
+    model_dir: Path
+    data_dir: Path
+    frontend: Frontend
+    original: AcousticModel
+    calib: list[dict]
+    sens_batches: list[dict]
+    cost0: dict[str, float]
+    console: Console
+    show: bool
 
 
 def _prune(model_dir: Path, data_dir: Path, out_dir: Path, cfg: PruneConfig, show: bool) -> dict:
@@ -208,65 +293,128 @@ def _prune(model_dir: Path, data_dir: Path, out_dir: Path, cfg: PruneConfig, sho
     record: dict[str, Any] = {
         "source": str(model_dir), "criterion": cfg.criterion, "config": config_to_dict(cfg),
         "original": {**cost0, "widths": _widths(original)}, "steps": []}
+    run = _Run(cfg, model_dir, data_dir, frontend, original, calib, sens_batches, cost0, console, show)
     model, current_dir = original, model_dir
     latency0: float | None = None  # the unpruned model's time in the first latency table
     for k in range(1, cfg.steps + 1):
         step_dir = out_dir / STEPS_DIR / str(k)
-        row: dict[str, Any] = {"step": k}
-        if k == 1 and cfg.remove_layers:
-            model, row["removed_layers"] = _remove_layers(model, cfg.remove_layers, sens_batches, console)
-        goal = (1.0 - cfg.target.fraction) ** (k / cfg.steps) * cost0[cfg.target.kind] \
-            if cfg.target.kind != "latency" else None
-        table = None
-        if cfg.target.latency_share is not None and not cfg.ratios:
-            table = _latency_table(model, cfg, k, step_dir, show)
-            if latency0 is None:  # layers removed first: time the unpruned model as the table does
-                latency0 = table.base_ms if not cfg.remove_layers else measure_latency(
-                    original, table.seconds, table.threads, feat_dim=original.config.num_features)["latency_ms_p50"]
-            row["latency_ms_table"] = table.base_ms
-        changes = {}
-        if goal is not None:
-            changes["fraction"] = 1.0 - goal / model_cost(model, cfg.target.kind)
-        if table is not None:
-            share = 1.0 - (1.0 - cfg.target.latency_share) ** (k / cfg.steps) * latency0 / table.base_ms
-            changes["fraction" if cfg.target.kind == "latency" else "latency_fraction"] = share
-        row["fraction_of_current"] = changes.get("fraction")
-        if (cfg.ratios or cfg.remove_below is not None or changes.get("fraction", 0) > 0
-                or changes.get("latency_fraction", 0) > 0):
-            step_target = PruneTarget(**{**config_to_dict(cfg.target), **{
-                key: max(v, EPS) for key, v in changes.items()}})
-            if cfg.criterion == "learned":  # masks trained with KD: the student itself is pruned
-                model = _learned(model, cfg, step_target, calib, step_dir, console, table, row)
-                keep = {n: list(range(w)) for n, w in _widths(model).items()}
-            else:
-                keep = _choose(model, cfg, step_target, calib, sens_batches, step_dir, console, table, row)
-                model = prune_model(model, keep).eval()
-            if table is not None:
-                row["latency_ms_predicted"] = table.predict({n: len(v) for n, v in keep.items()})
-        _save(model, frontend, step_dir / "pruned", {"step": "prune", "source": str(model_dir)})
-        row.update({"macs": model_cost(model, "macs"), "params": model_cost(model, "params"),
-                    "widths": _widths(model), "dev_loss_pruned": _mean_loss(model, sens_batches)})
-        if table is not None:
-            row["latency_ms_measured"] = measure_latency(model, table.seconds, table.threads,
-                                                         feat_dim=model.config.num_features)["latency_ms_p50"]
-        console.print(f"step {k}: {row['macs'] / cost0['macs']:.1%} of the MACs, "
-                      f"{row['params'] / cost0['params']:.1%} of the params, "
-                      f"dev loss {row['dev_loss_pruned']:.3f}"
-                      + (f", {row['latency_ms_measured']:.1f} ms (predicted {row['latency_ms_predicted']:.1f}, "
-                         f"unpruned {latency0:.1f})" if "latency_ms_predicted" in row else ""),
-                      markup=False, highlight=False)
-        current_dir = step_dir / "pruned"
-        if cfg.finetune_epochs > 0:
-            tuned = step_dir / "finetuned"
-            result = _finetune(current_dir, model_dir, data_dir, tuned, cfg, show)
-            current_dir, model = tuned, load_model(tuned).eval()
-            row.update({"dev_wer_finetuned": result["dev_wer"], "finetune_seconds": result["train_seconds"],
-                        "dev_loss_finetuned": _mean_loss(model, sens_batches),
-                        "learned_nothing": result["learned_nothing"]})
+        model, current_dir, row, latency0 = _step(run, k, step_dir, model, latency0)
         record["steps"].append(row)
     _finish_record(record, model, cost0, latency0)
     _publish(current_dir, out_dir, record)
     return record
+
+
+def _step(run: _Run, k: int, step_dir: Path, model: AcousticModel, latency0: float | None
+          ) -> tuple[AcousticModel, Path, dict, float | None]:
+    """Step ``k``: prune, then fine-tune; returns the model, its folder, the record row and the
+    unpruned latency. A step completed before (steps/k/row.json: a resumed run) is not redone:
+    its row is read and its model loaded from its last folder."""
+    done = _read_step(step_dir / ROW_JSON)
+    if done is not None:
+        current_dir = step_dir / "finetuned" if (step_dir / "finetuned" / TRAINING_NAME).is_file() \
+            else step_dir / "pruned"
+        run.console.print(f"step {k}: completed before, skipped", markup=False, highlight=False)
+        return load_model(current_dir).eval(), current_dir, *done
+    model, row, latency0 = _prune_step(run, k, step_dir, model, latency0)
+    current_dir = step_dir / "pruned"
+    if run.cfg.finetune_epochs > 0:
+        model, current_dir = _finetune_step(run, step_dir, row)
+    write_json_atomic(step_dir / ROW_JSON, {"row": row, "latency0": latency0})
+    return model, current_dir, row, latency0
+
+
+def _read_step(path: Path) -> tuple[dict, float | None] | None:
+    """The row and unpruned latency a step saved at ``path`` (None: not there)."""
+    if not path.is_file():
+        return None
+    saved = read_json(path)
+    return saved["row"], saved["latency0"]
+
+
+def _prune_step(run: _Run, k: int, step_dir: Path, model: AcousticModel, latency0: float | None
+                ) -> tuple[AcousticModel, dict, float | None]:
+    """Prune the model of step ``k - 1`` into steps/k/pruned; the row so far is saved beside it
+    (steps/k/pruned_row.json), so a resumed run whose fine-tuning was interrupted reloads both."""
+    saved = _read_step(step_dir / PRUNED_ROW_JSON)
+    if saved is not None and (step_dir / "pruned").is_dir():
+        return load_model(step_dir / "pruned").eval(), *saved
+    cfg, console, cost0 = run.cfg, run.console, run.cost0
+    row: dict[str, Any] = {"step": k}
+    if k == 1 and cfg.remove_layers:
+        model, row["removed_layers"] = _remove_layers(model, cfg.remove_layers, run.sens_batches, console)
+    table = None
+    if cfg.target.latency_share is not None and not cfg.ratios:
+        table = _latency_table(model, cfg, k, step_dir, run.show)
+        if latency0 is None:  # layers removed first: time the unpruned model as the table does
+            latency0 = table.base_ms if not cfg.remove_layers else measure_latency(
+                run.original, table.seconds, table.threads,
+                feat_dim=run.original.config.num_features)["latency_ms_p50"]
+        row["latency_ms_table"] = table.base_ms
+    step_target = _step_target(run, k, model, table, latency0, row)
+    if step_target is not None:
+        if cfg.criterion == "learned":  # masks trained with KD: the student itself is pruned
+            model = _learned(model, cfg, step_target, run.calib, step_dir, console, table, row)
+            keep = {n: list(range(w)) for n, w in _widths(model).items()}
+        else:
+            keep = _choose(model, cfg, step_target, run.calib, run.sens_batches, step_dir, console,
+                           table, row)
+            model = prune_model(model, keep).eval()
+        if table is not None:
+            row["latency_ms_predicted"] = table.predict({n: len(v) for n, v in keep.items()})
+    _save(model, run.frontend, step_dir / "pruned", {"step": "prune", "source": str(run.model_dir)})
+    row.update({"macs": model_cost(model, "macs"), "params": model_cost(model, "params"),
+                "widths": _widths(model), "dev_loss_pruned": _mean_loss(model, run.sens_batches)})
+    if table is not None:
+        row["latency_ms_measured"] = measure_latency(model, table.seconds, table.threads,
+                                                     feat_dim=model.config.num_features)["latency_ms_p50"]
+    console.print(f"step {k}: {row['macs'] / cost0['macs']:.1%} of the MACs, "
+                  f"{row['params'] / cost0['params']:.1%} of the params, "
+                  f"dev loss {row['dev_loss_pruned']:.3f}"
+                  + (f", {row['latency_ms_measured']:.1f} ms (predicted {row['latency_ms_predicted']:.1f}, "
+                     f"unpruned {latency0:.1f})" if "latency_ms_predicted" in row else ""),
+                  markup=False, highlight=False)
+    write_json_atomic(step_dir / PRUNED_ROW_JSON, {"row": row, "latency0": latency0})
+    return model, row, latency0
+
+
+def _step_target(run: _Run, k: int, model: AcousticModel, table: LatencyTable | None,
+                 latency0: float | None, row: dict) -> PruneTarget | None:
+    """Step ``k``'s target for ``model``: the share of its cost (and time) to remove so that the
+    run is at ``(1 - fraction) ** (k / steps)`` of the original; None: nothing to remove."""
+    cfg = run.cfg
+    changes = {}
+    if cfg.target.kind != "latency":
+        goal = (1.0 - cfg.target.fraction) ** (k / cfg.steps) * run.cost0[cfg.target.kind]
+        changes["fraction"] = 1.0 - goal / model_cost(model, cfg.target.kind)
+    if table is not None:
+        share = 1.0 - (1.0 - cfg.target.latency_share) ** (k / cfg.steps) * latency0 / table.base_ms
+        changes["fraction" if cfg.target.kind == "latency" else "latency_fraction"] = share
+    row["fraction_of_current"] = changes.get("fraction")
+    if not (cfg.ratios or cfg.remove_below is not None or changes.get("fraction", 0) > 0
+            or changes.get("latency_fraction", 0) > 0):
+        return None
+    return PruneTarget(**{**config_to_dict(cfg.target), **{
+        key: max(v, EPS) for key, v in changes.items()}})
+
+
+def _finetune_step(run: _Run, step_dir: Path, row: dict) -> tuple[AcousticModel, Path]:
+    """Fine-tune steps/k/pruned into steps/k/finetuned (resumed from its last checkpoint when a
+    killed run left one; a fine-tuning that finished already is only reloaded)."""
+    tuned = step_dir / "finetuned"
+    if (tuned / TRAINING_NAME).is_file():
+        result = read_json(tuned / TRAINING_NAME)
+    else:
+        resume = (tuned / CHECKPOINTS / LAST).is_dir()
+        if not resume and tuned.exists():
+            shutil.rmtree(tuned)  # killed before its first checkpoint: start it afresh
+        result = _finetune(step_dir / "pruned", run.model_dir, run.data_dir, tuned, run.cfg, run.show,
+                           resume)
+    model = load_model(tuned).eval()
+    row.update({"dev_wer_finetuned": result["dev_wer"], "finetune_seconds": result["train_seconds"],
+                "dev_loss_finetuned": _mean_loss(model, run.sens_batches),
+                "learned_nothing": result["learned_nothing"]})
+    return model, tuned
 
 
 def _finish_record(record: dict, model: AcousticModel, cost0: dict, latency0: float | None) -> None:
@@ -462,8 +610,10 @@ def _remove_layers(model: AcousticModel, count: int, batches: list[dict], consol
     return model.eval(), removed
 
 
-def _finetune(pruned: Path, teacher: Path, data_dir: Path, out: Path, cfg: PruneConfig, show: bool) -> dict:
-    """Fine-tune the pruned model (CTC, or CTC + KD from the unpruned teacher)."""
+def _finetune(pruned: Path, teacher: Path, data_dir: Path, out: Path, cfg: PruneConfig, show: bool,
+              resume: bool = False) -> dict:
+    """Fine-tune the pruned model (CTC, or CTC + KD from the unpruned teacher); ``resume``:
+    continue from ``out``'s last checkpoint."""
     loss = (["loss.ctc_weight=0.5", "loss.kd_weight=0.5", *cfg.distill_overrides] if cfg.distill
             else ["loss.ctc_weight=1.0", "loss.kd_weight=0.0"])
     overrides = [f"teacher.path={teacher}", "student.init=path", f"student.path={pruned}",
@@ -471,7 +621,7 @@ def _finetune(pruned: Path, teacher: Path, data_dir: Path, out: Path, cfg: Prune
                  *_sparsity_overrides(cfg), *cfg.finetune_overrides]
     if cfg.num_threads:
         overrides.append(f"train.num_threads={cfg.num_threads}")
-    return distill_model({}, data_dir, out, overrides=overrides, show_progress=show)
+    return distill_model({}, data_dir, out, resume=resume, overrides=overrides, show_progress=show)
 
 
 def _batches(frontend: Frontend, cuts: Any, max_cuts: int, seconds: float) -> Iterator[dict]:
