@@ -32,6 +32,7 @@ from slimasr.prune.groups import ActivationSite, Group
 
 BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1  # hard-concrete temperature and stretch (Louizos et al.)
 EPS = 1e-6  # keeps the uniform noise away from 0 and 1
+DEPTH = "depth"  # the key of the per-block depth gates (no group is named so)
 
 
 def log_alpha_for(keep: float) -> float:
@@ -61,17 +62,27 @@ class GroupGate(nn.Module):
 
 
 class ModelGates(nn.Module):
-    """One ``GroupGate`` per group (keyed by group name); see the module docstring."""
+    """One ``GroupGate`` per group (keyed by group name), and with ``depth = (prefix, layers)``
+    one per residual block of the ModuleList ``prefix`` (keyed ``DEPTH``); see the module docstring."""
 
-    def __init__(self, groups: list[Group], init_keep: float = 0.9):
+    def __init__(self, groups: list[Group], init_keep: float = 0.9, depth: tuple[str, int] | None = None):
         super().__init__()
         self.groups = {g.name: g for g in groups}
         self.gates = nn.ModuleDict({_key(g.name): GroupGate(g.size, log_alpha_for(init_keep)) for g in groups})
+        self.depth = depth
+        if depth is not None:  # registered only when asked: unit-only states keep their keys
+            self.depth_gate = GroupGate(depth[1], log_alpha_for(init_keep))
         self.mode: Literal["sample", "deterministic", "fixed"] = "sample"
-        self.fixed: dict[str, Tensor] = {}  # mode "fixed": group name -> (size,) gate values
+        self.fixed: dict[str, Tensor] = {}  # mode "fixed": group name (or DEPTH) -> (size,) gate values
 
     def gate(self, name: str) -> GroupGate:
+        if name == DEPTH and self.depth is not None:
+            return self.depth_gate
         return self.gates[_key(name)]
+
+    def names(self) -> list[str]:
+        """Group names, then ``DEPTH`` when there are depth gates."""
+        return list(self.groups) + ([DEPTH] if self.depth is not None else [])
 
     def values(self, name: str) -> Tensor:
         """The (size,) gate values of group ``name`` in the current mode."""
@@ -81,11 +92,17 @@ class ModelGates(nn.Module):
         return g.sample() if self.mode == "sample" else g.deterministic()
 
     def keep_probs(self) -> dict[str, Tensor]:
-        return {name: self.gate(name).keep_prob() for name in self.groups}
+        """{group: (size,) P(gate != 0)}, and ``DEPTH``: (layers,) when there are depth gates."""
+        return {name: self.gate(name).keep_prob() for name in self.names()}
 
     def attach(self, model: nn.Module) -> list:
-        """Forward (pre-)hooks on every group's site; returns the handles (``remove()`` them)."""
-        return [_hook(model, group.activation, self, name) for name, group in self.groups.items()]
+        """Forward (pre-)hooks on every group's site (and on every block for the depth gates);
+        returns the handles (``remove()`` them)."""
+        handles = [_hook(model, group.activation, self, name) for name, group in self.groups.items()]
+        if self.depth is not None:
+            prefix, layers = self.depth
+            handles += [_block_hook(model.get_submodule(f"{prefix}.{i}"), self, i) for i in range(layers)]
+        return handles
 
 
 def _key(name: str) -> str:
@@ -118,3 +135,12 @@ def _hook(model: nn.Module, site: ActivationSite, gates: ModelGates, name: str):
             return (_apply(out[0], site, gates.values(name)), *out[1:])
         return _apply(out, site, gates.values(name))
     return module.register_forward_hook(post)
+
+
+def _block_hook(block: nn.Module, gates: ModelGates, i: int):
+    """Block i's output y -> z y + (1 - z) x, x the block's input (exact identity at z = 0,
+    exactly the block at z = 1)."""
+    def post(_m, args, out):
+        z = gates.values(DEPTH)[i].to(out.dtype)
+        return z * out + (1 - z) * args[0]
+    return block.register_forward_hook(post)

@@ -25,6 +25,19 @@ become inequalities (``r - t`` clipped at 0): two equalities can contradict each
 Binarized (``binarize``): by the deterministic gate (> 0.5), or ranked by keep-probability until
 the target is met exactly; ``pruned_student`` folds the gate values into the readers' columns
 and removes the other units from the mask-trained student.
+
+Depth gates (``LearnedConfig.depth``, residual blocks only: the Conformer's; a CRNN's LSTM layers
+and a DNN's hidden layers are not residual and get none): one more hard-concrete gate per block,
+applied as ``x + z (block(x) - x)`` (``slimasr.prune.gates``; z = 0 is the model without the
+block). The cost counts a block's MACs only when its gate is kept: with k_i the block's gate in
+{0, 1}, ``c = C(n) - sum_i (1 - k_i) (B_i + sum_(terms t of block i) t)``, B_i the block's cost
+at full width (measured: the model minus the model with the block removed by ``select_layers``)
+and the terms those of its groups (a term coupling two blocks' groups is kept with the product of
+their gates). Block and unit gates are independent, so ``E[c]`` replaces k_i by P(block kept):
+differentiable, and the counted MACs of the binarized model (blocks removed) when all gates are
+0 or 1. Binarized, the blocks rank with the units (``rank``) or keep a deterministic gate > 0.5
+(``threshold``), at least one block always; kept blocks run whole (their gate value is not
+folded: exact when it is 1), the others are removed by ``select_layers`` after the unit surgery.
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ from __future__ import annotations
 import copy
 import itertools
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Mapping
 
@@ -46,11 +59,11 @@ from safetensors.torch import load_file, save_file
 
 from slimasr.io import atomic_dir, read_json, write_json_atomic
 from slimasr.models.common import AcousticModel
-from slimasr.prune.gates import ModelGates
-from slimasr.prune.groups import Group, prunable_groups
+from slimasr.prune.gates import DEPTH, ModelGates
+from slimasr.prune.groups import Group, layer_stack, prunable_groups
 from slimasr.prune.latency import LatencyTable
 from slimasr.prune.plan import model_cost
-from slimasr.prune.surgery import prune_model
+from slimasr.prune.surgery import prune_model, select_layers
 from slimasr.train.checkpoint import optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state
 
 GATE_OPEN = 0.5  # binarize "threshold": a unit stays when its deterministic gate exceeds this
@@ -70,6 +83,7 @@ class LearnedConfig:
     batch_seconds: float = 60.0  # audio per mask-training batch
     binarize: Literal["rank", "threshold"] = "rank"  # rank: meet the target exactly; threshold: z > 0.5
     checkpoint_every: int = 100  # steps between mask-training checkpoints (resumable)
+    depth: bool = False  # also one gate per residual block (Conformer), removed when it closes
 
     def __post_init__(self) -> None:
         check_numbers("learned", self, positive=("steps", "lr", "gate_lr", "lambda_lr", "batch_seconds",
@@ -92,9 +106,14 @@ class CostModel:
     linear: dict[str, float]  # a_g
     square: dict[str, float]  # q_g
     pairs: dict[tuple[str, str], float]  # b_gh for groups slicing a common tensor
+    blocks: list[float] = field(default_factory=list)  # depth: B_i, block i's cost at full width
+    block_of: dict[str, int] = field(default_factory=dict)  # depth: group -> its block
 
     @classmethod
-    def fit(cls, model: AcousticModel, kind: str = "macs", groups: list[Group] | None = None) -> CostModel:
+    def fit(cls, model: AcousticModel, kind: str = "macs", groups: list[Group] | None = None,
+            depth: tuple[str, int] | None = None) -> CostModel:
+        """The polynomial's coefficients from the counter; ``depth = (prefix, layers)`` (see
+        ``depth_layers``) also measures each block's cost, for the depth gates."""
         groups = groups if groups is not None else gateable_groups(model)
         measure = _measurer(model, kind)
         full = measure({})
@@ -108,25 +127,60 @@ class CostModel:
             one = lin[g.name] * (a - g.size) + sq[g.name] * (a * a - g.size ** 2)
             other = lin[h.name] * (b - h.size) + sq[h.name] * (b * b - h.size ** 2)
             pairs[(g.name, h.name)] = (both - one - other) / ((a - g.size) * (b - h.size))
-        return cls(full, {g.name: g.size for g in groups}, lin, sq, pairs)
+        blocks, block_of = [], {}
+        if depth is not None:
+            prefix, layers = depth
+            for i in range(layers):
+                rest = [j for j in range(layers) if j != i]
+                blocks.append(full - float(model_cost(select_layers(model, rest), kind)))
+                block_of.update({g.name: i for g in groups if g.name.startswith(f"{prefix}.{i}.")})
+        return cls(full, {g.name: g.size for g in groups}, lin, sq, pairs, blocks, block_of)
 
-    def at(self, widths: Mapping[str, float]) -> float:
-        """Cost at deterministic widths (groups not named keep their full width)."""
+    def at(self, widths: Mapping[str, float], blocks: Iterable[int] | None = None) -> float:
+        """Cost at deterministic widths (groups not named keep their full width); ``blocks``:
+        the kept blocks when the depth gates are on (None: all)."""
         m = {k: torch.tensor(float(widths.get(k, n)), dtype=torch.float64) for k, n in self.sizes.items()}
-        return float(self._cost(m, {k: v * v for k, v in m.items()}))
+        kept = None
+        if blocks is not None and self.blocks:
+            kept = torch.zeros(len(self.blocks), dtype=torch.float64)
+            kept[list(blocks)] = 1.0
+        return float(self._cost(m, {k: v * v for k, v in m.items()}, kept))
 
     def expected(self, probs: Mapping[str, Tensor]) -> Tensor:
-        """E[cost] for independent gates with keep-probabilities ``probs`` (group -> (size,))."""
+        """E[cost] for independent gates with keep-probabilities ``probs`` (group -> (size,);
+        ``DEPTH`` -> (blocks,) P(block kept), when there are depth gates)."""
         mean = {k: probs[k].double().sum() for k in self.sizes}
         second = {k: mean[k] ** 2 + (probs[k].double() * (1 - probs[k].double())).sum() for k in self.sizes}
-        return self._cost(mean, second)
+        kept = probs[DEPTH].double() if DEPTH in probs and self.blocks else None
+        return self._cost(mean, second, kept)
 
-    def _cost(self, mean: Mapping[str, Tensor], second: Mapping[str, Tensor]) -> Tensor:
+    def _cost(self, mean: Mapping[str, Tensor], second: Mapping[str, Tensor], kept: Tensor | None = None
+              ) -> Tensor:
+        if kept is not None:
+            return self._cost_with_blocks(mean, second, kept)
         total = torch.tensor(self.full, dtype=torch.float64)
         for k, n in self.sizes.items():
             total = total + self.linear[k] * (mean[k] - n) + self.square[k] * (second[k] - n * n)
         for (g, h), b in self.pairs.items():
             total = total + b * (mean[g] - self.sizes[g]) * (mean[h] - self.sizes[h])
+        return total
+
+    def _cost_with_blocks(self, mean: Mapping[str, Tensor], second: Mapping[str, Tensor], kept: Tensor
+                          ) -> Tensor:
+        """``_cost`` with block i's own cost and its groups' terms multiplied by ``kept[i]``
+        (0/1, or P(block kept): gates independent of the unit gates)."""
+        def weight(*names: str) -> Tensor | float:
+            out: Tensor | float = 1.0
+            for i in {self.block_of[k] for k in names if k in self.block_of}:
+                out = out * kept[i]
+            return out
+
+        b = torch.tensor(self.blocks, dtype=torch.float64)
+        total = torch.tensor(self.full, dtype=torch.float64) - b.sum() + (kept * b).sum()
+        for k, n in self.sizes.items():
+            total = total + weight(k) * (self.linear[k] * (mean[k] - n) + self.square[k] * (second[k] - n * n))
+        for (g, h), c in self.pairs.items():
+            total = total + weight(g, h) * c * (mean[g] - self.sizes[g]) * (mean[h] - self.sizes[h])
         return total
 
 
@@ -168,6 +222,17 @@ def _interp(x: Tensor, xs: list[float], ys: list[float]) -> Tensor:
 def gateable_groups(model: AcousticModel) -> list[Group]:
     """Groups that can lose a unit (wider than their ``min_size``)."""
     return [g for g in prunable_groups(model) if g.size > g.min_size]
+
+
+def depth_layers(model: AcousticModel) -> tuple[str, int] | None:
+    """(ModuleList prefix, number of blocks) for the depth gates: residual blocks only (the
+    Conformer's; ConfigError for a family whose layers chain: CRNN, DNN); None with one block
+    (it cannot be removed)."""
+    stack = layer_stack(model)
+    if stack.widths is not None:
+        raise ConfigError(f"learned.depth: the {model.arch} family has no residual blocks (its "
+                          f"{stack.prefix} are not residual); depth gates apply to Conformer blocks")
+    return (stack.prefix, stack.num_layers) if stack.num_layers > 1 else None
 
 
 def _measurer(model: AcousticModel, kind: str):
@@ -215,7 +280,8 @@ def binarize(gates: ModelGates, cost: CostModel, fraction: float, how: str = "ra
     units whose deterministic gate is > 0.5; ``rank``: the fewest lowest-probability units whose
     removal brings the cost to at most ``(1 - fraction)`` of the full cost (and, with
     ``latency = (cost, share)``, the predicted time to ``1 - share`` of it). Each group keeps at
-    least its ``min_size`` units (its most probable)."""
+    least its ``min_size`` units (its most probable). With depth gates, ``keep[DEPTH]`` lists the
+    kept blocks (ranked with the units; at least one); ``apply_keep`` applies such a keep-list."""
     with torch.no_grad():
         probs = {k: v.detach().double() for k, v in gates.keep_probs().items()}
         if how == "threshold":
@@ -228,12 +294,19 @@ def binarize(gates: ModelGates, cost: CostModel, fraction: float, how: str = "ra
         lo, hi = 0, len(order)  # remove the first k units of ``order``: find the smallest k that fits
         while lo < hi:
             mid = (lo + hi) // 2
-            w = _widths(_with_minimum(gates, probs, _kept(probs, order[:mid])))
-            if all(c.at(w) <= limit for c, limit in limits):
+            keep = _with_minimum(gates, probs, _kept(probs, order[:mid]))
+            if all(_cost_at(c, keep) <= limit for c, limit in limits):
                 hi = mid
             else:
                 lo = mid + 1
         return _with_minimum(gates, probs, _kept(probs, order[:lo]))
+
+
+def _cost_at(cost: Any, keep: Mapping[str, list[int]]) -> float:
+    """``cost.at`` the binarized state ``keep`` (kept blocks under ``DEPTH``, if any)."""
+    if DEPTH in keep and isinstance(cost, CostModel):
+        return cost.at(_widths(keep), keep[DEPTH])
+    return cost.at(_widths(keep))
 
 
 def _kept(probs: Mapping[str, Tensor], removed: Iterable[tuple[float, str, int]]) -> dict[str, list[int]]:
@@ -247,7 +320,7 @@ def _with_minimum(gates: ModelGates, probs: Mapping[str, Tensor], keep: dict[str
                   ) -> dict[str, list[int]]:
     out = {}
     for k, idx in keep.items():
-        need = gates.groups[k].min_size - len(idx)
+        need = (1 if k == DEPTH else gates.groups[k].min_size) - len(idx)  # at least one block
         if need > 0:
             extra = [j for j in torch.argsort(probs[k], descending=True).tolist() if j not in idx][:need]
             idx = sorted(idx + extra)
@@ -256,7 +329,19 @@ def _with_minimum(gates: ModelGates, probs: Mapping[str, Tensor], keep: dict[str
 
 
 def _widths(keep: Mapping[str, list[int]]) -> dict[str, int]:
-    return {k: len(v) for k, v in keep.items()}
+    """Group widths of a keep-list (the kept blocks, ``DEPTH``, are not a width)."""
+    return {k: len(v) for k, v in keep.items() if k != DEPTH}
+
+
+def apply_keep(model: AcousticModel, keep: Mapping[str, list[int]]) -> AcousticModel:
+    """``model`` with the units not in ``keep`` removed (``prune_model``), then the blocks not in
+    ``keep[DEPTH]`` (``select_layers``; the kept blocks' weights are untouched)."""
+    units = {k: v for k, v in keep.items() if k != DEPTH}
+    small = prune_model(model, units) if units else copy.deepcopy(model)
+    blocks = keep.get(DEPTH)
+    if blocks is not None and len(blocks) < layer_stack(small).num_layers:
+        small = select_layers(small, blocks)
+    return small
 
 
 @torch.no_grad()
@@ -280,10 +365,15 @@ def fold_gates_(model: AcousticModel, gates: ModelGates) -> None:
 
 
 def pruned_student(state: MaskState, keep: Mapping[str, list[int]]) -> AcousticModel:
-    """The mask-trained student, gates folded into its weights, units not in ``keep`` removed."""
+    """The mask-trained student, gates folded into its weights, units not in ``keep`` removed
+    (and the blocks not in ``keep[DEPTH]``; kept blocks run whole, see the module docstring)."""
     student = copy.deepcopy(state.student).eval()
     fold_gates_(student, state.gates)
-    return prune_model(student, {k: v for k, v in keep.items() if len(v) < state.gates.groups[k].size}).eval()
+    small = prune_model(student, {k: v for k, v in keep.items()
+                                  if k != DEPTH and len(v) < state.gates.groups[k].size})
+    if DEPTH in keep:
+        small = apply_keep(small, {DEPTH: keep[DEPTH]})
+    return small.eval()
 
 
 # ---- training -----------------------------------------------------------------------------------
@@ -352,7 +442,7 @@ def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torc
 def new_state(model: AcousticModel, cfg: LearnedConfig, groups: list[Group], constraints: int = 1
               ) -> MaskState:
     student = copy.deepcopy(model).train()
-    gates = ModelGates(groups, cfg.init_keep)
+    gates = ModelGates(groups, cfg.init_keep, depth_layers(model) if cfg.depth else None)
     lambdas = torch.zeros(2 * constraints, requires_grad=True)
     curves = ["step", "expected_ratio", "target_ratio", "lambda1", "lambda2", "loss", "task_loss"]
     if constraints > 1:
@@ -374,7 +464,13 @@ def train_masks(model: AcousticModel, batches: Iterable[dict], cfg: LearnedConfi
     is called every tenth of the steps. ``latency = (cost, share)`` adds a second constraint
     (its own multipliers): the predicted time at most ``1 - share`` of the unpruned one."""
     groups = gateable_groups(model)
-    cost = cost or CostModel.fit(model, "macs", groups)
+    depth = depth_layers(model) if cfg.depth else None
+    cost = cost or CostModel.fit(model, "macs", groups, depth)
+    if depth is not None and not cost.blocks:
+        raise ValueError("learned.depth: the cost model has no block costs (CostModel.fit(..., depth=...))")
+    if depth is not None and latency is not None:
+        raise ConfigError("learned.depth: not with a latency target (the latency table has no "
+                          "block removal); use a macs or params target")
     torch.manual_seed(seed)
     constraints = [(cost, fraction)] + ([latency] if latency is not None else [])
     state = new_state(model, cfg, groups, len(constraints))
@@ -486,10 +582,14 @@ def learned_record(state: MaskState, cost: CostModel, keep: Mapping[str, list[in
     with torch.no_grad():
         probs = state.gates.keep_probs()
         expected = float(cost.expected(probs))
-    return {"kind": kind, "widths": _widths(keep), "original": cost.full, "expected": expected,
-            "binarized_predicted": cost.at(_widths(keep)), "actual": actual, "steps": state.step,
-            "lambdas": state.lambdas.detach().tolist(),
-            "expected_widths": {k: float(v.sum()) for k, v in probs.items()}, "curves": state.curves}
+    out = {"kind": kind, "widths": _widths(keep), "original": cost.full, "expected": expected,
+           "binarized_predicted": _cost_at(cost, keep), "actual": actual, "steps": state.step,
+           "lambdas": state.lambdas.detach().tolist(),
+           "expected_widths": {k: float(v.sum()) for k, v in probs.items() if k != DEPTH}, "curves": state.curves}
+    if DEPTH in keep:  # depth gates: the kept blocks (original numbering) and P(kept) per block
+        out["blocks"] = list(keep[DEPTH])
+        out["block_keep_probs"] = probs[DEPTH].tolist()
+    return out
 
 
 def learned_prune(model: AcousticModel, cfg: LearnedConfig, kind: str, fraction: float,
@@ -500,7 +600,10 @@ def learned_prune(model: AcousticModel, cfg: LearnedConfig, kind: str, fraction:
     resumed when there), binarize them, record them in ``row["learned"]``, plot the curves
     (``step_dir/learned.png``) and return the pruned mask-trained student (gates folded into its
     weights). The gates and multipliers are not kept in the model."""
-    cost = CostModel.fit(model, kind)
+    if cfg.depth and table is not None and latency_share is not None:
+        raise ConfigError("learned.depth: not with a latency target (the latency table has no "
+                          "block removal); use a macs or params target")
+    cost = CostModel.fit(model, kind, depth=depth_layers(model) if cfg.depth else None)
     latency = None
     if table is not None and latency_share is not None:
         latency = (LatencyCost(table, cost.sizes), latency_share)

@@ -295,3 +295,142 @@ def test_folded_and_pruned_student_computes_what_the_gated_one_did(name):
     small = pruned_student(state, keep)
     with torch.no_grad():
         torch.testing.assert_close(small(x, lens)[0], gated, atol=1e-5, rtol=1e-5)
+
+
+# ---- depth gates (learned.depth: one gate per residual Conformer block) -------------------------
+
+DEEP = ("conformer", dict(num_features=FEATS, subsampling_channels=[3, 4], d_model=8, num_blocks=3,
+                          num_heads=[2, 3, 2], head_dim=4, ffn_dim=[12, 6, 5, 9, 7, 4],
+                          conv_channels=[8, 6, 5], conv_kernel=3, max_relative_position=3))
+
+
+def deep(seed: int = 0):
+    return random_model(*DEEP, VOCAB, seed)
+
+
+def test_depth_expected_cost_is_the_counted_macs_of_random_unit_and_block_states():
+    from slimasr.prune.gates import DEPTH
+    from slimasr.prune.learned import apply_keep, depth_layers
+
+    model = deep()
+    cost = CostModel.fit(model, depth=depth_layers(model))
+    assert cost.full == model_cost(model, "macs") and len(cost.blocks) == 3
+    gen = torch.Generator().manual_seed(2)
+    for trial in range(8):
+        keep = random_keep(model, gen)
+        keep[DEPTH] = (torch.rand(3, generator=gen) < 0.5).nonzero().flatten().tolist() or [trial % 3]
+        probs = {g: torch.zeros(n).index_fill(0, torch.tensor(keep[g], dtype=torch.long), 1.0)
+                 for g, n in cost.sizes.items()}
+        probs[DEPTH] = torch.zeros(3).index_fill(0, torch.tensor(keep[DEPTH]), 1.0)
+        small = apply_keep(model, keep)
+        assert small.config.num_blocks == len(keep[DEPTH])
+        counted = model_cost(small, "macs")
+        assert abs(float(cost.expected(probs)) - counted) < 0.5, keep
+        assert abs(cost.at({g: len(keep[g]) for g in cost.sizes}, keep[DEPTH]) - counted) < 0.5
+    # no depth probabilities: every block counts (the unit-only cost, unchanged)
+    assert float(cost.expected({g: torch.ones(n) for g, n in cost.sizes.items()})) == cost.full
+    gates = ModelGates(gateable_groups(model), depth=depth_layers(model))
+    e = cost.expected(gates.keep_probs())
+    e.backward()
+    assert (gates.gate(DEPTH).log_alpha.grad > 0).all()  # differentiable in the block gates too
+    assert float(e.detach()) < cost.full
+
+
+def test_a_closed_block_gate_computes_the_model_without_that_block():
+    from slimasr.prune.gates import DEPTH
+    from slimasr.prune.learned import depth_layers, new_state, pruned_student
+    from slimasr.prune.surgery import select_layers
+
+    model = deep()
+    x, lens = torch.randn(2, 40, FEATS), torch.tensor([40, 29])
+    gates = ModelGates(gateable_groups(model), depth=depth_layers(model))
+    gates.mode = "fixed"
+    gates.fixed = {k: torch.ones(g.size) for k, g in gates.groups.items()}
+    with torch.no_grad():
+        before = model(x, lens)[0]
+        handles = gates.attach(model)
+        gates.fixed[DEPTH] = torch.ones(3)
+        assert torch.equal(model(x, lens)[0], before)  # open: bitwise the ungated model
+        for closed in range(3):
+            gates.fixed[DEPTH] = torch.ones(3).index_fill(0, torch.tensor([closed]), 0.0)
+            kept = [i for i in range(3) if i != closed]
+            torch.testing.assert_close(model(x, lens)[0], select_layers(model, kept)(x, lens)[0],
+                                       atol=1e-6, rtol=1e-6, msg=f"block {closed}")
+    for h in handles:
+        h.remove()
+    # binarized: the block ranked last goes first, and the folded, pruned student (units and
+    # block removed) computes what the gated student did with that block closed, the rest at 1
+    state = new_state(model, LearnedConfig(depth=True), gateable_groups(model))
+    with torch.no_grad():
+        state.gates.gate(DEPTH).log_alpha[1] = -5.0
+    keep = binarize(state.gates, CostModel.fit(model, depth=depth_layers(model)), 0.2)
+    assert keep[DEPTH] == [0, 2] and all(len(keep[g]) == n.size for g, n in state.gates.groups.items())
+    small = pruned_student(state, keep)
+    assert small.config.num_blocks == 2
+    state.student.eval()
+    state.gates.mode = "fixed"
+    state.gates.fixed = {k: state.gates.gate(k).deterministic().detach() for k in state.gates.groups}
+    state.gates.fixed[DEPTH] = torch.tensor([1.0, 0.0, 1.0])
+    handles = state.gates.attach(state.student)
+    with torch.no_grad():
+        gated = state.student(x, lens)[0]
+    for h in handles:
+        h.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x, lens)[0], gated, atol=1e-5, rtol=1e-5)
+    assert torch.equal(small.state_dict()["blocks.1.ffn1.up.weight"],  # block 2 renumbered, untouched
+                       state.student.state_dict()["blocks.2.ffn1.up.weight"])  # (no gate folds into up)
+
+
+def test_lagrangian_with_depth_gates_brings_expected_macs_within_2_percent_of_the_target():
+    from slimasr.prune.gates import DEPTH
+    from slimasr.prune.learned import apply_keep
+
+    model = deep()
+    cfg = LearnedConfig(steps=200, warmup_steps=60, lr=1e-3, gate_lr=0.05, lambda_lr=0.05, depth=True)
+    state, cost = train_masks(model, batches(), cfg, fraction=0.5)
+    assert len(cost.blocks) == 3
+    with torch.no_grad():
+        probs = state.gates.keep_probs()
+        ratio = float(cost.expected(probs)) / cost.full
+    assert DEPTH in probs and probs[DEPTH].shape == (3,)
+    assert abs(ratio - 0.5) <= 0.02 * 0.5, ratio
+    keep = binarize(state.gates, cost, 0.5)
+    small = apply_keep(model, keep)
+    assert model_cost(small, "macs") <= 0.5 * cost.full
+    assert abs(cost.at({g: len(keep[g]) for g in cost.sizes}, keep[DEPTH]) - model_cost(small, "macs")) < 0.5
+
+
+def test_depth_gates_refuse_families_without_residual_blocks():
+    from slimasr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no residual blocks"):
+        train_masks(family("crnn-lstm-bi"), batches(), LearnedConfig(steps=1, depth=True), 0.5)
+
+
+def test_cli_prunes_a_conformer_with_depth_gates_into_a_model_directory_that_reloads(tmp_path):
+    from slimasr.prune.learned import DEPTH, apply_keep
+    from slimasr.train import train_model
+
+    data = make_corpus(tmp_path / "data", n_train=8)
+    recipe = tiny_recipe(epochs=1)
+    recipe["model"] = {"preset": None, "architecture": "conformer", "config": {
+        "num_features": 40, "subsampling_channels": [4, 4], "d_model": 16, "num_blocks": 3, "num_heads": 2,
+        "head_dim": 8, "ffn_dim": 16, "conv_channels": 16, "conv_kernel": 3, "max_relative_position": 4,
+        "dropout": 0.0}}
+    train_model(recipe, data, tmp_path / "teacher", show_progress=False)
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(tmp_path / "teacher"), "--data", str(data), "--out", str(out),
+                 "--criterion", "learned", "--target-macs", "0.8", "--finetune-epochs", "0",
+                 "--round-to", "1", "--quiet", "calibration_cuts=4", "num_threads=1",
+                 "learned.steps=40", "learned.warmup_steps=10", "learned.depth=true"]) == 0
+    learned = json.loads((out / "prune.json").read_text())["steps"][0]["learned"]
+    teacher, pruned = load_model(tmp_path / "teacher"), load_model(out)
+    assert DEPTH == "depth" and learned["blocks"] and len(learned["block_keep_probs"]) == 3
+    assert pruned.config.num_blocks == len(learned["blocks"]) < 3  # a block went at this target
+    keep = {**{k: list(range(w)) for k, w in learned["widths"].items()}, DEPTH: learned["blocks"]}
+    assert learned["actual"] == model_cost(apply_keep(teacher, keep), "macs") == model_cost(pruned, "macs")
+    assert learned["actual"] <= 0.2 * learned["original"]
+    assert abs(learned["binarized_predicted"] - learned["actual"]) < 0.5
+    x = torch.randn(1, 100, 40)
+    torch.testing.assert_close(pruned(x, torch.tensor([100]))[0], load_model(out)(x, torch.tensor([100]))[0])
