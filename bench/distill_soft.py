@@ -206,7 +206,8 @@ def main() -> None:
                     help="tag whose scratch run the table compares against (default: --tag)")
     ap.add_argument("--max-delay", type=int, default=8, help="kd_delay: largest d tried on dev")
     ap.add_argument("--no-lm", action="store_true", help="greedy only (no trigram beam search)")
-    ap.add_argument("--variants", nargs="+", default=["scratch", "kd"], choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=["scratch", "kd"], choices=list(VARIANTS))
+    ap.add_argument("--teacher-row", action="store_true", help="also evaluate the (first) teacher")
     args = ap.parse_args()
     if "kd_unl" in args.variants and not args.unlabelled:
         ap.error("kd_unl needs --unlabelled MANIFEST")
@@ -218,6 +219,10 @@ def main() -> None:
         build_ngram_lm((normalize_text(s.text or "") for c in read_split(args.data, "train")
                         for s in c.supervisions), lm, order=3)
     args.results.mkdir(parents=True, exist_ok=True)
+    if args.teacher_row:  # the teacher through the same evaluation: the rows' reference
+        row = {"variant": "teacher", "tag": "teacher", "what": f"the teacher ({args.teacher[0]})",
+               "steps": 0, "seeds": 1, "train_seconds": 0.0, **evaluate(args.teacher[0], args.data, lm)}
+        write_json_atomic(args.results / "teacher.json", row)
     for name in args.variants:
         row = run_variant(name, args, lm)
         write_json_atomic(args.results / f"{args.tag}_{name}.json", row)

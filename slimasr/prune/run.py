@@ -617,7 +617,9 @@ def _finetune(pruned: Path, teacher: Path, data_dir: Path, out: Path, cfg: Prune
               resume: bool = False) -> dict:
     """Fine-tune the pruned model (CTC, or CTC + KD from the unpruned teacher); ``resume``:
     continue from ``out``'s last checkpoint."""
-    loss = (["loss.ctc_weight=0.5", "loss.kd_weight=0.5", *cfg.distill_overrides] if cfg.distill
+    # T=2 pinned: every pruning result was measured with it (the distill default is now 1)
+    loss = (["loss.ctc_weight=0.5", "loss.kd_weight=0.5", "loss.temperature=2.0", *cfg.distill_overrides]
+            if cfg.distill
             else ["loss.ctc_weight=1.0", "loss.kd_weight=0.0"])
     overrides = [f"teacher.path={teacher}", "student.init=path", f"student.path={pruned}",
                  f"train.epochs={cfg.finetune_epochs}", f"train.seed={cfg.seed}", *loss,
