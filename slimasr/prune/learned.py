@@ -156,27 +156,20 @@ class CostModel:
 
     def _cost(self, mean: Mapping[str, Tensor], second: Mapping[str, Tensor], kept: Tensor | None = None
               ) -> Tensor:
-        if kept is not None:
-            return self._cost_with_blocks(mean, second, kept)
-        total = torch.tensor(self.full, dtype=torch.float64)
-        for k, n in self.sizes.items():
-            total = total + self.linear[k] * (mean[k] - n) + self.square[k] * (second[k] - n * n)
-        for (g, h), b in self.pairs.items():
-            total = total + b * (mean[g] - self.sizes[g]) * (mean[h] - self.sizes[h])
-        return total
-
-    def _cost_with_blocks(self, mean: Mapping[str, Tensor], second: Mapping[str, Tensor], kept: Tensor
-                          ) -> Tensor:
-        """``_cost`` with block i's own cost and its groups' terms multiplied by ``kept[i]``
-        (0/1, or P(block kept): gates independent of the unit gates)."""
+        """The polynomial at first and second moments ``mean``, ``second``; ``kept`` (depth gates:
+        0/1, or P(block kept), independent of the unit gates) multiplies block i's own cost and
+        its groups' terms by ``kept[i]``."""
         def weight(*names: str) -> Tensor | float:
             out: Tensor | float = 1.0
-            for i in {self.block_of[k] for k in names if k in self.block_of}:
-                out = out * kept[i]
+            if kept is not None:
+                for i in {self.block_of[k] for k in names if k in self.block_of}:
+                    out = out * kept[i]
             return out
 
-        b = torch.tensor(self.blocks, dtype=torch.float64)
-        total = torch.tensor(self.full, dtype=torch.float64) - b.sum() + (kept * b).sum()
+        total = torch.tensor(self.full, dtype=torch.float64)
+        if kept is not None:
+            b = torch.tensor(self.blocks, dtype=torch.float64)
+            total = total - b.sum() + (kept * b).sum()
         for k, n in self.sizes.items():
             total = total + weight(k) * (self.linear[k] * (mean[k] - n) + self.square[k] * (second[k] - n * n))
         for (g, h), c in self.pairs.items():
@@ -600,9 +593,6 @@ def learned_prune(model: AcousticModel, cfg: LearnedConfig, kind: str, fraction:
     resumed when there), binarize them, record them in ``row["learned"]``, plot the curves
     (``step_dir/learned.png``) and return the pruned mask-trained student (gates folded into its
     weights). The gates and multipliers are not kept in the model."""
-    if cfg.depth and table is not None and latency_share is not None:
-        raise ConfigError("learned.depth: not with a latency target (the latency table has no "
-                          "block removal); use a macs or params target")
     cost = CostModel.fit(model, kind, depth=depth_layers(model) if cfg.depth else None)
     latency = None
     if table is not None and latency_share is not None:
