@@ -97,7 +97,7 @@ def load_utterances(args: argparse.Namespace) -> tuple[list[np.ndarray], list[st
     """The audio and reference transcripts of the first ``--utterances`` of the split."""
     from slimasr.data.manifests import read_split
     from slimasr.models import read_model_config
-    from slimasr.train.prepare import transcript
+    from slimasr.data.manifests import transcript
 
     data = args.data or (read_model_config(args.model).get("provenance") or {}).get("data_dir")
     if data is None:

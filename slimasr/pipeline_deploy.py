@@ -136,7 +136,7 @@ def sherpa_offline_wer(bundle_dir: Path, cuts: Any, int8: bool) -> dict:
     from slimasr.evaluate.metrics import ErrorRateStats
     from slimasr.runtime.bundle import read_bundle
     from slimasr.text import normalize_text
-    from slimasr.train.prepare import transcript
+    from slimasr.data.manifests import transcript
 
     bundle = read_bundle(bundle_dir)
     recognizer = sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(
@@ -169,7 +169,7 @@ def _utterances(exp: Path, spec: StreamStage) -> list[tuple[str, Any, str]]:
     import numpy as np
 
     from slimasr.data.manifests import read_split
-    from slimasr.train.prepare import transcript
+    from slimasr.data.manifests import transcript
 
     cuts = read_split(_data_of(exp, spec.data), spec.split).subset(first=spec.utterances)
     return [(c.id, c.load_audio().reshape(-1).astype(np.float32), transcript(c)) for c in cuts]

@@ -360,7 +360,7 @@ def test_the_export_stage_writes_an_int8_bundle_gated_on_the_corpus_dev_split(de
 
 def test_the_stream_stage_streams_the_first_utterances_and_times_them(deployed):
     from slimasr.data.manifests import read_split
-    from slimasr.train.prepare import transcript
+    from slimasr.data.manifests import transcript
 
     exp, _, _ = deployed
     metrics = json.loads((exp / "stream" / "metrics.json").read_text())

@@ -446,3 +446,8 @@ class RecordingIds:
         if entry.offset is None:
             return recording_id
         return f"{recording_id}-{round(entry.offset * 1000):06d}"
+
+
+def transcript(cut) -> str:
+    """A cut's text: its supervisions' texts in order (one supervision by the data contract)."""
+    return " ".join(s.text for s in sorted(cut.supervisions, key=lambda s: s.start) if s.text)

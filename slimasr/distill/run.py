@@ -54,7 +54,7 @@ from slimasr.train.loop import (
     undo_failed_start,
     writer_lock,
 )
-from slimasr.train.prepare import transcript
+from slimasr.data.manifests import transcript
 
 PSEUDO_KEY = "pseudo_label"  # supervision.custom flag of an unlabelled cut's teacher transcript
 TEACHER_BATCH_SECONDS = 60.0  # audio per teacher batch when filling the cache (slimasr teacher)

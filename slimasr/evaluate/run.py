@@ -59,7 +59,7 @@ from slimasr.evaluate.runners import OnnxRunner, TorchRunner, load_runner
 from slimasr.frontend import Frontend
 from slimasr.io import atomic_path, file_sha256, output_lock, read_json, write_json_atomic
 from slimasr.progress import progress_bar
-from slimasr.train.prepare import transcript
+from slimasr.data.manifests import transcript
 
 log = logging.getLogger(__name__)
 

@@ -331,7 +331,7 @@ def score(recognizer: Any, cuts: Any, batch: int, normalize: Any = None) -> tupl
     ``recognizer``: an OnnxRecognizer (``transcribe_batch``) or a streaming one (``transcribe``,
     ``batch`` 1, with the bundle's ``normalize``)."""
     from slimasr.evaluate.metrics import ErrorRateStats
-    from slimasr.train.prepare import transcript
+    from slimasr.data.manifests import transcript
 
     stats = ErrorRateStats(normalize=normalize or recognizer.frontend.normalize)
     for group in _batches(cuts, batch):

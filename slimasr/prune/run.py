@@ -71,7 +71,7 @@ from slimasr.prune.sensitivity import plot_sensitivity, ratios_from_scan, save_s
 from slimasr.prune.surgery import prune_model, select_layers
 from slimasr.prune.unstructured import UnstructuredConfig, select_tensors, sparsify_, sparsity_report, squash_
 from slimasr.train.loop import CHECKPOINTS, LAST, TRAINING_NAME, compute_loss
-from slimasr.train.prepare import feature_cache_dir, feature_cuts
+from slimasr.data.cache import feature_cache_dir, feature_cuts
 
 CRITERIA = ("magnitude", "taylor", "activation", "apoz", "sensitivity", "random", "learned")
 PRUNE_JSON = "prune.json"

@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader
 
 from slimasr import __version__
 from slimasr.config import config_to_dict
+from slimasr.data.cache import feature_cache_dir, split_cuts
 from slimasr.data.dataset import AsrDataset, make_dataloader
 from slimasr.data.features import GlobalCmvn
 from slimasr.data.validate import BAD_AUDIO, Problem
@@ -81,14 +82,7 @@ from slimasr.train.checkpoint import load_checkpoint, save_checkpoint
 from slimasr.train.config import TrainConfig, TrainRecipe, load_recipe, resolve_model
 from slimasr.train.distributed import DistInfo
 from slimasr.train.logging import TrainLog
-from slimasr.train.prepare import (
-    CMVN_NAME,
-    feature_cache_dir,
-    filter_split,
-    make_normalizer,
-    prepare_assets,
-    split_cuts,
-)
+from slimasr.train.prepare import CMVN_NAME, filter_split, make_normalizer, prepare_assets
 from slimasr.train.schedule import LrSchedule
 
 CHECKPOINTS = "checkpoints"  # OUT/checkpoints/{last,best}

@@ -68,7 +68,7 @@ def test_cache_holds_the_teachers_posteriors(teacher, tmp_path) -> None:
     # them by up to 2**-6 per bin, which is not the cache's error).
     t = SlimasrTeacher(teacher_dir)
     from slimasr.data.dataset import AsrDataset
-    from slimasr.train.prepare import feature_cache_dir, feature_cuts
+    from slimasr.data.cache import feature_cache_dir, feature_cuts
 
     feats = t.frontend.features
     cuts = feature_cuts(data, "train", feats, feature_cache_dir(data, feats), show_progress=False)

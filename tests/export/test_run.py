@@ -17,7 +17,7 @@ from slimasr.evaluate.metrics import ErrorRateStats
 from slimasr.export import run as export_run
 from slimasr.recognize import Recognizer
 from slimasr.runtime import read_bundle
-from slimasr.train.prepare import transcript
+from slimasr.data.manifests import transcript
 
 BUNDLE_KEYS = ["format", "format_version", "slimasr_version", "files", "source", "graph", "vocabulary",
                "features", "feature_dim", "normalizer", "subsampling_factor", "sherpa_onnx", "int8",
