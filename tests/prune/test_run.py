@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import weakref
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,12 @@ from slimasr.config import from_dict
 from slimasr.models import load_model, save_model
 from slimasr.frontend import Frontend
 from slimasr.prune import group_by_name, model_cost, prunable_groups, select_layers
+from slimasr.evaluate.cost import count_macs
+from slimasr.prune import latency
 from slimasr.prune.latency import LatencyTable, measure_latency_table
 from slimasr.prune.run import PRUNE_JSON, PruneConfig, _batches, _mean_loss, prune_model_dir
 from slimasr.train import train_model
-from slimasr.train.prepare import feature_cache_dir, feature_cuts
+from slimasr.data.cache import feature_cache_dir, feature_cuts
 from tests.train.helpers import make_corpus, tiny_recipe
 
 
@@ -41,6 +44,21 @@ def deep(trained: tuple[Path, Path]) -> Path:
     recipe["model"]["config"]["rnn_hidden_sizes"] = [16, 16, 16]
     train_model(recipe, data, model_dir.parent / "deep", show_progress=False)
     return model_dir.parent / "deep"
+
+
+@pytest.fixture
+def mac_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch-1 timing of the latency table and of the plan's check reads the model's MACs
+    (1 ms per MMAC) instead of the clock: these tests check what the latency path plans and
+    records, and must not depend on how busy the machine is (measured: under two CPU-bound jobs
+    a 2-run table could call a 30% saving unreachable)."""
+    counted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> ms (one input size)
+
+    def clock(model, x, lens, n):
+        if model not in counted:
+            counted[model] = count_macs(model, x, lens) / 1e6
+        return [counted[model]] * n
+    monkeypatch.setattr(latency, "_time", clock)
 
 
 def config(**fields: object) -> PruneConfig:
@@ -171,7 +189,7 @@ def test_cli_names_a_missing_model(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_latency_target_measures_a_table_times_the_plan_and_records_both(trained, tmp_path):
+def test_a_latency_target_measures_a_table_times_the_plan_and_records_both(trained, tmp_path, mac_clock):
     data, model_dir = trained
     out = tmp_path / "lat"
     record = prune_model_dir(model_dir, data, out, config(criterion="taylor", latency_runs=2,
@@ -196,7 +214,7 @@ def test_a_latency_target_measures_a_table_times_the_plan_and_records_both(train
     assert again["final"]["macs_ratio"] <= 0.7
 
 
-def test_cli_latency_target_and_a_table_of_another_model(trained, deep, tmp_path, capsys):
+def test_cli_latency_target_and_a_table_of_another_model(trained, deep, tmp_path, capsys, mac_clock):
     data, model_dir = trained
     table = measure_latency_table(load_model(deep), round_to=2, seconds=0.5, runs=1, show_progress=False)
     table.save(tmp_path / "deep.json")
