@@ -25,36 +25,25 @@ import sys
 from pathlib import Path
 
 import torch
+from lhotse import CutSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from slimasr.config import from_dict  # noqa: E402
 from slimasr.evaluate.cost import measure_latency  # noqa: E402
-from slimasr.evaluate.run import EvalConfig, evaluate_model  # noqa: E402
 from slimasr.models import load_model  # noqa: E402
 from slimasr.prune.learned import LearnedConfig  # noqa: E402
 from slimasr.prune.run import PruneConfig, prune_model_dir  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import test_wer  # noqa: E402
+
 LATENCY_SECONDS, LATENCY_THREADS, ROUNDS = 3.0, 1, 5  # batch-1 timing set-up
 
 
-def evaluate(model_dir: Path, data: Path, lm: Path | None) -> dict:
-    test = data / "test_cuts.jsonl.gz"
-    if not test.is_file():
-        test = data / "dev_cuts.jsonl.gz"
-    greedy = evaluate_model(model_dir, test, from_dict(EvalConfig, {}), show_progress=False)
-    out = {"wer_greedy": greedy["wer"], "macs": greedy["macs_per_second_audio"], "params": greedy["params"]}
-    if lm is not None:
-        beam = evaluate_model(model_dir, test, from_dict(EvalConfig, {"decode": {"method": "beam",
-                                                                                 "lm_path": str(lm)}}),
-                              show_progress=False)
-        out["wer_lm"] = beam["wer"]
-    return out
-
-
-def epoch_seconds(model_dir: Path) -> float:
-    """Seconds of audio in one training epoch, from the model's own training record."""
-    return json.loads((model_dir / "training.json").read_text())["train_hours"] * 3600
+def epoch_seconds(data: Path) -> float:
+    """Seconds of audio in one fine-tuning epoch: the training split of ``--data``."""
+    return sum(c.duration for c in CutSet.from_file(data / "train_cuts.jsonl.gz"))
 
 
 def finetune_epochs(args: argparse.Namespace, criterion: str) -> int:
@@ -64,7 +53,7 @@ def finetune_epochs(args: argparse.Namespace, criterion: str) -> int:
     if criterion == "learned" or not args.match_steps:
         return args.finetune_epochs
     seen = args.mask_steps * LearnedConfig().batch_seconds
-    return args.finetune_epochs + round(seen / epoch_seconds(args.model))
+    return args.finetune_epochs + round(seen / epoch_seconds(args.data))
 
 
 def prune_point(args: argparse.Namespace, criterion: str, target: float, out: Path) -> dict:
@@ -80,7 +69,7 @@ def prune_point(args: argparse.Namespace, criterion: str, target: float, out: Pa
     learned = record["steps"][0].get("learned")
     if learned:
         row.update({"mask_steps": learned["steps"], "expected_ratio": learned["expected"] / learned["original"]})
-    return {**row, **evaluate(out, args.data, args.lm)}
+    return {**row, **test_wer(out, args.data, args.lm)}
 
 
 def round_robin(models: dict[str, Path]) -> dict[str, float]:
@@ -143,6 +132,10 @@ def main() -> None:
     p.add_argument("--lm", type=Path, default=None, help="ARPA LM for beam search")
     p.add_argument("--out", type=Path, default=Path("exp/bench_prune_learned"), help="pruned models")
     p.add_argument("--results", type=Path, default=Path("bench/results/prune_learned"))
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse points measured by an earlier run (OUT/<model>/<criterion>_<pct>.row.json): "
+                        "run one criterion per process, then all of them with --reuse for the table and timing")
+    p.add_argument("--points-only", action="store_true", help="prune and evaluate the points, no table or timing")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     tag = args.model.name
@@ -150,10 +143,17 @@ def main() -> None:
     for target in args.targets:
         for criterion in args.criteria:
             out = args.out / tag / f"{criterion}_{round(target * 100)}"
-            rows.append(prune_point(args, criterion, target, out))
+            saved = out.with_name(out.name + ".row.json")
+            if args.reuse and saved.is_file():
+                rows.append(json.loads(saved.read_text()))
+            else:
+                rows.append(prune_point(args, criterion, target, out))
+                saved.write_text(json.dumps(rows[-1], indent=1))
             models[f"{criterion}_{target}"] = out
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "widths"}), flush=True)
-    ref = evaluate(args.model, args.data, args.lm)
+    if args.points_only:
+        return
+    ref = test_wer(args.model, args.data, args.lm)
     times = round_robin(models)
     ref["latency_ms"] = times["unpruned"]
     for r in rows:

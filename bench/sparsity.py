@@ -85,7 +85,9 @@ def wer(args: argparse.Namespace) -> None:
     for method in args.methods:
         for sparsity in args.sparsities:
             lr = f"_lr{args.finetune_lr:g}" if args.finetune_lr else ""
-            name = f"{method}_{int(round(sparsity * 100))}_ft{args.finetune_epochs}{'kd' if args.distill else ''}{lr}"
+            scope = "_global" if args.scope == "global" else ""
+            name = (f"{method}{scope}_{int(round(sparsity * 100))}_ft{args.finetune_epochs}"
+                    f"{'kd' if args.distill else ''}{lr}")
             out = args.out / tag / name
             cfg = from_dict(PruneConfig, {
                 "method": "unstructured", "gradual": method == "gradual", "finetune_epochs": args.finetune_epochs,
@@ -93,10 +95,11 @@ def wer(args: argparse.Namespace) -> None:
                 **({"finetune_overrides": [*PruneConfig().finetune_overrides, f"train.lr={args.finetune_lr}"]}
                    if args.finetune_lr else {}),
                 "unstructured": {"criterion": "gradient" if method == "gradient" else "magnitude",
-                                 "sparsity": sparsity, "exclude": args.exclude}})
+                                 "sparsity": sparsity, "scope": args.scope, "exclude": args.exclude}})
             start = time.perf_counter()
             record = prune_model_dir(args.model, args.data, out, cfg, show_progress=False, overwrite=True)
-            row = {"point": name, "method": method, "sparsity": sparsity, "finetune_epochs": args.finetune_epochs,
+            row = {"point": name, "method": method, "scope": args.scope, "sparsity": sparsity,
+                   "finetune_epochs": args.finetune_epochs,
                    "finetune_lr": args.finetune_lr or 1e-3,
                    "distill": args.distill, "seconds": round(time.perf_counter() - start, 1),
                    "reached": record["final"]["sparsity"], "bytes": record["final"]["bytes"],
@@ -220,29 +223,47 @@ def group_lasso(args: argparse.Namespace) -> None:
     tag, results = args.model.name, args.results / args.model.name
     work = args.out / tag
     total = args.reg_epochs + args.finetune_epochs
+    kd = "kd" if args.distill else ""
+    loss = (["loss.ctc_weight=0.5", "loss.kd_weight=0.5", "loss.temperature=2.0"] if args.distill
+            else ["loss.ctc_weight=1.0", "loss.kd_weight=0.0"])
     start = time.perf_counter()
-    regularized = work / f"grouplasso_{args.strength}_e{args.reg_epochs}"
+    regularized = work / f"grouplasso_{args.strength}_e{args.reg_epochs}{kd}"
     distill_model({}, args.data, regularized, overwrite=True, show_progress=False, overrides=[
         f"teacher.path={args.model}", "student.init=path", f"student.path={args.model}",
-        f"train.epochs={args.reg_epochs}", "loss.ctc_weight=1.0", "loss.kd_weight=0.0", f"train.seed={args.seed}",
+        f"train.epochs={args.reg_epochs}", *loss, f"train.seed={args.seed}",
         *PruneConfig().finetune_overrides, "sparsity.regularize.kind=group-lasso",
         f"sparsity.regularize.strength={args.strength}", *([f"train.num_threads={args.threads}"] if args.threads else [])])
-    rows = {}
-    for name, source, criterion, epochs in (("group_lasso", regularized, "magnitude", args.finetune_epochs),
-                                            ("sensitivity", args.model, "sensitivity", total)):
-        out = work / f"{name}_macs{int(round(args.target_macs * 100))}_e{total}"
-        cfg = from_dict(PruneConfig, {"criterion": criterion, "finetune_epochs": epochs, "seed": args.seed,
-                                      "num_threads": args.threads,
-                                      "target": {"kind": "macs", "fraction": args.target_macs}})
-        record = prune_model_dir(source, args.data, out, cfg, show_progress=False, overwrite=True)
-        rows[name] = {"macs_ratio": record["final"]["macs_ratio"], "widths": record["final"]["widths"],
-                      **evaluate(out, args.data, args.lm), "latency_ms": _latency(load_model(out))}
+    rows = {"group_lasso": _structured_point(args, regularized, "magnitude", args.finetune_epochs,
+                                             work / f"group_lasso_{args.strength:g}_macs{_pct_int(args.target_macs)}_e{total}{kd}")}
+    # the baseline does not depend on the strength: measured once per target and budget
+    baseline = results / f"sensitivity_macs{_pct_int(args.target_macs)}_e{total}{kd}.json"
+    if not baseline.is_file():
+        write_json_atomic(baseline, _structured_point(args, args.model, "sensitivity", total,
+                                                      work / f"sensitivity_macs{_pct_int(args.target_macs)}_e{total}{kd}"))
+    rows["sensitivity"] = read_json(baseline)
     row = {"point": "group_lasso", "strength": args.strength, "reg_epochs": args.reg_epochs,
-           "finetune_epochs": args.finetune_epochs, "target_macs": args.target_macs,
+           "finetune_epochs": args.finetune_epochs, "target_macs": args.target_macs, "distill": args.distill,
            "seconds": round(time.perf_counter() - start, 1),
            "regularized": read_json(regularized / "training.json").get("regularize"), **rows}
-    write_json_atomic(results / "group_lasso.json", row)
+    write_json_atomic(results / f"group_lasso_s{args.strength:g}_e{args.reg_epochs}{kd}.json", row)
     print(json.dumps(row), flush=True)
+
+
+def _pct_int(share: float) -> int:
+    return int(round(share * 100))
+
+
+def _structured_point(args: argparse.Namespace, source: Path, criterion: str, epochs: int, out: Path) -> dict:
+    """``source`` pruned by ``criterion`` to ``--target-macs``, fine-tuned ``epochs`` (with
+    ``--distill``: KD from ``--model``, the unpruned, unregularized model), evaluated and timed."""
+    cfg = from_dict(PruneConfig, {"criterion": criterion, "finetune_epochs": epochs, "seed": args.seed,
+                                  "num_threads": args.threads, "distill": args.distill,
+                                  "distill_overrides": [f"teacher.path={args.model}"],
+                                  "target": {"kind": "macs", "fraction": args.target_macs}})
+    record = prune_model_dir(source, args.data, out, cfg, show_progress=False, overwrite=True)
+    return {"criterion": criterion, "finetune_epochs": epochs, "macs_ratio": record["final"]["macs_ratio"],
+            "widths": record["final"]["widths"], **evaluate(out, args.data, args.lm),
+            "latency_ms": _latency(load_model(out))}
 
 
 # ---- table -------------------------------------------------------------------------------------------
@@ -250,7 +271,7 @@ def group_lasso(args: argparse.Namespace) -> None:
 def table(args: argparse.Namespace) -> None:
     tag, results = args.model.name, args.results / args.model.name
     points = [read_json(p) for p in sorted(results.glob("*.json"))
-              if p.stem not in ("kernels", "group_lasso")]
+              if p.stem != "kernels" and not p.stem.startswith("group_lasso")]
     lines = [f"# Unstructured sparsity: {tag}", "",
              "| point | sparsity | WER greedy | WER +LM | nonzero params | MB on disk | x fewer bytes | latency ms |",
              "|---|---|---|---|---|---|---|---|"]
@@ -260,7 +281,9 @@ def table(args: argparse.Namespace) -> None:
         lines.append(f"| {p['point']} | {p['sparsity']:.0%} | {p['wer_greedy']:.2f}% | "
                      f"{_pct(p.get('wer_lm'))} | {p['nonzero_params']:,} | {p['model_bytes'] / 2**20:.2f} | "
                      f"{ratio:.2f} | {p['latency_ms']:.1f} |")
-    lines += _kernel_lines(results / "kernels.json") + _group_lasso_lines(results / "group_lasso.json")
+    lines += _kernel_lines(results / "kernels.json")
+    for path in sorted(results.glob("group_lasso*.json")):
+        lines += _group_lasso_lines(path)
     out = args.results.parent / f"sparsity_{tag}.md"
     write_text_atomic(out, "\n".join(lines) + "\n")
     _plot(points, args.results.parent / f"sparsity_{tag}.png")
@@ -296,9 +319,10 @@ def _group_lasso_lines(path: Path) -> list[str]:
     if not path.is_file():
         return []
     g = read_json(path)
-    lines = ["", f"Group lasso (strength {g['strength']}, {g['reg_epochs']} epochs) then removal to "
-                 f"{1 - g['target_macs']:.0%} of the MACs + {g['finetune_epochs']} epochs, against sensitivity "
-                 f"pruning with {g['reg_epochs'] + g['finetune_epochs']} epochs:", "",
+    kd = "KD " if g.get("distill") else ""
+    lines = ["", f"Group lasso (strength {g['strength']}, {g['reg_epochs']} {kd}epochs) then removal to "
+                 f"{1 - g['target_macs']:.0%} of the MACs + {g['finetune_epochs']} {kd}epochs, against sensitivity "
+                 f"pruning with {g['reg_epochs'] + g['finetune_epochs']} {kd}epochs:", "",
              "| method | MACs | WER greedy | WER +LM | latency ms |", "|---|---|---|---|---|"]
     for name in ("group_lasso", "sensitivity"):
         r = g[name]
@@ -340,7 +364,8 @@ def _curves(points: list[dict]) -> dict[str, list[dict]]:
     for p in sorted(points, key=lambda p: p["sparsity"]):
         if p["sparsity"] > 0:
             lr = f", lr {p['finetune_lr']:g}" if p.get("finetune_lr", 1e-3) != 1e-3 else ""
-            curves.setdefault(f"{p['method']} ({p['finetune_epochs']} KD epochs{lr})", []).append(p)
+            scope = ", global" if p.get("scope") == "global" else ""
+            curves.setdefault(f"{p['method']}{scope} ({p['finetune_epochs']} KD epochs{lr})", []).append(p)
     return curves
 
 
@@ -356,6 +381,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", choices=["magnitude", "gradient", "gradual"],
                     default=["magnitude", "gradient", "gradual"])
     ap.add_argument("--exclude", nargs="*", default=[], help="weight name patterns kept dense")
+    ap.add_argument("--scope", choices=["layer", "global"], default="layer",
+                    help="wer: the sparsity of every tensor (layer) or of all selected weights together (global)")
     ap.add_argument("--finetune-epochs", type=int, default=4)
     ap.add_argument("--distill", action="store_true", help="fine-tune with KD from the dense model")
     ap.add_argument("--finetune-lr", type=float, default=None,

@@ -1,0 +1,24 @@
+"""Shared by the benchmark scripts: a model directory's test WER, greedy and beam + LM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slimasr.config import from_dict
+from slimasr.evaluate.run import EvalConfig, evaluate_model
+
+
+def test_wer(model_dir: Path, data: Path, lm: Path | None) -> dict:
+    """WER on ``data``'s test split (dev when it has none): greedy, and beam + the ARPA ``lm``;
+    with the model's MACs per second of audio and params."""
+    test = data / "test_cuts.jsonl.gz"
+    if not test.is_file():
+        test = data / "dev_cuts.jsonl.gz"
+    greedy = evaluate_model(model_dir, test, from_dict(EvalConfig, {}), show_progress=False)
+    out = {"wer_greedy": greedy["wer"], "macs": greedy["macs_per_second_audio"], "params": greedy["params"]}
+    if lm is not None:
+        beam = evaluate_model(model_dir, test, from_dict(EvalConfig, {"decode": {"method": "beam",
+                                                                                 "lm_path": str(lm)}}),
+                              show_progress=False)
+        out["wer_lm"] = beam["wer"]
+    return out
