@@ -10,6 +10,8 @@ The peers live in their own virtual environment (they must not touch the project
 
     /work/peers_venv/bin/python bench/peers.py --model exp/bench_teachers/conformer_teacher \
         --data data/smarthome --target-macs 0.5 --out exp/peers --results bench/results/peers
+    /work/peers_venv/bin/python bench/peers.py --random-preset recipes/models/conformer_teacher.yaml \
+        --data data/smarthome --out exp/peers          # a randomly initialised model of that shape
 
 For each peer on ``--model``:
 
@@ -55,7 +57,15 @@ from slimasr.data.cache import feature_cache_dir, feature_cuts  # noqa: E402
 from slimasr.data.dataset import AsrDataset  # noqa: E402
 from slimasr.evaluate.cost import example_input, measure_latency  # noqa: E402
 from slimasr.frontend import Frontend  # noqa: E402
-from slimasr.models import AcousticModel, Conformer, ConformerConfig, load_model, save_model  # noqa: E402
+from slimasr.models import (  # noqa: E402
+    AcousticModel,
+    Conformer,
+    ConformerConfig,
+    build_model,
+    load_model,
+    load_preset,
+    save_model,
+)
 from slimasr.prune import model_cost  # noqa: E402
 from slimasr.prune.groups import prunable_groups  # noqa: E402
 from slimasr.train.loop import compute_loss  # noqa: E402
@@ -64,6 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import test_wer  # noqa: E402
 
 PEERS = ("modelopt", "torchao")
+SHIPPED_TEACHER = Path(__file__).resolve().parents[1] / "slimasr" / "shipped" / "smarthome_crnn"
 LATENCY_SECONDS = 3.0  # batch-1 latency is measured on this much audio
 MATCH_TOLERANCE = 1e-5  # rebuilt model vs the peer's module, max abs difference of log-probs
 
@@ -72,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    model_dir = Path(args.model)
+    model_dir = Path(args.model) if args.model else random_model(args.random_preset, Path(args.out), args.seed)
     original = load_model(model_dir).eval()
     batches = dev_batches(model_dir, Path(args.data), args.score_cuts, args.batch_seconds)
     base = measure(original)
@@ -107,7 +118,11 @@ def main(argv: list[str] | None = None) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="slimasr model directory (crnn or conformer)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="slimasr model directory (crnn or conformer)")
+    which.add_argument("--random-preset", metavar="YAML",
+                       help="instead: a randomly initialised model of this preset (e.g. "
+                            "recipes/models/conformer_teacher.yaml) with the shipped teacher's front end")
     p.add_argument("--data", required=True, help="data directory with a dev split (scoring batches)")
     p.add_argument("--target-macs", type=float, default=0.5, help="share of the MACs to REMOVE")
     p.add_argument("--out", required=True, help="produced models go to OUT/<model>/<peer>")
@@ -129,6 +144,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------
 # Data, score, cost
+
+
+def random_model(preset: str, out: Path, seed: int) -> Path:
+    """``OUT/<preset name>_random``: the preset's model, randomly initialised (``seed``), with the
+    shipped teacher's front end (80-dim fbank, character tokenizer, its CMVN)."""
+    frontend = Frontend.load(SHIPPED_TEACHER)
+    torch.manual_seed(seed)
+    arch, cfg = load_preset(preset)
+    model = build_model(arch, cfg, vocab_size=frontend.tokenizer.vocab_size)
+    target = out / f"{Path(preset).stem}_random"
+    if target.exists():
+        shutil.rmtree(target)
+    save_model(model, target, {**frontend.config_entry(), "provenance": {"step": "random init", "seed": seed,
+                                                                         "preset": str(preset)},
+                               "tokenizer": {"kind": frontend.tokenizer.kind,
+                                             "vocab_size": frontend.tokenizer.vocab_size}})
+    frontend.save(target)
+    return target
 
 
 def dev_batches(model_dir: Path, data_dir: Path, max_cuts: int, seconds: float) -> list[dict]:
