@@ -198,10 +198,14 @@ def test_squash_leaves_outputs_identical_and_plain_layers(family):
     else:
         model = crnn(family.split("_")[0], bidirectional=family != "lstm_unidirectional")
     fresh = copy.deepcopy(model)
-    sparsify_(model, UnstructuredConfig(sparsity=0.8, scope="global"))
+    masks = sparsify_(model, UnstructuredConfig(sparsity=0.8, scope="global"))
     masked = forward(model)
+    effective = {n: tensor_of(model, n).detach().clone() for n in masks}  # what the forward reads
     squash_(model)
-    assert torch.equal(forward(model), masked)
+    assert all(torch.equal(model.get_parameter(n), w) for n, w in effective.items())  # bitwise
+    # the same weights, so the same function; the outputs only to float32 rounding: BLAS may sum
+    # in another order for another allocation (seen on an AVX-512 CPU: 2.4e-7 on the Conformer)
+    torch.testing.assert_close(forward(model), masked, rtol=0.0, atol=1e-6)
     assert not any(parametrize.is_parametrized(m) for m in model.modules())
     assert not masks_of(model)
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in fresh.named_parameters()]
