@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from slimasr.errors import ConfigError
-from slimasr.train import prepare, train_model
+from slimasr.data import cache
+from slimasr.train import train_model
 from tests.train.helpers import kill_when_paused, make_corpus, tiny_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +62,7 @@ def test_sigkilled_run_resumes_to_bitwise_the_same_model(reference, tmp_path, mo
     def no_precompute(*args, **kwargs):
         raise AssertionError("features were cached by the first run: nothing to compute")
 
-    monkeypatch.setattr(prepare, "precompute_features", no_precompute)
+    monkeypatch.setattr(cache, "precompute_features", no_precompute)
     resumed = train_model(recipe, data, out, resume=True, show_progress=False)
     assert resumed["weights_sha256"] == ref["weights_sha256"]
     saved, expected = (load_file(d / "model.safetensors") for d in (out, ref_dir))
