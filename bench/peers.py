@@ -262,7 +262,7 @@ def searched_hparams(checkpoint: Path) -> list[str]:
     """The hyperparameters FastNAS measured (its search space), from its search checkpoint."""
     if not checkpoint.is_file():
         return []
-    return sorted(torch.load(checkpoint, weights_only=False).get("sensitivity_map", {}))
+    return sorted(torch.load(checkpoint, weights_only=True).get("sensitivity_map", {}))
 
 
 def changed_tensors(original: torch.nn.Module, pruned: torch.nn.Module) -> dict[str, list]:
