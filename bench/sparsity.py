@@ -227,25 +227,31 @@ def group_lasso(args: argparse.Namespace) -> None:
     loss = (["loss.ctc_weight=0.5", "loss.kd_weight=0.5", "loss.temperature=2.0"] if args.distill
             else ["loss.ctc_weight=1.0", "loss.kd_weight=0.0"])
     start = time.perf_counter()
-    regularized = work / f"grouplasso_{args.strength}_e{args.reg_epochs}{kd}"
+    metric = ("" if args.metric == "euclidean" else f"_{args.metric}") + ("_targeted" if args.targeted else "")
+    metric += f"_w{args.reg_warmup}" if args.reg_warmup else ""  # the plain euclidean runs' names stand
+    regularized = work / f"grouplasso{metric}_{args.strength}_e{args.reg_epochs}{kd}"
     distill_model({}, args.data, regularized, overwrite=True, show_progress=False, overrides=[
         f"teacher.path={args.model}", "student.init=path", f"student.path={args.model}",
         f"train.epochs={args.reg_epochs}", *loss, f"train.seed={args.seed}",
         *PruneConfig().finetune_overrides, "sparsity.regularize.kind=group-lasso",
-        f"sparsity.regularize.strength={args.strength}", *([f"train.num_threads={args.threads}"] if args.threads else [])])
+        f"sparsity.regularize.strength={args.strength}", f"sparsity.regularize.metric={args.metric}",
+        f"sparsity.regularize.warmup_steps={args.reg_warmup}",
+        *([f"sparsity.regularize.target_macs={args.target_macs}"] if args.targeted else []),
+        *([f"train.num_threads={args.threads}"] if args.threads else [])])
     rows = {"group_lasso": _structured_point(args, regularized, "magnitude", args.finetune_epochs,
-                                             work / f"group_lasso_{args.strength:g}_macs{_pct_int(args.target_macs)}_e{total}{kd}")}
+                                             work / f"group_lasso{metric}_{args.strength:g}_macs{_pct_int(args.target_macs)}_e{total}{kd}")}
     # the baseline does not depend on the strength: measured once per target and budget
     baseline = results / f"sensitivity_macs{_pct_int(args.target_macs)}_e{total}{kd}.json"
     if not baseline.is_file():
         write_json_atomic(baseline, _structured_point(args, args.model, "sensitivity", total,
                                                       work / f"sensitivity_macs{_pct_int(args.target_macs)}_e{total}{kd}"))
     rows["sensitivity"] = read_json(baseline)
-    row = {"point": "group_lasso", "strength": args.strength, "reg_epochs": args.reg_epochs,
+    row = {"point": "group_lasso", "strength": args.strength, "metric": args.metric, "targeted": args.targeted,
+           "reg_warmup": args.reg_warmup, "reg_epochs": args.reg_epochs,
            "finetune_epochs": args.finetune_epochs, "target_macs": args.target_macs, "distill": args.distill,
            "seconds": round(time.perf_counter() - start, 1),
            "regularized": read_json(regularized / "training.json").get("regularize"), **rows}
-    write_json_atomic(results / f"group_lasso_s{args.strength:g}_e{args.reg_epochs}{kd}.json", row)
+    write_json_atomic(results / f"group_lasso{metric}_s{args.strength:g}_e{args.reg_epochs}{kd}.json", row)
     print(json.dumps(row), flush=True)
 
 
@@ -320,7 +326,9 @@ def _group_lasso_lines(path: Path) -> list[str]:
         return []
     g = read_json(path)
     kd = "KD " if g.get("distill") else ""
-    lines = ["", f"Group lasso (strength {g['strength']}, {g['reg_epochs']} {kd}epochs) then removal to "
+    metric = f", {g['metric']} metric" if g.get("metric", "euclidean") != "euclidean" else ""
+    metric += ", targeted" if g.get("targeted") else ""
+    lines = ["", f"Group lasso (strength {g['strength']}{metric}, {g['reg_epochs']} {kd}epochs) then removal to "
                  f"{1 - g['target_macs']:.0%} of the MACs + {g['finetune_epochs']} {kd}epochs, against sensitivity "
                  f"pruning with {g['reg_epochs'] + g['finetune_epochs']} {kd}epochs:", "",
              "| method | MACs | WER greedy | WER +LM | latency ms |", "|---|---|---|---|---|"]
@@ -389,7 +397,12 @@ def main() -> None:
                     help="peak learning rate of the fine-tuning (default: prune's, 1e-3)")
     ap.add_argument("--reg-epochs", type=int, default=2, help="group-lasso: epochs with the penalty")
     ap.add_argument("--strength", type=float, default=0.2, help="group-lasso: lambda")
+    ap.add_argument("--metric", choices=["euclidean", "adam"], default="euclidean",
+                    help="group-lasso: the proximal step's metric (slimasr.prune.regularize)")
     ap.add_argument("--target-macs", type=float, default=0.5, help="group-lasso: share of MACs removed")
+    ap.add_argument("--targeted", action="store_true",
+                    help="group-lasso: shrink only the units the removal to --target-macs would take")
+    ap.add_argument("--reg-warmup", type=int, default=0, help="group-lasso: steps lambda ramps up over")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the fine-tuning runs")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -25,6 +25,27 @@ scales. Adding the penalty's subgradient to the loss instead would reach Adam sc
 per-weight normalisation (a weight with no task gradient moves by ~lr whatever lambda) and never
 land on zero; the proximal step gives exact zeros, so sparsity is counted, not thresholded.
 
+``metric`` says in which metric that proximal step is taken (group lasso only).
+``euclidean`` (the default) shrinks every unit by tau sqrt(p_g) in plain weight space; Adam's own
+steps are normalised (~lr per weight whatever the gradient's size), so the shrink competes with
+the *sign* of the task gradient, and lambda near 1 empties every unit. ``adam`` takes the step in
+Adam's preconditioned metric, as proximal adaptive methods do (ProxGen: Yun, Lozano & Yang,
+NeurIPS 2021): the shrink of unit u is divided by c_u, the mean of sqrt(v_hat) + eps over its
+weights (v_hat: AdamW's bias-corrected second moment; one c per unit keeps the group prox in
+closed form). The shrink then meets the task gradient on the same scale as Adam's step does, and
+a unit survives where the loss pushes back with a gradient norm above about lambda sqrt(p_g): the
+group-lasso optimality condition. lambda is then in units of the loss gradient per weight (KD
+and CTC gradients per weight of a trained model are ~1e-4..1e-3), not a share of Adam's step.
+
+``target_macs`` (group lasso only) makes the penalty *targeted*: only the units that a removal of
+that share of the MACs would take now are shrunk (the global plan of ``slimasr.prune.plan`` on
+the units' L2 norms, re-chosen every ``reselect_steps``), so the units that will stay keep their
+weights, and the ones that will go fade out while training moves their work elsewhere; the
+removal at the end then takes units that are already zero. This is growing regularization on the
+units to prune (Wang, Qin, Zhang & Fu, ICLR 2021) with the group-lasso proximal step; plain group
+lasso shrinks every unit, the kept ones included, and removal to a target cuts units it has
+only weakened.
+
 A unit emptied by group lasso outputs exactly zero (a zero LSTM unit: all gates at their
 bias-free values, cell and output 0; a zero conv channel with zero BatchNorm scale and shift), so
 ``remove_weak_units`` (structured surgery) removes it without changing the outputs.
@@ -44,6 +65,7 @@ from slimasr.errors import ConfigError
 from slimasr.models.common import AcousticModel
 from slimasr.prune.groups import Group, prunable_groups
 from slimasr.prune.importance import Scores, magnitude_scores, unit_sums
+from slimasr.prune.plan import PruneTarget, plan
 from slimasr.prune.surgery import prune_model
 from slimasr.prune.unstructured import plain_name, select_tensors
 
@@ -57,13 +79,24 @@ class RegularizeConfig:
     kind: Literal["none", "l1", "group-lasso", "slimming"] = "none"  # the penalty ("none": off)
     strength: float = 0.0  # lambda; each step shrinks by lr * lambda (decoupled, like AdamW's decay)
     warmup_steps: int = 0  # lambda ramps linearly from 0 over these optimizer steps
+    metric: Literal["euclidean", "adam"] = "euclidean"  # group-lasso: the proximal step's metric
+    target_macs: float | None = None  # group-lasso: shrink only the units removing this MACs share takes
+    reselect_steps: int = 50  # target_macs: re-choose those units every this many optimizer steps
     include: list[str] = field(default_factory=lambda: ["*"])  # l1: state_dict name patterns
     exclude: list[str] = field(default_factory=list)  # l1: patterns left alone
 
     def __post_init__(self) -> None:
-        check_numbers("regularize", self, non_negative=("strength", "warmup_steps"))
+        check_numbers("regularize", self, non_negative=("strength", "warmup_steps"), positive=("reselect_steps",))
         if self.kind != "none" and self.strength == 0:
             raise ConfigError(f"regularize.strength: {self.kind} needs a strength > 0")
+        if self.metric == "adam" and self.kind != "group-lasso":
+            raise ConfigError(f"regularize.metric: adam is built for group-lasso, not {self.kind}")
+        if self.target_macs is not None:
+            if self.kind != "group-lasso":
+                raise ConfigError(f"regularize.target_macs: targets group-lasso, not {self.kind}")
+            if not 0.0 < self.target_macs < 1.0:
+                raise ConfigError(f"regularize.target_macs: a share of the MACs to remove in (0, 1), "
+                                  f"got {self.target_macs}")
 
 
 class Regularizer:
@@ -73,6 +106,8 @@ class Regularizer:
     def __init__(self, cfg: RegularizeConfig, model: nn.Module):
         self.cfg, self.model = cfg, model
         self.last_tau = 0.0
+        self.last_unit_scale: float | None = None  # metric adam: the median c_u of the last step
+        self.selected: dict[str, Tensor] | None = None  # target_macs: 1.0 for the units shrunk
         if cfg.kind == "l1":
             self.names = select_tensors(model, cfg.include, cfg.exclude)
         elif cfg.kind == "group-lasso":
@@ -86,11 +121,12 @@ class Regularizer:
 
     def after_step(self, trainer: Any) -> None:
         lr = trainer.optimizer.param_groups[0]["lr"]
-        self.step(lr, trainer.state.step)
+        self.step(lr, trainer.state.step, trainer.optimizer)
 
     @torch.no_grad()
-    def step(self, lr: float, step: int) -> None:
-        """One proximal step for learning rate ``lr`` after optimizer step ``step`` (1-based)."""
+    def step(self, lr: float, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """One proximal step for learning rate ``lr`` after optimizer step ``step`` (1-based);
+        ``metric: adam`` reads the second moments of ``optimizer`` (an Adam or AdamW)."""
         ramp = min(1.0, step / self.cfg.warmup_steps) if self.cfg.warmup_steps else 1.0
         tau = lr * self.cfg.strength * ramp
         self.last_tau = tau
@@ -99,8 +135,17 @@ class Regularizer:
             for n in self.names:
                 soft_threshold_(params[n], tau)
         elif self.cfg.kind == "group-lasso":
-            for group, weight in zip(self.groups, self.weights):
-                shrink_group_(group, params, tau * weight)
+            scale = adam_scale(optimizer, self.model) if self.cfg.metric == "adam" else None
+            means = [None if scale is None else unit_means(g, scale) for g in self.groups]
+            if self.cfg.target_macs is not None and (self.selected is None or step % self.cfg.reselect_steps == 0):
+                self.selected = units_to_remove(self.model, self.cfg.target_macs)
+            for group, weight, c in zip(self.groups, self.weights, means):
+                per_unit = tau * weight if c is None else tau * weight / c
+                if self.selected is not None:
+                    per_unit = per_unit * self.selected[group.name]
+                shrink_group_(group, params, per_unit)
+            if scale is not None:
+                self.last_unit_scale = float(torch.cat(means).median())
         elif self.cfg.kind == "slimming":
             for name, positions in self.scales:
                 soft_threshold_(params[name], tau, positions)
@@ -117,8 +162,14 @@ class Regularizer:
         return 0.0
 
     def summary(self) -> dict:
-        return {"regularize": {"kind": self.cfg.kind, "strength": self.cfg.strength,
-                               "penalty": self.penalty(), "last_tau": self.last_tau}}
+        out = {"kind": self.cfg.kind, "strength": self.cfg.strength, "penalty": self.penalty(),
+               "last_tau": self.last_tau}
+        if self.cfg.metric == "adam":  # the gradient scale lambda is compared with (see metric)
+            out.update(metric="adam", median_unit_scale=self.last_unit_scale)
+        if self.selected is not None:
+            out.update(target_macs=self.cfg.target_macs,
+                       targeted_units={n: int(m.sum()) for n, m in self.selected.items() if m.any()})
+        return {"regularize": out}
 
 
 # ---- proximal operators -------------------------------------------------------------------------
@@ -133,10 +184,10 @@ def soft_threshold_(w: Tensor, tau: float, positions: Tensor | None = None) -> N
         w[idx] = part.sign() * (part.abs() - tau).clamp(min=0)
 
 
-def shrink_group_(group: Group, params: dict[str, Tensor], tau: float) -> None:
-    """Group soft-threshold: every weight of unit j scaled by max(0, 1 - tau / ||w_j||) (0 for an
-    empty unit). A weight two units share (an RNN's recurrent weight: one unit's row, another's
-    column) gets both factors."""
+def shrink_group_(group: Group, params: dict[str, Tensor], tau: float | Tensor) -> None:
+    """Group soft-threshold: every weight of unit j scaled by max(0, 1 - tau_j / ||w_j||) (0 for
+    an empty unit); ``tau``: one threshold for all units or (size,) one per unit. A weight two
+    units share (an RNN's recurrent weight: one unit's row, another's column) gets both factors."""
     norms = unit_norms(group, params)
     factor = (1.0 - tau / norms.clamp(min=torch.finfo(torch.float64).tiny)).clamp(min=0.0)
     for s in group.slices:
@@ -154,6 +205,47 @@ def unit_norms(group: Group, params: dict[str, Tensor]) -> Tensor:
     """(size,) float64: the L2 norm of every weight (parameters only) each unit owns."""
     squares = {s.tensor: params[s.tensor].detach().double() ** 2 for s in group.slices if s.tensor in params}
     return unit_sums(group, squares).clamp(min=0).sqrt()
+
+
+def adam_scale(optimizer: torch.optim.Optimizer | None, model: nn.Module) -> dict[str, Tensor]:
+    """Plain parameter name -> sqrt(v_hat) + eps, Adam's per-weight denominator (v_hat: the
+    bias-corrected second moment), for every parameter the optimizer has stepped."""
+    if optimizer is None:
+        raise ValueError("regularize.metric adam needs the optimizer")
+    names = {id(p): plain_name(k) for k, p in model.named_parameters()}
+    out = {}
+    for pg in optimizer.param_groups:
+        if "betas" not in pg:
+            raise ConfigError(f"regularize.metric: adam needs an Adam optimizer, not {type(optimizer).__name__}")
+        beta2, eps = pg["betas"][1], pg["eps"]
+        for p in pg["params"]:
+            state = optimizer.state.get(p, {})
+            if id(p) in names and "exp_avg_sq" in state:
+                bias = 1.0 - beta2 ** float(state["step"])
+                out[names[id(p)]] = (state["exp_avg_sq"].double() / bias).sqrt() + eps
+    return out
+
+
+def units_to_remove(model: AcousticModel, fraction: float) -> dict[str, Tensor]:
+    """Group name -> (size,) float64, 1.0 for each unit that removing ``fraction`` of the MACs
+    by the units' L2 norms (the global plan) would take now, 0.0 for the others."""
+    groups = prunable_groups(model)
+    keep = plan(model, magnitude_scores(model, groups), PruneTarget(kind="macs", fraction=fraction))
+    out = {}
+    for g in groups:
+        mask = torch.zeros(g.size, dtype=torch.float64)
+        if g.name in keep:
+            mask[:] = 1.0
+            mask[keep[g.name]] = 0.0
+        out[g.name] = mask
+    return out
+
+
+def unit_means(group: Group, values: dict[str, Tensor]) -> Tensor:
+    """(size,) float64: the mean of ``values`` over the weights each unit owns (tensors missing
+    from ``values`` skipped; a unit with none of them: 1)."""
+    count = unit_sums(group, {k: torch.ones_like(v) for k, v in values.items()})
+    return torch.where(count > 0, unit_sums(group, values) / count.clamp(min=1), torch.ones_like(count))
 
 
 def unit_size(group: Group, params: dict[str, Tensor]) -> int:
@@ -221,6 +313,7 @@ def remove_weak_units(model: AcousticModel, threshold: float = 0.0, scores: Scor
     return (prune_model(model, keep) if keep else model), removed
 
 
-__all__ = ["NORM_TYPES", "RegularizeConfig", "Regularizer", "norm_scale_scores", "norm_scale_slices",
-           "parameters_by_name", "remove_weak_units", "shrink_group_", "soft_threshold_", "unit_norms", "unit_size",
+__all__ = ["NORM_TYPES", "RegularizeConfig", "Regularizer", "adam_scale", "norm_scale_scores", "norm_scale_slices",
+           "parameters_by_name", "remove_weak_units", "shrink_group_", "soft_threshold_", "unit_means", "unit_norms",
+           "unit_size", "units_to_remove",
            "weak_units"]

@@ -16,9 +16,12 @@ from slimasr import cli
 from slimasr.cli import main
 from slimasr.errors import ConfigError
 from slimasr.prune.groups import group_by_name
+from slimasr.prune.importance import magnitude_scores
+from slimasr.prune.plan import PruneTarget, plan
 from slimasr.prune.regularize import (
     RegularizeConfig,
     Regularizer,
+    adam_scale,
     norm_scale_scores,
     norm_scale_slices,
     parameters_by_name,
@@ -27,6 +30,7 @@ from slimasr.prune.regularize import (
     soft_threshold_,
     unit_norms,
     unit_size,
+    units_to_remove,
 )
 from slimasr.train import train_model
 from slimasr.train.loop import TrainState
@@ -34,6 +38,7 @@ from tests.prune.helpers import random_model
 from tests.train.helpers import make_corpus, tiny_recipe
 
 FEATS, VOCAB = 8, 7
+ADAM_STRENGTH = 1e-5  # metric adam: lambda in units of the loss gradient per weight
 
 
 def dnn(hidden=(9, 7)):
@@ -71,6 +76,40 @@ def test_group_step_shrinks_each_unit_by_its_norm():
     assert model.head.bias.tolist() == [1.0] * VOCAB
 
 
+def test_adam_metric_divides_each_units_shrink_by_its_mean_adam_denominator():
+    """metric adam: unit j's threshold is tau sqrt(p_g) / c_j, c_j the mean of sqrt(v_hat) + eps
+    over its weights (v_hat bias-corrected: exp_avg_sq / (1 - beta2^t))."""
+    model = dnn(hidden=(2,))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.layers[0].weight[0, 0] = 3.0
+        model.head.weight[1, 0] = 4.0  # unit 0: norm 5
+        model.layers[0].weight[1, 0] = 6.0  # unit 1: norm 6
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, betas=(0.9, 0.99), eps=0.0)
+    t, beta2 = 3, 0.99
+    for p in model.parameters():  # v_hat = 4 (sqrt 2) for unit 0's weights, 16 (sqrt 4) elsewhere
+        v = torch.full_like(p, 16.0)
+        opt.state[p] = {"step": torch.tensor(float(t)), "exp_avg": torch.zeros_like(p), "exp_avg_sq": v * (1 - beta2 ** t)}
+    opt.state[model.layers[0].weight]["exp_avg_sq"][0] = 4.0 * (1 - beta2 ** t)
+    opt.state[model.layers[0].bias]["exp_avg_sq"][0] = 4.0 * (1 - beta2 ** t)
+    opt.state[model.head.weight]["exp_avg_sq"][:, 0] = 4.0 * (1 - beta2 ** t)
+    scale = adam_scale(opt, model)
+    assert float(scale["layers.0.weight"][0, 0]) == pytest.approx(2.0)
+    assert float(scale["layers.0.weight"][1, 0]) == pytest.approx(4.0)
+    reg = Regularizer(RegularizeConfig(kind="group-lasso", strength=1.0, metric="adam"), model)
+    root_p = math.sqrt(unit_size(group_by_name(model)["layers.0"], parameters_by_name(model)))
+    lr = 2.0 / root_p  # tau sqrt(p_g) = 2: unit 0 shrinks by 2 / 2 = 1, unit 1 by 2 / 4 = 0.5
+    reg.step(lr=lr, step=t, optimizer=opt)
+    assert model.layers[0].weight[0, 0].item() == pytest.approx(3.0 * (1 - 1 / 5))
+    assert model.head.weight[1, 0].item() == pytest.approx(4.0 * (1 - 1 / 5))
+    assert model.layers[0].weight[1, 0].item() == pytest.approx(6.0 - 0.5)
+    euclidean = dnn(hidden=(2,))
+    euclidean.load_state_dict(model.state_dict())
+    Regularizer(RegularizeConfig(kind="group-lasso", strength=1.0), euclidean).step(lr=lr, step=t)
+    assert euclidean.layers[0].weight[1, 0].item() == pytest.approx(5.5 - 2.0)  # unscaled: shrunk by 2
+
+
 def _train(model, teacher, regularizer, steps: int, lr: float = 2e-3) -> None:
     """AdamW on the KL to ``teacher``'s outputs, the regularizer's step after each update."""
     trainer = SimpleNamespace(optimizer=torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0),
@@ -91,7 +130,8 @@ def _train(model, teacher, regularizer, steps: int, lr: float = 2e-3) -> None:
     model.eval()
 
 
-def test_group_lasso_drives_a_planted_useless_unit_to_zero_and_surgery_removes_exactly_it():
+@pytest.mark.parametrize("metric, strength", [("euclidean", 0.5), ("adam", ADAM_STRENGTH)])
+def test_group_lasso_drives_a_planted_useless_unit_to_zero_and_surgery_removes_exactly_it(metric, strength):
     teacher = dnn()
     weak = 4  # unit 4 of layers.0: absent from the teacher, small and useless in the student
     with torch.no_grad():
@@ -104,7 +144,7 @@ def test_group_lasso_drives_a_planted_useless_unit_to_zero_and_surgery_removes_e
         student.layers[0].weight[weak] = 0.02 * torch.randn(3 * FEATS, generator=gen)
         student.layers[0].bias[weak] = 0.02
         student.layers[1].weight[:, weak] = 0.02 * torch.randn(7, generator=gen)
-    reg = Regularizer(RegularizeConfig(kind="group-lasso", strength=0.5), student)
+    reg = Regularizer(RegularizeConfig(kind="group-lasso", strength=strength, metric=metric), student)
     before = reg.penalty()
     _train(student, teacher, reg, steps=60)
     norms = {g.name: unit_norms(g, parameters_by_name(student)) for g in reg.groups}
@@ -118,6 +158,33 @@ def test_group_lasso_drives_a_planted_useless_unit_to_zero_and_surgery_removes_e
     x, lens = torch.randn(2, 20, FEATS), torch.tensor([20, 13])
     with torch.no_grad():
         torch.testing.assert_close(small(x, lens)[0], student(x, lens)[0], atol=1e-6, rtol=0)
+
+
+def test_targeted_group_lasso_shrinks_only_the_units_the_macs_target_would_remove():
+    torch.manual_seed(0)
+    model = dnn(hidden=(16, 12))
+    with torch.no_grad():  # unit 3 of layers.0: the weakest by far
+        model.layers[0].weight[3] *= 0.01
+        model.layers[1].weight[:, 3] *= 0.01
+    selected = units_to_remove(model, 0.3)
+    keep = plan(model, magnitude_scores(model), PruneTarget(kind="macs", fraction=0.3))
+    for name, mask in selected.items():
+        assert sorted(mask.nonzero().flatten().tolist()) == sorted(set(range(len(mask))) - set(keep.get(name, range(len(mask)))))
+    assert selected["layers.0"][3] == 1.0 and selected["layers.0"].sum() == 8
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    reg = Regularizer(RegularizeConfig(kind="group-lasso", strength=1e6, target_macs=0.3), model)
+    reg.step(lr=1.0, step=1)  # a huge step: every selected unit emptied, nothing else touched
+    norms = {g.name: unit_norms(g, parameters_by_name(model)) for g in reg.groups}
+    for name, mask in selected.items():
+        assert (norms[name][mask == 1] == 0).all() and (norms[name][mask == 0] > 0).all()
+    assert torch.equal(model.layers[0].weight[keep["layers.0"]], before["layers.0.weight"][keep["layers.0"]])
+    assert reg.summary()["regularize"]["targeted_units"] == {n: int(m.sum()) for n, m in selected.items() if m.any()}
+    small, removed = remove_weak_units(model, threshold=0.0)
+    assert {n: r for n, r in removed.items()} == {n: m.nonzero().flatten().tolist() for n, m in selected.items() if m.any()}
+    with pytest.raises(ConfigError, match="targets group-lasso"):
+        RegularizeConfig(kind="l1", strength=1.0, target_macs=0.5)
+    with pytest.raises(ConfigError, match="in \\(0, 1\\)"):
+        RegularizeConfig(kind="group-lasso", strength=1.0, target_macs=1.5)
 
 
 def test_slimming_shrinks_only_the_norm_scales_of_the_groups():
@@ -143,6 +210,8 @@ def test_warm_up_ramps_the_strength_and_bad_settings_are_errors():
     assert reg.last_tau == pytest.approx(0.02)
     with pytest.raises(ConfigError, match="strength > 0"):
         RegularizeConfig(kind="group-lasso")
+    with pytest.raises(ConfigError, match="adam is built for group-lasso"):
+        RegularizeConfig(kind="l1", strength=1.0, metric="adam")
     with pytest.raises(ConfigError, match="no group with a norm|has none"):
         Regularizer(RegularizeConfig(kind="slimming", strength=1.0), model)
 
