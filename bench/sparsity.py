@@ -227,32 +227,48 @@ def group_lasso(args: argparse.Namespace) -> None:
     loss = (["loss.ctc_weight=0.5", "loss.kd_weight=0.5", "loss.temperature=2.0"] if args.distill
             else ["loss.ctc_weight=1.0", "loss.kd_weight=0.0"])
     start = time.perf_counter()
-    metric = ("" if args.metric == "euclidean" else f"_{args.metric}") + ("_targeted" if args.targeted else "")
+    # the baseline does not depend on the strength: measured once per target, budget and seed
+    seed = f"_seed{args.seed}" if args.seed else ""
+    baseline = results / f"sensitivity_macs{_pct_int(args.target_macs)}_e{total}{kd}{seed}.json"
+    metric = ("" if args.metric == "euclidean" else f"_{args.metric}")
+    metric += {None: "", "macs": "_targeted", "sensitivity": "_targeted_sens"}[args.targeted]
     metric += f"_w{args.reg_warmup}" if args.reg_warmup else ""  # the plain euclidean runs' names stand
-    regularized = work / f"grouplasso{metric}_{args.strength}_e{args.reg_epochs}{kd}"
+    regularized = work / f"grouplasso{metric}_{args.strength}_e{args.reg_epochs}{kd}{seed}"
     distill_model({}, args.data, regularized, overwrite=True, show_progress=False, overrides=[
         f"teacher.path={args.model}", "student.init=path", f"student.path={args.model}",
         f"train.epochs={args.reg_epochs}", *loss, f"train.seed={args.seed}",
         *PruneConfig().finetune_overrides, "sparsity.regularize.kind=group-lasso",
         f"sparsity.regularize.strength={args.strength}", f"sparsity.regularize.metric={args.metric}",
         f"sparsity.regularize.warmup_steps={args.reg_warmup}",
-        *([f"sparsity.regularize.target_macs={args.target_macs}"] if args.targeted else []),
+        *_target_overrides(args, results / f"sensitivity_macs{_pct_int(args.target_macs)}_e{total}{kd}.json"),
         *([f"train.num_threads={args.threads}"] if args.threads else [])])
     rows = {"group_lasso": _structured_point(args, regularized, "magnitude", args.finetune_epochs,
-                                             work / f"group_lasso{metric}_{args.strength:g}_macs{_pct_int(args.target_macs)}_e{total}{kd}")}
-    # the baseline does not depend on the strength: measured once per target and budget
-    baseline = results / f"sensitivity_macs{_pct_int(args.target_macs)}_e{total}{kd}.json"
+                                             work / f"group_lasso{metric}_{args.strength:g}_macs{_pct_int(args.target_macs)}_e{total}{kd}{seed}")}
     if not baseline.is_file():
         write_json_atomic(baseline, _structured_point(args, args.model, "sensitivity", total,
-                                                      work / f"sensitivity_macs{_pct_int(args.target_macs)}_e{total}{kd}"))
+                                                      work / f"sensitivity_macs{_pct_int(args.target_macs)}_e{total}{kd}{seed}"))
     rows["sensitivity"] = read_json(baseline)
-    row = {"point": "group_lasso", "strength": args.strength, "metric": args.metric, "targeted": args.targeted,
+    row = {"point": "group_lasso", "seed": args.seed, "strength": args.strength, "metric": args.metric, "targeted": args.targeted,
            "reg_warmup": args.reg_warmup, "reg_epochs": args.reg_epochs,
            "finetune_epochs": args.finetune_epochs, "target_macs": args.target_macs, "distill": args.distill,
            "seconds": round(time.perf_counter() - start, 1),
            "regularized": read_json(regularized / "training.json").get("regularize"), **rows}
-    write_json_atomic(results / f"group_lasso{metric}_s{args.strength:g}_e{args.reg_epochs}{kd}.json", row)
+    write_json_atomic(results / f"group_lasso{metric}_s{args.strength:g}_e{args.reg_epochs}{kd}{seed}.json", row)
     print(json.dumps(row), flush=True)
+
+
+def _target_overrides(args: argparse.Namespace, baseline: Path) -> list[str]:
+    """--targeted: the penalty on the units the removal to --target-macs would take (``macs``) or
+    on those beyond the widths the sensitivity baseline chose (``sensitivity``; run it first). The
+    seed-0 baseline's widths serve every seed: the scan runs in eval mode on fixed batches."""
+    if args.targeted == "macs":
+        return [f"sparsity.regularize.target_macs={args.target_macs}"]
+    if args.targeted == "sensitivity":
+        if not baseline.is_file():
+            raise SystemExit(f"{baseline}: --targeted sensitivity reads the widths of this baseline; run "
+                             "group-lasso without --targeted first")
+        return [f"sparsity.regularize.target_widths={json.dumps(read_json(baseline)['widths'])}"]
+    return []
 
 
 def _pct_int(share: float) -> int:
@@ -327,7 +343,7 @@ def _group_lasso_lines(path: Path) -> list[str]:
     g = read_json(path)
     kd = "KD " if g.get("distill") else ""
     metric = f", {g['metric']} metric" if g.get("metric", "euclidean") != "euclidean" else ""
-    metric += ", targeted" if g.get("targeted") else ""
+    metric += {"macs": ", targeted by norms", "sensitivity": ", targeted at the sensitivity widths"}.get(g.get("targeted"), "")
     lines = ["", f"Group lasso (strength {g['strength']}{metric}, {g['reg_epochs']} {kd}epochs) then removal to "
                  f"{1 - g['target_macs']:.0%} of the MACs + {g['finetune_epochs']} {kd}epochs, against sensitivity "
                  f"pruning with {g['reg_epochs'] + g['finetune_epochs']} {kd}epochs:", "",
@@ -400,8 +416,9 @@ def main() -> None:
     ap.add_argument("--metric", choices=["euclidean", "adam"], default="euclidean",
                     help="group-lasso: the proximal step's metric (slimasr.prune.regularize)")
     ap.add_argument("--target-macs", type=float, default=0.5, help="group-lasso: share of MACs removed")
-    ap.add_argument("--targeted", action="store_true",
-                    help="group-lasso: shrink only the units the removal to --target-macs would take")
+    ap.add_argument("--targeted", choices=["macs", "sensitivity"],
+                    help="group-lasso: shrink only the units the removal to --target-macs would take "
+                         "(by norm), or those beyond the sensitivity baseline's widths")
     ap.add_argument("--reg-warmup", type=int, default=0, help="group-lasso: steps lambda ramps up over")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the fine-tuning runs")
     ap.add_argument("--seed", type=int, default=0)

@@ -39,7 +39,9 @@ and CTC gradients per weight of a trained model are ~1e-4..1e-3), not a share of
 
 ``target_macs`` (group lasso only) makes the penalty *targeted*: only the units that a removal of
 that share of the MACs would take now are shrunk (the global plan of ``slimasr.prune.plan`` on
-the units' L2 norms, re-chosen every ``reselect_steps``), so the units that will stay keep their
+the units' L2 norms, re-chosen every ``reselect_steps``; or, with ``target_widths``, the
+lowest-norm units beyond each named group's width, e.g. the widths a sensitivity plan chose), so
+the units that will stay keep their
 weights, and the ones that will go fade out while training moves their work elsewhere; the
 removal at the end then takes units that are already zero. This is growing regularization on the
 units to prune (Wang, Qin, Zhang & Fu, ICLR 2021) with the group-lasso proximal step; plain group
@@ -81,7 +83,8 @@ class RegularizeConfig:
     warmup_steps: int = 0  # lambda ramps linearly from 0 over these optimizer steps
     metric: Literal["euclidean", "adam"] = "euclidean"  # group-lasso: the proximal step's metric
     target_macs: float | None = None  # group-lasso: shrink only the units removing this MACs share takes
-    reselect_steps: int = 50  # target_macs: re-choose those units every this many optimizer steps
+    target_widths: dict[str, int] | None = None  # group-lasso: or shrink the units beyond these widths
+    reselect_steps: int = 50  # targets: re-choose those units every this many optimizer steps
     include: list[str] = field(default_factory=lambda: ["*"])  # l1: state_dict name patterns
     exclude: list[str] = field(default_factory=list)  # l1: patterns left alone
 
@@ -91,9 +94,12 @@ class RegularizeConfig:
             raise ConfigError(f"regularize.strength: {self.kind} needs a strength > 0")
         if self.metric == "adam" and self.kind != "group-lasso":
             raise ConfigError(f"regularize.metric: adam is built for group-lasso, not {self.kind}")
+        for name in ("target_macs", "target_widths"):
+            if getattr(self, name) is not None and self.kind != "group-lasso":
+                raise ConfigError(f"regularize.{name}: targets group-lasso, not {self.kind}")
+        if self.target_macs is not None and self.target_widths is not None:
+            raise ConfigError("regularize: target_macs or target_widths, not both")
         if self.target_macs is not None:
-            if self.kind != "group-lasso":
-                raise ConfigError(f"regularize.target_macs: targets group-lasso, not {self.kind}")
             if not 0.0 < self.target_macs < 1.0:
                 raise ConfigError(f"regularize.target_macs: a share of the MACs to remove in (0, 1), "
                                   f"got {self.target_macs}")
@@ -112,6 +118,11 @@ class Regularizer:
             self.names = select_tensors(model, cfg.include, cfg.exclude)
         elif cfg.kind == "group-lasso":
             self.groups = prunable_groups(model)
+            sizes = {g.name: g.size for g in self.groups}
+            for name, width in (cfg.target_widths or {}).items():
+                if name not in sizes or not 0 < width <= sizes[name]:
+                    raise ConfigError(f"regularize.target_widths: {name}: {width} is not a width of a group "
+                                      f"of this model ({sizes})")
             self.weights = [math.sqrt(unit_size(g, parameters_by_name(model))) for g in self.groups]
         elif cfg.kind == "slimming":
             self.scales = norm_scale_slices(model)
@@ -137,8 +148,8 @@ class Regularizer:
         elif self.cfg.kind == "group-lasso":
             scale = adam_scale(optimizer, self.model) if self.cfg.metric == "adam" else None
             means = [None if scale is None else unit_means(g, scale) for g in self.groups]
-            if self.cfg.target_macs is not None and (self.selected is None or step % self.cfg.reselect_steps == 0):
-                self.selected = units_to_remove(self.model, self.cfg.target_macs)
+            if self._targeted() and (self.selected is None or step % self.cfg.reselect_steps == 0):
+                self.selected = units_to_remove(self.model, self.cfg.target_macs, self.cfg.target_widths)
             for group, weight, c in zip(self.groups, self.weights, means):
                 per_unit = tau * weight if c is None else tau * weight / c
                 if self.selected is not None:
@@ -149,6 +160,9 @@ class Regularizer:
         elif self.cfg.kind == "slimming":
             for name, positions in self.scales:
                 soft_threshold_(params[name], tau, positions)
+
+    def _targeted(self) -> bool:
+        return self.cfg.target_macs is not None or self.cfg.target_widths is not None
 
     def penalty(self) -> float:
         """R(w): sum |w| (l1), sum sqrt(p_g) ||w_u|| (group-lasso) or sum |gamma| (slimming)."""
@@ -167,7 +181,7 @@ class Regularizer:
         if self.cfg.metric == "adam":  # the gradient scale lambda is compared with (see metric)
             out.update(metric="adam", median_unit_scale=self.last_unit_scale)
         if self.selected is not None:
-            out.update(target_macs=self.cfg.target_macs,
+            out.update(target_macs=self.cfg.target_macs, target_widths=self.cfg.target_widths,
                        targeted_units={n: int(m.sum()) for n, m in self.selected.items() if m.any()})
         return {"regularize": out}
 
@@ -226,11 +240,17 @@ def adam_scale(optimizer: torch.optim.Optimizer | None, model: nn.Module) -> dic
     return out
 
 
-def units_to_remove(model: AcousticModel, fraction: float) -> dict[str, Tensor]:
+def units_to_remove(model: AcousticModel, fraction: float | None, widths: dict[str, int] | None = None
+                    ) -> dict[str, Tensor]:
     """Group name -> (size,) float64, 1.0 for each unit that removing ``fraction`` of the MACs
-    by the units' L2 norms (the global plan) would take now, 0.0 for the others."""
+    by the units' L2 norms (the global plan) would take now, or (``widths``) each unit beyond
+    its group's width, lowest norms first; 0.0 for the others."""
     groups = prunable_groups(model)
-    keep = plan(model, magnitude_scores(model, groups), PruneTarget(kind="macs", fraction=fraction))
+    scores = magnitude_scores(model, groups)
+    if widths is not None:
+        keep = {n: sorted(torch.argsort(-scores[n], stable=True)[:w].tolist()) for n, w in widths.items()}
+    else:
+        keep = plan(model, scores, PruneTarget(kind="macs", fraction=fraction))
     out = {}
     for g in groups:
         mask = torch.zeros(g.size, dtype=torch.float64)

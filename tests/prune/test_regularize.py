@@ -171,6 +171,10 @@ def test_targeted_group_lasso_shrinks_only_the_units_the_macs_target_would_remov
     for name, mask in selected.items():
         assert sorted(mask.nonzero().flatten().tolist()) == sorted(set(range(len(mask))) - set(keep.get(name, range(len(mask)))))
     assert selected["layers.0"][3] == 1.0 and selected["layers.0"].sum() == 8
+    norms0 = unit_norms(group_by_name(model)["layers.0"], parameters_by_name(model))
+    by_width = units_to_remove(model, None, {"layers.0": 12})  # the 4 lowest norms of layers.0
+    assert by_width["layers.0"].nonzero().flatten().tolist() == sorted(torch.argsort(norms0)[:4].tolist())
+    assert not by_width["layers.1"].any()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     reg = Regularizer(RegularizeConfig(kind="group-lasso", strength=1e6, target_macs=0.3), model)
     reg.step(lr=1.0, step=1)  # a huge step: every selected unit emptied, nothing else touched
@@ -183,6 +187,10 @@ def test_targeted_group_lasso_shrinks_only_the_units_the_macs_target_would_remov
     assert {n: r for n, r in removed.items()} == {n: m.nonzero().flatten().tolist() for n, m in selected.items() if m.any()}
     with pytest.raises(ConfigError, match="targets group-lasso"):
         RegularizeConfig(kind="l1", strength=1.0, target_macs=0.5)
+    with pytest.raises(ConfigError, match="not both"):
+        RegularizeConfig(kind="group-lasso", strength=1.0, target_macs=0.5, target_widths={"layers.0": 8})
+    with pytest.raises(ConfigError, match="layers.9: 8 is not a width"):
+        Regularizer(RegularizeConfig(kind="group-lasso", strength=1.0, target_widths={"layers.9": 8}), model)
     with pytest.raises(ConfigError, match="in \\(0, 1\\)"):
         RegularizeConfig(kind="group-lasso", strength=1.0, target_macs=1.5)
 
