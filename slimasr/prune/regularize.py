@@ -41,8 +41,7 @@ and CTC gradients per weight of a trained model are ~1e-4..1e-3), not a share of
 that share of the MACs would take now are shrunk (the global plan of ``slimasr.prune.plan`` on
 the units' L2 norms, re-chosen every ``reselect_steps``; or, with ``target_widths``, the
 lowest-norm units beyond each named group's width, e.g. the widths a sensitivity plan chose), so
-the units that will stay keep their
-weights, and the ones that will go fade out while training moves their work elsewhere; the
+the units that will stay keep their weights, and the ones that will go fade out while training moves their work elsewhere; the
 removal at the end then takes units that are already zero. This is growing regularization on the
 units to prune (Wang, Qin, Zhang & Fu, ICLR 2021) with the group-lasso proximal step; plain group
 lasso shrinks every unit, the kept ones included, and removal to a target cuts units it has
@@ -114,6 +113,7 @@ class Regularizer:
         self.last_tau = 0.0
         self.last_unit_scale: float | None = None  # metric adam: the median c_u of the last step
         self.selected: dict[str, Tensor] | None = None  # target_macs: 1.0 for the units shrunk
+        self._counts: tuple[frozenset[str], list[Tensor]] | None = None  # metric adam: weights per unit
         if cfg.kind == "l1":
             self.names = select_tensors(model, cfg.include, cfg.exclude)
         elif cfg.kind == "group-lasso":
@@ -147,7 +147,7 @@ class Regularizer:
                 soft_threshold_(params[n], tau)
         elif self.cfg.kind == "group-lasso":
             scale = adam_scale(optimizer, self.model) if self.cfg.metric == "adam" else None
-            means = [None if scale is None else unit_means(g, scale) for g in self.groups]
+            means = [None] * len(self.groups) if scale is None else self._unit_means(scale)
             if self._targeted() and (self.selected is None or step % self.cfg.reselect_steps == 0):
                 self.selected = units_to_remove(self.model, self.cfg.target_macs, self.cfg.target_widths)
             for group, weight, c in zip(self.groups, self.weights, means):
@@ -160,6 +160,12 @@ class Regularizer:
         elif self.cfg.kind == "slimming":
             for name, positions in self.scales:
                 soft_threshold_(params[name], tau, positions)
+
+    def _unit_means(self, scale: dict[str, Tensor]) -> list[Tensor]:
+        """c_u of every group; the weight counts per unit are computed once per set of tensors."""
+        if self._counts is None or self._counts[0] != frozenset(scale):
+            self._counts = (frozenset(scale), [unit_counts(g, scale) for g in self.groups])
+        return [unit_means(g, scale, count) for g, count in zip(self.groups, self._counts[1])]
 
     def _targeted(self) -> bool:
         return self.cfg.target_macs is not None or self.cfg.target_widths is not None
@@ -261,10 +267,16 @@ def units_to_remove(model: AcousticModel, fraction: float | None, widths: dict[s
     return out
 
 
-def unit_means(group: Group, values: dict[str, Tensor]) -> Tensor:
+def unit_counts(group: Group, values: dict[str, Tensor]) -> Tensor:
+    """(size,) float64: how many entries of the tensors in ``values`` each unit owns."""
+    return unit_sums(group, {k: torch.ones_like(v) for k, v in values.items()})
+
+
+def unit_means(group: Group, values: dict[str, Tensor], count: Tensor | None = None) -> Tensor:
     """(size,) float64: the mean of ``values`` over the weights each unit owns (tensors missing
-    from ``values`` skipped; a unit with none of them: 1)."""
-    count = unit_sums(group, {k: torch.ones_like(v) for k, v in values.items()})
+    from ``values`` skipped; a unit with none of them: 1). ``count``: ``unit_counts`` of the same
+    tensors, when the caller has it."""
+    count = unit_counts(group, values) if count is None else count
     return torch.where(count > 0, unit_sums(group, values) / count.clamp(min=1), torch.ones_like(count))
 
 
@@ -334,6 +346,5 @@ def remove_weak_units(model: AcousticModel, threshold: float = 0.0, scores: Scor
 
 
 __all__ = ["NORM_TYPES", "RegularizeConfig", "Regularizer", "adam_scale", "norm_scale_scores", "norm_scale_slices",
-           "parameters_by_name", "remove_weak_units", "shrink_group_", "soft_threshold_", "unit_means", "unit_norms",
-           "unit_size", "units_to_remove",
-           "weak_units"]
+           "parameters_by_name", "remove_weak_units", "shrink_group_", "soft_threshold_", "unit_counts",
+           "unit_means", "unit_norms", "unit_size", "units_to_remove", "weak_units"]
