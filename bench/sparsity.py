@@ -7,6 +7,7 @@ or speed on this CPU, and when does only structure?
     python bench/sparsity.py kernels --model $M --sparsities 0.5 0.8 0.9 0.95
     python bench/sparsity.py group-lasso --model $M --data $D --target-macs 0.5 --reg-epochs 2 \
         --finetune-epochs 2 --strength 0.2
+    python bench/sparsity.py storage --model $M --data $D --points gradual_80_ft4kd
     python bench/sparsity.py table --model $M
 
 - ``wer``: one-shot magnitude, one-shot gradient saliency and the gradual (Zhu & Gupta) schedule,
@@ -23,6 +24,9 @@ or speed on this CPU, and when does only structure?
 - ``group-lasso``: fine-tune with group lasso for ``--reg-epochs``, remove the smallest units down
   to ``--target-macs`` and fine-tune ``--finetune-epochs``; against sensitivity pruning to the same
   MACs fine-tuned ``--reg-epochs + --finetune-epochs`` (the same total).
+- ``storage``: the dense model and each ``--points`` model (a point of ``wer``) saved compactly with
+  their weight matrices' values in fp32, fp16 and int8 (one scale per row;
+  ``slimasr.prune.sparse_io``), each scored as stored: bytes on disk against WER.
 - ``table``: bench/results/sparsity_<model>.md and .png from the JSON of the other commands.
 
 Every point is one JSON in ``--results`` (default bench/results/sparsity/<model>/), its model in
@@ -46,7 +50,9 @@ from slimasr.distill import distill_model
 from slimasr.evaluate.cost import example_input, measure_latency
 from slimasr.evaluate.run import EvalConfig, evaluate_model
 from slimasr.io import read_json, write_json_atomic, write_text_atomic
-from slimasr.models import load_model
+from slimasr.frontend import Frontend
+from slimasr.models import load_model, save_model
+from slimasr.models.io import RESERVED_KEYS
 from slimasr.prune import magnitude_scores, model_cost, plan, prune_model
 from slimasr.prune.plan import PruneTarget
 from slimasr.prune.run import PruneConfig, prune_model_dir
@@ -290,10 +296,38 @@ def _structured_point(args: argparse.Namespace, source: Path, criterion: str, ep
 
 # ---- table -------------------------------------------------------------------------------------------
 
+# ---- bytes on disk against WER: fp32, fp16 and int8 values -------------------------------------
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def storage(args: argparse.Namespace) -> None:
+    tag, results = args.model.name, args.results / args.model.name
+    rows = []
+    for point in ["dense", *args.points]:
+        source = args.model if point == "dense" else args.out / tag / point
+        for precision in PRECISIONS:
+            folder = args.out / tag / "storage" / f"{point}_{precision}"
+            _store(source, folder, precision)
+            row = {"point": point, "precision": precision, **evaluate(folder, args.data, args.lm)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    write_json_atomic(results / "storage.json", {"model": str(args.model), "rows": rows})
+
+
+def _store(source: Path, folder: Path, precision: str) -> None:
+    """``source``'s model directory again in ``folder``, compact, values in ``precision``."""
+    config = read_json(source / "config.json")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(load_model(source), folder, {k: v for k, v in config.items() if k not in RESERVED_KEYS},
+               compact=True, precision=precision)
+    Frontend.load(source).save(folder)
+
+
 def table(args: argparse.Namespace) -> None:
     tag, results = args.model.name, args.results / args.model.name
     points = [read_json(p) for p in sorted(results.glob("*.json"))
-              if p.stem != "kernels" and not p.stem.startswith("group_lasso")]
+              if p.stem not in ("kernels", "storage") and not p.stem.startswith("group_lasso")]
     lines = [f"# Unstructured sparsity: {tag}", "",
              "| point | sparsity | WER greedy | WER +LM | nonzero params | MB on disk | x fewer bytes | latency ms |",
              "|---|---|---|---|---|---|---|---|"]
@@ -304,6 +338,7 @@ def table(args: argparse.Namespace) -> None:
                      f"{_pct(p.get('wer_lm'))} | {p['nonzero_params']:,} | {p['model_bytes'] / 2**20:.2f} | "
                      f"{ratio:.2f} | {p['latency_ms']:.1f} |")
     lines += _kernel_lines(results / "kernels.json")
+    lines += _storage_lines(results / "storage.json")
     for path in sorted(results.glob("group_lasso*.json")):
         lines += _group_lasso_lines(path)
     out = args.results.parent / f"sparsity_{tag}.md"
@@ -334,6 +369,21 @@ def _kernel_lines(path: Path) -> list[str]:
             bsr = f"{s['bsr_speedup']:.2f}x" if "bsr_speedup" in s else "-"
             lines.append(f"| {p['sparsity']:.0%} | {s['tensor']} | {s['shape'][0]}x{s['shape'][1]} | "
                          f"{s['dense_ms']:.3f} | {s['csr_speedup']:.2f}x | {bsr} |")
+    return lines
+
+
+def _storage_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    rows = read_json(path)["rows"]
+    dense = next(r for r in rows if r["point"] == "dense" and r["precision"] == "fp32")
+    lines = ["", "Stored compactly, the weight matrices' values in fp32, fp16 or int8 (a scale per row), "
+                 "each scored as stored:", "",
+             "| point | values | WER greedy | WER +LM | MB on disk | x fewer bytes than dense fp32 |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['point']} | {r['precision']} | {r['wer_greedy']:.2f}% | {_pct(r.get('wer_lm'))} | "
+                     f"{r['model_bytes'] / 2**20:.2f} | {dense['model_bytes'] / r['model_bytes']:.2f} |")
     return lines
 
 
@@ -395,7 +445,7 @@ def _curves(points: list[dict]) -> dict[str, list[dict]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["wer", "kernels", "group-lasso", "table"])
+    ap.add_argument("command", choices=["wer", "kernels", "group-lasso", "storage", "table"])
     ap.add_argument("--model", type=Path, required=True, help="trained model directory")
     ap.add_argument("--data", type=Path, default=Path("data/smarthome"), help="data directory")
     ap.add_argument("--lm", type=Path, default=Path("exp/bench_teachers/lm_3gram.arpa"), help="ARPA LM (if present)")
@@ -422,8 +472,10 @@ def main() -> None:
     ap.add_argument("--reg-warmup", type=int, default=0, help="group-lasso: steps lambda ramps up over")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the fine-tuning runs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--points", nargs="*", default=[], help="storage: points of wer (folders in --out/<model>)")
     args = ap.parse_args()
-    {"wer": wer, "kernels": kernels, "group-lasso": group_lasso, "table": table}[args.command](args)
+    {"wer": wer, "kernels": kernels, "group-lasso": group_lasso, "storage": storage,
+     "table": table}[args.command](args)
 
 
 if __name__ == "__main__":

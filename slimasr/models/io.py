@@ -35,11 +35,13 @@ MAX_LISTED = 3  # how many mismatching weight names an error message lists
 
 
 def save_model(model: AcousticModel, out_dir: str | Path, extra: Mapping[str, Any] | None = None,
-               compact: bool = False) -> Path:
+               compact: bool = False, precision: str = "fp32") -> Path:
     """Write ``out_dir/model.safetensors`` then ``out_dir/config.json``, each atomically.
 
     ``compact``: sparse tensors as values + bitmask or CSR (``slimasr.prune.sparse_io``), when
-    smaller. Other files in ``out_dir`` (tokenizer, metrics) are left alone. Returns ``out_dir``.
+    smaller; ``precision`` (compact only): weight matrices' values in fp32 (exact), fp16 or int8
+    with a scale per row (lossy). Other files in ``out_dir`` (tokenizer, metrics) are left alone.
+    Returns ``out_dir``.
     """
     if not isinstance(model, AcousticModel) or not model.arch:
         raise TypeError(f"save_model needs a registered slimasr model, got {type(model).__name__}")
@@ -47,6 +49,8 @@ def save_model(model: AcousticModel, out_dir: str | Path, extra: Mapping[str, An
     clash = sorted(set(extra) & set(RESERVED_KEYS))
     if clash:
         raise ValueError(f"extra may not set reserved config.json key(s): {', '.join(clash)}")
+    if precision != "fp32" and not compact:
+        raise ValueError(f"precision {precision} is a compact form: pass compact=True")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in plain_state_dict(model).items()}
@@ -55,7 +59,7 @@ def save_model(model: AcousticModel, out_dir: str | Path, extra: Mapping[str, An
         if compact:
             from slimasr.prune.sparse_io import save_compact  # noqa: PLC0415 (prune imports models)
 
-            compact = bool(save_compact(tensors, tmp, metadata))
+            compact = bool(save_compact(tensors, tmp, metadata, precision))
         else:
             save_file(tensors, str(tmp), metadata=metadata)
     config = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "architecture": model.arch,

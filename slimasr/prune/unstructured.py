@@ -64,6 +64,9 @@ class UnstructuredConfig:
     exclude: list[str] = field(default_factory=list)  # patterns kept dense, e.g. ["head.*"]
     biases: bool = False  # also the biases of the selected layers
     max_batches: int | None = None  # gradient: calibration batches used (None: all given)
+    # values of the saved model's weight matrices: fp32 (exact), fp16 or int8 with a scale per row
+    # (lossy; the model is scored as stored: slimasr.prune.sparse_io)
+    storage: Literal["fp32", "fp16", "int8"] = "fp32"
 
     def __post_init__(self) -> None:
         check_numbers("unstructured", self, fractions=("sparsity",), positive=("max_batches",))

@@ -5,6 +5,7 @@ loss; explicit ratios, whole-layer removal, the CLI and its errors."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import weakref
 from pathlib import Path
@@ -259,6 +260,29 @@ def test_cli_unstructured_prunes_fine_tunes_with_the_mask_kept_and_saves_compact
     assert record["final"]["nonzero_params"] < 0.3 * record["original"]["nonzero_params"]
 
 
+def test_cli_unstructured_storage_int8_saves_and_scores_the_model_as_stored(trained, tmp_path):
+    data, model_dir = trained
+    for storage in ("fp32", "int8"):
+        assert main(["prune", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / storage),
+                     "--method", "unstructured", "--sparsity", "0.8", "--finetune-epochs", "0", "--quiet",
+                     "calibration_cuts=4", "sensitivity_cuts=4", f"unstructured.storage={storage}"]) == 0
+    exact, stored = load_model(tmp_path / "fp32"), load_model(tmp_path / "int8")
+    record = json.loads((tmp_path / "int8" / PRUNE_JSON).read_text())
+    assert record["storage"]["precision"] == "int8" and "storage" not in json.loads(
+        (tmp_path / "fp32" / PRUNE_JSON).read_text())
+    assert math.isfinite(record["storage"]["dev_loss"]) and record["storage"]["dev_loss"] != record["storage"][
+        "dev_loss_before"]  # scored as stored
+    for (name, a), b in zip(exact.state_dict().items(), stored.state_dict().values()):
+        if a.dim() < 2:
+            assert torch.equal(a, b), name
+            continue
+        rows = a.reshape(a.shape[0], -1)
+        assert ((b.reshape_as(rows) - rows).abs() <= rows.abs().amax(1, keepdim=True) / 254 + 1e-7).all(), name
+        assert (b[a == 0] == 0).all(), name
+    fp32_bytes = (tmp_path / "fp32" / "model.safetensors").stat().st_size
+    assert record["final"]["bytes"] == (tmp_path / "int8" / "model.safetensors").stat().st_size < 0.6 * fp32_bytes
+
+
 def test_gradient_saliency_global_and_gradual_unstructured_pruning(trained, tmp_path):
     data, model_dir = trained
     record = prune_model_dir(model_dir, data, tmp_path / "g", config(
@@ -308,6 +332,7 @@ def test_units_a_penalty_emptied_are_removed_exactly_by_threshold(trained, tmp_p
     (["--method", "unstructured", "--criterion", "taylor"], "unstructured.criterion"),
     (["--method", "unstructured", "--target-macs", "0.5"], "--target-macs has no effect with --method unstructured"),
     (["--method", "unstructured", "remove_layers=1"], "method unstructured: ratios, remove_layers"),
+    (["--method", "unstructured", "unstructured.storage=int4"], "unstructured.storage"),
 ])
 def test_cli_bad_unstructured_settings_are_one_line_errors(trained, tmp_path, capsys, extra, message):
     data, model_dir = trained

@@ -104,3 +104,57 @@ def test_a_compact_file_that_does_not_match_its_config_is_one_error(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(DataError, match="'sparse' must be true or false"):
         load_model(tmp_path / "m")
+
+
+def test_int8_storage_keeps_zeros_and_each_weight_within_half_its_rows_step(tmp_path):
+    state = {"w": sparse((40, 30), 0.8), "conv": sparse((4, 3, 3, 3), 0.5, 1), "dense": sparse((16, 8), 0.0, 2),
+             "bias": sparse((40,), 0.0, 3), "steps": torch.tensor(7)}
+    state["w"][3] = 0  # an all-zero row
+    layouts = save_compact(state, tmp_path / "m.safetensors", precision="int8")
+    assert layouts == {"w": "bitmask", "conv": "bitmask", "dense": "dense"}  # the vector stays float32
+    loaded = load_compact(tmp_path / "m.safetensors")
+    assert torch.equal(loaded["bias"], state["bias"]) and torch.equal(loaded["steps"], state["steps"])
+    for name in ("w", "conv", "dense"):
+        w, back = state[name], loaded[name]
+        assert back.dtype == torch.float32 and back.shape == w.shape
+        rows = w.reshape(w.shape[0], -1)
+        step = rows.abs().amax(1) / 127  # the scale of each row
+        err = (back.reshape_as(rows) - rows).abs()
+        assert (err <= step[:, None] / 2 + 1e-7).all(), name
+        assert (back[w == 0] == 0).all(), name  # zeros stay zeros
+        assert torch.allclose(back.reshape_as(rows).abs().amax(1), rows.abs().amax(1), rtol=1e-6), name  # 127 steps
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
+        assert f.get_slice("w:values").get_dtype() == "I8" and f.get_slice("w:scale").get_dtype() == "F32"
+        assert f.get_slice("dense:values").get_dtype() == "I8"
+    assert compact_shapes(tmp_path / "m.safetensors") == {k: list(v.shape) for k, v in state.items()}
+
+
+def test_fp16_storage_is_the_matrices_cast_to_half(tmp_path):
+    state = {"w": sparse((40, 30), 0.8), "bias": sparse((40,), 0.0, 3)}
+    save_compact(state, tmp_path / "m.safetensors", precision="fp16")
+    loaded = load_compact(tmp_path / "m.safetensors")
+    assert loaded["w"].dtype == torch.float16 and torch.equal(loaded["w"], state["w"].half())
+    assert torch.equal(loaded["bias"], state["bias"])
+    with pytest.raises(ValueError, match="precision must be one of fp32, fp16, int8"):
+        save_compact(state, tmp_path / "x.safetensors", precision="int4")
+
+
+def test_a_sparse_model_stored_in_int8_is_smaller_and_loads_into_float32(tmp_path):
+    model = crnn((48, 48))
+    sparsify_(model, UnstructuredConfig(sparsity=0.8))
+    squash_(model)
+    sizes = {}
+    for precision in ("fp32", "fp16", "int8"):
+        save_model(model, tmp_path / precision, compact=True, precision=precision)
+        sizes[precision] = (tmp_path / precision / "model.safetensors").stat().st_size
+        loaded = load_model(tmp_path / precision)
+        for k, v in loaded.state_dict().items():
+            assert v.dtype == model.state_dict()[k].dtype, k
+            zeros = model.state_dict()[k] == 0
+            assert (v[zeros] == 0).all(), k  # int8 may add zeros (weights below half a step), never lose one
+            if precision != "int8":
+                assert torch.equal(v == 0, zeros), k
+    # per weight: 4, 2 or 1 byte of each kept value + 1 bit of mask (20% kept)
+    assert sizes["int8"] < 0.6 * sizes["fp32"] and sizes["fp16"] < 0.75 * sizes["fp32"]
+    with pytest.raises(ValueError, match="compact form"):
+        save_model(model, tmp_path / "x", precision="int8")
