@@ -61,7 +61,7 @@ def prune_point(args: argparse.Namespace, criterion: str, target: float, out: Pa
     cfg = {"criterion": criterion, "target": {"kind": "macs", "fraction": target, "round_to": args.round_to},
            "finetune_epochs": epochs, "distill": True, "calibration_cuts": args.calibration_cuts,
            "num_threads": args.threads,
-           "learned": {"steps": args.mask_steps, "warmup_steps": max(1, args.mask_steps // 4)}}
+           "learned": {"steps": args.mask_steps, "warmup_steps": max(1, args.mask_steps // 4), **args.learned}}
     record = prune_model_dir(args.model, args.data, out, from_dict(PruneConfig, cfg), show_progress=False,
                              overwrite=True)
     row = {"criterion": criterion, "target": target, "macs_ratio": record["final"]["macs_ratio"],
@@ -136,13 +136,17 @@ def main() -> None:
                    help="reuse points measured by an earlier run (OUT/<model>/<criterion>_<pct>.row.json): "
                         "run one criterion per process, then all of them with --reuse for the table and timing")
     p.add_argument("--points-only", action="store_true", help="prune and evaluate the points, no table or timing")
+    p.add_argument("--learned", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="LearnedConfig settings, e.g. lambda_lr=0.01 (the point's folder gets them as a suffix)")
     args = p.parse_args()
+    args.learned = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.learned)}
     torch.set_num_threads(args.threads)
     tag = args.model.name
     rows, models = [], {"unpruned": args.model}
     for target in args.targets:
         for criterion in args.criteria:
-            out = args.out / tag / f"{criterion}_{round(target * 100)}"
+            suffix = "".join(f"_{k}{v}" for k, v in args.learned.items()) if criterion == "learned" else ""
+            out = args.out / tag / f"{criterion}_{round(target * 100)}{suffix}"
             saved = out.with_name(out.name + ".row.json")
             if args.reuse and saved.is_file():
                 rows.append(json.loads(saved.read_text()))
