@@ -19,8 +19,9 @@ removed and measured.
 ``method: unstructured`` zeroes single weights instead (``slimasr.prune.unstructured``: magnitude
 or gradient saliency, per layer or global) and fine-tunes with the mask kept
 (``sparsity.keep_masks``), or reaches the sparsity during fine-tuning (``gradual``, Zhu & Gupta);
-the model keeps its shapes and is saved compactly (``"sparse": true``), and prune.json records the
-sparsity per layer, the nonzero parameters and the bytes on disk. ``regularize`` adds a sparsity
+the model keeps its shapes and is saved compactly (``"sparse": true``; ``unstructured.storage``:
+its values in fp16 or int8, the model then written again and scored as stored), and prune.json
+records the sparsity per layer, the nonzero parameters and the bytes on disk. ``regularize`` adds a sparsity
 penalty to the fine-tuning; ``remove_below`` removes, instead of meeting a target, the units a
 group-lasso (or slimming) run emptied.
 """
