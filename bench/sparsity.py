@@ -344,6 +344,8 @@ def table(args: argparse.Namespace) -> None:
     out = args.results.parent / f"sparsity_{tag}.md"
     write_text_atomic(out, "\n".join(lines) + "\n")
     _plot(points, args.results.parent / f"sparsity_{tag}.png")
+    if (results / "storage.json").is_file():
+        _plot_storage(read_json(results / "storage.json")["rows"], args.results.parent / f"sparsity_{tag}_bytes.png")
     print("\n".join(lines))
 
 
@@ -403,6 +405,33 @@ def _group_lasso_lines(path: Path) -> list[str]:
         lines.append(f"| {name} | {r['macs_ratio']:.1%} | {r['wer_greedy']:.2f}% | {_pct(r.get('wer_lm'))} | "
                      f"{r['latency_ms']:.1f} |")
     return lines
+
+
+def _plot_storage(rows: list[dict], path: Path) -> None:
+    """WER + LM against MB on disk (log scale): one marker per stored form, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for point in dict.fromkeys(r["point"] for r in rows):
+        mine = [r for r in rows if r["point"] == point and r.get("wer_lm") is not None]
+        ax.plot([r["model_bytes"] / 2**20 for r in mine], [r["wer_lm"] for r in mine], "o-", label=point)
+        for r in mine:
+            ax.annotate(r["precision"], (r["model_bytes"] / 2**20, r["wer_lm"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.set_xlabel("MB on disk (compact safetensors)")
+    ax.set_ylabel("WER beam + LM (%)")
+    ax.set_title("Bytes on disk against WER: fp32, fp16, int8 values")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _plot(points: list[dict], path: Path) -> None:
