@@ -60,7 +60,7 @@ def prune_point(args: argparse.Namespace, criterion: str, target: float, out: Pa
     epochs = finetune_epochs(args, criterion)
     cfg = {"criterion": criterion, "target": {"kind": "macs", "fraction": target, "round_to": args.round_to},
            "finetune_epochs": epochs, "distill": True, "calibration_cuts": args.calibration_cuts,
-           "num_threads": args.threads,
+           "num_threads": args.threads, "seed": args.seed,
            "learned": {"steps": args.mask_steps, "warmup_steps": max(1, args.mask_steps // 4), **args.learned}}
     record = prune_model_dir(args.model, args.data, out, from_dict(PruneConfig, cfg), show_progress=False,
                              overwrite=True)
@@ -136,6 +136,7 @@ def main() -> None:
                    help="reuse points measured by an earlier run (OUT/<model>/<criterion>_<pct>.row.json): "
                         "run one criterion per process, then all of them with --reuse for the table and timing")
     p.add_argument("--points-only", action="store_true", help="prune and evaluate the points, no table or timing")
+    p.add_argument("--seed", type=int, default=0, help="prune's seed (fine-tuning order, gates' noise)")
     p.add_argument("--learned", nargs="*", default=[], metavar="KEY=VALUE",
                    help="LearnedConfig settings, e.g. lambda_lr=0.01 (the point's folder gets them as a suffix)")
     args = p.parse_args()
@@ -146,6 +147,7 @@ def main() -> None:
     for target in args.targets:
         for criterion in args.criteria:
             suffix = "".join(f"_{k}{v}" for k, v in args.learned.items()) if criterion == "learned" else ""
+            suffix += f"_seed{args.seed}" if args.seed else ""
             out = args.out / tag / f"{criterion}_{round(target * 100)}{suffix}"
             saved = out.with_name(out.name + ".row.json")
             if args.reuse and saved.is_file():
