@@ -56,6 +56,7 @@ from slimasr.models.io import RESERVED_KEYS
 from slimasr.prune import magnitude_scores, model_cost, plan, prune_model
 from slimasr.prune.plan import PruneTarget
 from slimasr.prune.run import PruneConfig, prune_model_dir
+from slimasr.prune.sparse_io import PRECISIONS
 from slimasr.prune.unstructured import UnstructuredConfig, select_tensors, sparsify_, squash_, tensor_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -297,9 +298,6 @@ def _structured_point(args: argparse.Namespace, source: Path, criterion: str, ep
 # ---- table -------------------------------------------------------------------------------------------
 
 # ---- bytes on disk against WER: fp32, fp16 and int8 values -------------------------------------
-
-PRECISIONS = ("fp32", "fp16", "int8")
-
 
 def storage(args: argparse.Namespace) -> None:
     tag, results = args.model.name, args.results / args.model.name

@@ -21,9 +21,9 @@ or gradient saliency, per layer or global) and fine-tunes with the mask kept
 (``sparsity.keep_masks``), or reaches the sparsity during fine-tuning (``gradual``, Zhu & Gupta);
 the model keeps its shapes and is saved compactly (``"sparse": true``; ``unstructured.storage``:
 its values in fp16 or int8, the model then written again and scored as stored), and prune.json
-records the sparsity per layer, the nonzero parameters and the bytes on disk. ``regularize`` adds a sparsity
-penalty to the fine-tuning; ``remove_below`` removes, instead of meeting a target, the units a
-group-lasso (or slimming) run emptied.
+records the sparsity per layer, the nonzero parameters and the bytes on disk. ``regularize`` adds
+a sparsity penalty to the fine-tuning; ``remove_below`` removes, instead of meeting a target, the
+units a group-lasso (or slimming) run emptied.
 """
 
 from __future__ import annotations
@@ -477,8 +477,10 @@ def _prune_unstructured(model_dir: Path, data_dir: Path, out_dir: Path, cfg: Pru
                         "finetuned": _sparsity_record(model, u, current_dir)})
         record["steps"].append(row)
     if u.storage != "fp32":
+        last = record["steps"][-1]
+        before = last.get("dev_loss_finetuned", last["dev_loss_pruned"])  # the model being stored
         current_dir, model, record["storage"] = _store(model, frontend, current_dir, out_dir, u.storage,
-                                                       dev_batches)
+                                                       dev_batches, before)
     record["final"] = {**_sparsity_record(model, u, current_dir, layers=True),
                        "learned_nothing": record["steps"][-1].get("learned_nothing")}
     record["final"]["bytes_ratio"] = record["final"]["bytes"] / record["original"]["bytes"]
@@ -487,14 +489,15 @@ def _prune_unstructured(model_dir: Path, data_dir: Path, out_dir: Path, cfg: Pru
 
 
 def _store(model: AcousticModel, frontend: Frontend, source: Path, out_dir: Path, precision: str,
-           dev_batches: list) -> tuple[Path, AcousticModel, dict[str, Any]]:
+           dev_batches: list, dev_loss_before: float) -> tuple[Path, AcousticModel, dict[str, Any]]:
     """The final model written again, its weight matrices' values in ``precision`` (fp16, or
-    int8 with a scale per row): its folder, the model as stored, and the dev loss it cost."""
+    int8 with a scale per row): its folder, the model as stored, and the dev loss it cost
+    (``dev_loss_before``: the model's own, already measured)."""
     folder = out_dir / STEPS_DIR / f"stored_{precision}"
     _save(model, frontend, folder, {"step": "store", "source": str(source), "precision": precision},
           compact=True, precision=precision)
     stored = load_model(folder).eval()
-    return folder, stored, {"precision": precision, "dev_loss_before": _mean_loss(model, dev_batches),
+    return folder, stored, {"precision": precision, "dev_loss_before": dev_loss_before,
                             "dev_loss": _mean_loss(stored, dev_batches)}
 
 
