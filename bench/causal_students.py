@@ -1,0 +1,112 @@
+"""Causal (streaming) students of the shipped bidirectional teacher on the default corpus: test
+WER greedy and with beam search + the corpus trigram, params, MACs and latency of each trained
+student, beside the teacher measured the same way. The students are trained with `slimasr
+distill` (the commands are in bench/README.md, "Causal streaming students on the default
+corpus"); this script evaluates them and builds the table and plot.
+
+    python bench/causal_students.py run --data data/default --lm exp/lm3.arpa \
+        --model teacher=exp/shipped --what teacher="the shipped smarthome-crnn (bidirectional)" \
+        --model cut75=exp/causal/cut75 --what cut75="cut from the teacher; CTC alone"
+    python bench/causal_students.py table
+
+Results: bench/results/causal_default/<name>.json, table.md and table.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from slimasr.config import from_dict
+from slimasr.evaluate.run import EvalConfig, evaluate_model
+from slimasr.io import read_json, write_json_atomic, write_text_atomic
+
+RESULTS = Path(__file__).resolve().parent / "results" / "causal_default"
+KEPT = ("wer", "cer", "num_utterances", "params", "macs_per_second_audio", "latency_ms_p50", "rtf",
+        "model_bytes", "model_sha256", "data_sha256")
+
+
+def _pairs(specs: list[str]) -> dict[str, str]:
+    return dict(spec.split("=", 1) for spec in specs)
+
+
+def _provenance(model_dir: Path) -> dict:
+    """What training the model folder records (steps, seconds, its recipe's overrides)."""
+    prov = read_json(model_dir / "config.json").get("provenance") or {}
+    keys = ("step", "steps", "epochs", "train_seconds", "best_dev_wer", "best_epoch", "student_init")
+    return {k: prov[k] for k in keys if k in prov}
+
+
+def run(args: argparse.Namespace) -> None:
+    out, data = Path(args.out), Path(args.data)
+    test, train = data / "test_cuts.jsonl.gz", data / "train_cuts.jsonl.gz"
+    whats = _pairs(args.what)
+    beam = {"decode": {"method": "beam", "lm_path": str(args.lm)}, "lexicon_reference": str(train)}
+    for name, model_dir in _pairs(args.model).items():
+        row = {"name": name, "model_dir": model_dir, "what": whats.get(name, ""),
+               "training": _provenance(Path(model_dir)), "runs": 1}
+        for decode, cfg in (("greedy", {}), ("lm", beam)):
+            r = evaluate_model(model_dir, test, from_dict(EvalConfig, cfg), show_progress=False,
+                               json_out=out / "evals" / f"{name}-{decode}.json")
+            row[decode] = {k: r[k] for k in KEPT if k in r}
+            print(f"{name} {decode}: WER {r['wer']:.2f}%  CER {r['cer']:.2f}%")
+        write_json_atomic(out / f"{name}.json", row)
+    table(args)
+
+
+def table(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    rows = [read_json(p) for p in sorted(out.glob("*.json"))]
+    teacher = next((r for r in rows if r["name"] == "teacher"), None)
+    lines = ["| student | params | MMACs/s (x teacher) | steps | test WER greedy | test WER +LM "
+             "(vs teacher) | test CER greedy | latency p50 ms | what |", "|---" * 9 + "|"]
+    for r in rows:
+        g, lm = r["greedy"], r["lm"]
+        ratio = g["macs_per_second_audio"] / teacher["greedy"]["macs_per_second_audio"] if teacher else 1
+        gap = f" ({lm['wer'] - teacher['lm']['wer']:+.2f})" if teacher and r is not teacher else ""
+        lines.append(f"| {r['name']} | {g['params'] / 1e6:.2f}M | {g['macs_per_second_audio'] / 1e6:.1f} "
+                     f"({ratio:.2f}x) | {r['training'].get('steps', 0)} | {g['wer']:.2f}% | "
+                     f"{lm['wer']:.2f}%{gap} | {g['cer']:.2f}% | {g['latency_ms_p50']:.1f} | {r['what']} |")
+    write_text_atomic(out / "table.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _plot(rows, out / "table.png")
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["greedy"]["wer"] for r in rows], 0.4, label="greedy")
+    ax.bar([x + 0.2 for x in xs], [r["lm"]["wer"] for r in rows], 0.4, label="beam + trigram")
+    ax.set_xticks(list(xs), [r["name"] for r in rows], rotation=20, ha="right")
+    ax.set_ylabel("test WER (%), unseen voices")
+    ax.set_title("Causal students of the shipped teacher (default corpus, one run each)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".tmp_{path.name}")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="evaluate trained students (and the teacher) on the test split")
+    r.add_argument("--data", required=True, help="the corpus folder (its test and train manifests)")
+    r.add_argument("--lm", required=True, help="ARPA LM for beam search (slimasr lm)")
+    r.add_argument("--model", action="append", default=[], help="NAME=MODEL_DIR (repeatable)")
+    r.add_argument("--what", action="append", default=[], help="NAME=description (repeatable)")
+    t = sub.add_parser("table", help="table.md and table.png from the result JSONs")
+    for p in (r, t):
+        p.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args()
+    {"run": run, "table": table}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
