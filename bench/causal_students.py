@@ -31,7 +31,7 @@ def _pairs(specs: list[str]) -> dict[str, str]:
 
 
 def _provenance(model_dir: Path) -> dict:
-    """What training the model folder records (steps, seconds, its recipe's overrides)."""
+    """What training the model folder records (steps, epochs, seconds, best dev WER, student init)."""
     prov = read_json(model_dir / "config.json").get("provenance") or {}
     keys = ("step", "steps", "epochs", "train_seconds", "best_dev_wer", "best_epoch", "student_init")
     return {k: prov[k] for k in keys if k in prov}
