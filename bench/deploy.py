@@ -72,8 +72,8 @@ def evaluate_variants(model_dir: Path, bundle: Path, data: Path, lm: Path | None
 
 def sherpa_wer(bundle: Path, data: Path, int8: bool) -> dict:
     """Greedy WER of sherpa-onnx's offline CTC recognizer on the test split, scored like evaluate
-    (``slimasr.pipeline_deploy.sherpa_offline_wer``, as the demo's sherpa stage measures it)."""
-    from slimasr.pipeline_deploy import sherpa_offline_wer
+    (``slimasr.pipeline.deploy.sherpa_offline_wer``, as the demo's sherpa stage measures it)."""
+    from slimasr.pipeline.deploy import sherpa_offline_wer
 
     result = sherpa_offline_wer(bundle, read_split(data, "test"), int8)
     return {"wer_greedy": result["wer"], "cer_greedy": result["cer"]}

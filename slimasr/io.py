@@ -254,6 +254,27 @@ def _open_locked(path: Path, folder: Path) -> int:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def waiting_lock(path: str | Path) -> Iterator[None]:
+    """Hold ``path`` (``flock``, exclusive), waiting while another process holds it: for work
+    two processes may both start, like a shared feature cache, where the second should reuse
+    the first's result. The file stays (an unlinked lock file could be held twice). Without
+    ``fcntl`` (Windows) nothing is locked."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _holder(fd: int) -> str:
     """``slimasr train, pid 12 on host, since 2025-01-01T12:00:00`` from a held lock file."""
     try:

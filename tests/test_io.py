@@ -157,3 +157,25 @@ def test_the_lock_is_released_when_the_writer_fails(tmp_path):
     with output_lock(out, "train"):
         pass
     assert sorted(p.name for p in out.iterdir()) == ["partial"]
+
+
+def test_waiting_lock_makes_the_second_holder_wait_for_the_first(tmp_path):
+    """Two processes that need the same feature cache compute it once: the second waits."""
+    import threading
+
+    from slimasr.io import waiting_lock
+
+    path = tmp_path / "cache" / "train.lock"
+    got = threading.Event()
+
+    def second():
+        with waiting_lock(path):  # another open file description: flock makes it wait
+            got.set()
+
+    with waiting_lock(path):
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not got.wait(0.5)  # held here: the second one waits
+    assert got.wait(30)  # released: it goes on
+    thread.join()
+    assert path.is_file()  # the lock file stays (unlinking it could let two hold it at once)

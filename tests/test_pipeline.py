@@ -72,7 +72,7 @@ DEMO_KINDS = ["corpus", "model", "distill", "prune", "export", "export", "sherpa
 
 def test_bundled_recipes_parse():
     for name in ("demo", "demo_quick"):
-        exp, stages = pipeline.load_pipeline(name)
+        exp, stages, _ = pipeline.load_pipeline(name)
         assert [s.kind for s in stages] == DEMO_KINDS
         assert {s.threads for s in stages} == {1}
         assert stages[1].spec.shipped == "smarthome-crnn"
@@ -91,7 +91,7 @@ def test_demo_student_fits_a_quarter_of_the_teachers_macs():
     from slimasr.models.io import load_model
     from slimasr.shipped import pretrained
 
-    _, stages = pipeline.load_pipeline("demo")
+    _, stages, _ = pipeline.load_pipeline("demo")
     cut = dict(o.split("=", 1) for o in stages[2].spec.overrides if o.startswith("student."))
     teacher = load_model(pretrained("smarthome-crnn"))
     student = student_from_teacher(teacher, int(cut["student.layers"]), float(cut["student.width"]), 8,
@@ -104,12 +104,12 @@ def test_demo_recipes_budget_epochs_never_minutes():
     for name in ("demo", "demo_quick"):
         text = pipeline.find_recipe(name).read_text()
         assert "max_minutes" not in text
-    _, stages = pipeline.load_pipeline("demo")
+    _, stages, _ = pipeline.load_pipeline("demo")
     assert "train.epochs=10" in stages[2].spec.overrides and stages[3].spec.config["finetune_epochs"] == 3
 
 
 def test_train_models_turns_a_model_stage_into_its_train_stage():
-    _, stages = pipeline.load_pipeline("demo", train_models=True)
+    _, stages, _ = pipeline.load_pipeline("demo", train_models=True)
     teacher = stages[1]
     assert teacher.kind == "train" and teacher.key == "train:teacher" and teacher.threads == 1
     assert teacher.spec == pipeline.TrainStage(
@@ -141,6 +141,121 @@ def test_every_stage_runs_with_the_recipe_threads(tmp_path, monkeypatch):
 def test_bad_threads_are_rejected(threads):
     with pytest.raises(ConfigError, match=rf"threads must be a whole number >= 1 or null, got {threads!r}"):
         pipeline.load_pipeline({"experiment": "x", "threads": threads, "stages": []})
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, "two", True])
+def test_bad_jobs_are_rejected(jobs):
+    with pytest.raises(ConfigError, match=rf"jobs must be a whole number >= 1, got {jobs!r}"):
+        pipeline.load_pipeline({"experiment": "x", "jobs": jobs, "stages": []})
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs: stages that share no folder run side by side, each in a process of its own
+
+# Stage runners a spawned process can import (tests here are not importable modules): each
+# writes its pid into its folder; "meet" waits until its partner has started (so it passes only
+# when both run at once); "fail" raises a user's error; "sleep" runs until it is stopped.
+SIDE_STAGES = """
+import os, time
+from pathlib import Path
+from slimasr.errors import DataError
+
+def _start(stage, exp):
+    out = exp / stage.spec.name
+    out.mkdir(exist_ok=True)
+    (out / "pid").write_text(str(os.getpid()))
+    return out
+
+def meet(stage, exp):
+    out = _start(stage, exp)
+    partner = exp / stage.spec.partner / "pid"
+    for _ in range(1200):
+        if partner.is_file():
+            break
+        time.sleep(0.05)
+    (out / "met").write_text(str(partner.is_file()))
+
+def fail(stage, exp):
+    _start(stage, exp)
+    raise DataError(exp / "input.txt", "line 3 is not a number")
+
+def sleep(stage, exp):
+    _start(stage, exp)
+    time.sleep(600)
+"""
+
+
+@dataclass
+class SideStage:
+    name: str = "a"  # output folder
+    partner: str = ""  # meet: the stage it waits for (not a folder it reads)
+    model: str = ""  # folders it reads
+    data: str = ""
+
+
+@pytest.fixture()
+def side_stages(tmp_path, monkeypatch):
+    import importlib
+
+    (tmp_path / "side_stages_helper.py").write_text(SIDE_STAGES)
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned processes get this sys.path too
+    module = importlib.import_module("side_stages_helper")
+    monkeypatch.setattr(pipeline, "FOLDER_STAGES", (*pipeline.FOLDER_STAGES, "meet", "fail", "sleep"))
+    for kind in ("meet", "fail", "sleep"):
+        monkeypatch.setitem(pipeline.STAGES, kind, (SideStage, getattr(module, kind),
+                                                    lambda s, e: (e / s.spec.name / "pid").is_file()))
+    return tmp_path / "exp"
+
+
+def test_independent_stages_run_side_by_side_and_a_reader_waits_for_both(side_stages):
+    import os
+
+    exp = side_stages
+    stages = [{"stage": "meet", "name": "a", "partner": "b"}, {"stage": "meet", "name": "b", "partner": "a"},
+              {"stage": "meet", "name": "c", "partner": "a", "model": "a", "data": "b"}]  # after both
+    result = pipeline.run_pipeline({"experiment": str(exp), "jobs": 2, "stages": stages})
+    assert result["stages"] == {"meet:a": "ran", "meet:b": "ran", "meet:c": "ran"}
+    assert [(exp / n / "met").read_text() for n in "abc"] == ["True"] * 3
+    pids = {n: int((exp / n / "pid").read_text()) for n in "abc"}
+    assert len({pids["a"], pids["b"], os.getpid()}) == 3  # a and b: processes of their own
+    assert pids["c"] == os.getpid()  # ready alone: it runs here, as with jobs: 1
+    assert sorted(p.name for p in (exp / "logs").iterdir()) == ["meet-a.log", "meet-b.log"]
+    state = json.loads((exp / "pipeline.json").read_text())
+    assert set(state) == {"meet:a", "meet:b", "meet:c"}
+    again = pipeline.run_pipeline({"experiment": str(exp), "jobs": 2, "stages": stages})
+    assert set(again["stages"].values()) == {"skipped"}
+
+
+def test_a_failing_stage_stops_the_others_and_its_error_reaches_the_caller(side_stages):
+    import os
+
+    exp = side_stages
+    stages = [{"stage": "sleep", "name": "a"}, {"stage": "fail", "name": "b"}]
+    with pytest.raises(DataError, match=r"input.txt: line 3 is not a number$"):
+        pipeline.run_pipeline({"experiment": str(exp), "jobs": 2, "stages": stages})
+    for _ in range(200):  # the sleeper was started before the failure was seen
+        if (exp / "a" / "pid").is_file():
+            break
+    with pytest.raises(ProcessLookupError):  # ... and was stopped, not left running
+        os.kill(int((exp / "a" / "pid").read_text()), 0)
+    assert json.loads((exp / "pipeline.json").read_text()) == {}  # neither is marked done
+    assert "DataError" in (exp / "logs" / "fail-b.log").read_text()  # the traceback, for the curious
+
+
+def test_the_demo_trains_its_student_and_pruned_model_side_by_side():
+    from slimasr.pipeline.jobs import depends, runs_alone
+
+    for name in ("demo", "demo_quick"):
+        _, stages, jobs = pipeline.load_pipeline(name)
+        assert jobs == 2
+        names = [s.key for s in stages]
+        beside = {(names[i], names[j]) for j in range(len(stages)) for i in range(j)
+                  if not (depends(stages[j], stages[i]) or runs_alone(stages[i]) or runs_alone(stages[j]))}
+        assert ("distill:student", "prune:pruned") in beside
+        assert ("distill:student", "export:student_onnx") not in beside  # the bundle of the student
+        assert ("prune:pruned", "export:pruned_onnx") not in beside
+        # what times something or prints live runs alone: evaluate (latency), stream (RTF), report
+        assert not any("evaluate" in a or "stream" in a or "report" in a for pair in beside for a in pair)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +519,7 @@ def test_without_sherpa_onnx_the_sherpa_stage_writes_a_note(deployed, monkeypatc
     import logging
     import sys
 
-    from slimasr.pipeline_deploy import SHERPA_MISSING
+    from slimasr.pipeline.deploy import SHERPA_MISSING
 
     exp, recipe, _ = deployed
     monkeypatch.setitem(sys.modules, "sherpa_onnx", None)  # import fails

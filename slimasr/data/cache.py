@@ -18,7 +18,7 @@ from slimasr.config import config_to_dict
 from slimasr.data.features import FEATURE_CUTS_NAME, FeatureConfig, precompute_features
 from slimasr.data.manifests import read_split, split_path
 from slimasr.errors import DataError
-from slimasr.io import read_json, write_json_atomic
+from slimasr.io import read_json, waiting_lock, write_json_atomic
 
 FEATURE_CACHE = "fbank"  # default cache folder inside the data directory
 CONFIG_HASH_CHARS = 10  # hex digits of the feature config's hash naming its cache folder
@@ -34,16 +34,19 @@ def feature_cache_dir(data_dir: str | Path, cfg: FeatureConfig, root: str | Path
 
 def feature_cuts(data_dir: str | Path, split: str, cfg: FeatureConfig, cache_dir: str | Path,
                  num_jobs: int = 1, show_progress: bool = True) -> CutSet:
-    """The split's cuts with stored features, computed now unless a complete cache matches."""
+    """The split's cuts with stored features, computed now unless a complete cache matches.
+    Two processes asking at once (a pipeline's stages side by side) compute it once: the second
+    waits on ``<split>.lock`` and reuses the first's."""
     cache_dir = Path(cache_dir)
     stamp_path, manifest = cache_dir / f"{split}.json", cache_dir / split / FEATURE_CUTS_NAME
     stamp = _feature_stamp(data_dir, split, cfg)
-    if manifest.is_file() and stamp_path.is_file() and _read_stamp(stamp_path) == stamp:
-        return CutSet.from_jsonl_lazy(manifest)
-    stamp_path.unlink(missing_ok=True)  # the folder is about to change: no stale stamp meanwhile
-    cuts = precompute_features(read_split(data_dir, split), cache_dir / split, cfg,
-                               num_jobs=num_jobs, show_progress=show_progress)
-    write_json_atomic(stamp_path, stamp)  # written last: its presence means the cache is complete
+    with waiting_lock(cache_dir / f"{split}.lock"):
+        if manifest.is_file() and stamp_path.is_file() and _read_stamp(stamp_path) == stamp:
+            return CutSet.from_jsonl_lazy(manifest)
+        stamp_path.unlink(missing_ok=True)  # the folder is about to change: no stale stamp meanwhile
+        cuts = precompute_features(read_split(data_dir, split), cache_dir / split, cfg,
+                                   num_jobs=num_jobs, show_progress=show_progress)
+        write_json_atomic(stamp_path, stamp)  # written last: its presence means the cache is complete
     return cuts
 
 

@@ -4,6 +4,7 @@ A pipeline recipe names an experiment folder and its stages, in order::
 
     experiment: exp/demo                 # relative to the working directory
     threads: 1                           # torch threads of every stage (null: torch's default)
+    jobs: 1                              # stages that share no folder run this many at once
     stages:
       - {stage: corpus, name: data, synth: {hours: 1.5}}
       - {stage: train, name: teacher, recipe: train_crnn_teacher.yaml, overrides: [train.max_minutes=6]}
@@ -15,9 +16,10 @@ writes ``EXPERIMENT/report.*``). ``EXPERIMENT/pipeline.json`` records the settin
 stage ran with; a stage whose output is complete and whose settings did not change is skipped, so
 a stopped run picks up where it stopped (a half-trained model resumes from its last checkpoint).
 Every stage kind registers itself the same way (see ``STAGES``); the deployment stages (export,
-sherpa, stream) live in ``slimasr.pipeline_deploy``. ``threads`` applies to every stage: one torch
+sherpa, stream) live in ``slimasr.pipeline.deploy``. ``threads`` applies to every stage: one torch
 thread per process by default, because measured here an LSTM forward with 2 OpenMP threads took
-3.8 s while another process kept a core busy, against 0.019 s with 1 thread.
+3.8 s while another process kept a core busy, against 0.019 s with 1 thread. ``jobs`` > 1 runs
+stages that share no folder side by side, each in a process of its own (``slimasr.pipeline.jobs``).
 
 Names are plain folder names (checked when the recipe is read), each used once and never the name
 of a model or corpus the stage reads. A stage writes (and, when it reruns, replaces) only a folder
@@ -35,7 +37,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 from slimasr.config import config_to_dict, from_dict, parse_overrides, merge, read_config_file
 from slimasr.errors import ConfigError, DataError
@@ -43,17 +45,19 @@ from slimasr.io import LOCK_NAME, output_lock, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # bundled recipes (editable install)
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"  # bundled recipes (editable install)
 STATE_FILE = "pipeline.json"
 MODEL_STAGES = ("model", "train", "distill", "prune")  # stages whose model folder holds a training.json
 LEARNED_NOTHING_EXIT = 3  # exit status of `slimasr run` / `demo` when a model learned nothing
 FOLDERS_FILE = ".pipeline-folders.json"  # folder name -> key of the stage that created it
 STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a plain folder name: no '/', '.', '..'
-RESERVED_NAMES = {STATE_FILE, FOLDERS_FILE, LOCK_NAME, "pipeline"}  # report "pipeline" -> pipeline.json
+RESERVED_NAMES = {STATE_FILE, FOLDERS_FILE, LOCK_NAME, "pipeline", "logs"}  # report "pipeline" ->
+# pipeline.json; logs: the output of stages run side by side (slimasr.pipeline.jobs)
 FOLDER_STAGES = ("corpus", "model", "train", "distill", "prune", "export", "sherpa",
                  "stream")  # kinds that write EXPERIMENT/NAME
-PIPELINE_KEYS = ("experiment", "threads", "stages")  # top-level keys of a pipeline recipe
+PIPELINE_KEYS = ("experiment", "threads", "jobs", "stages")  # top-level keys of a pipeline recipe
 DEFAULT_THREADS = 1  # torch threads per stage (see the module doc)
+DEFAULT_JOBS = 1  # stages run at once (slimasr.pipeline.jobs)
 
 
 @dataclass
@@ -143,9 +147,15 @@ def register_stage(kind: str, spec_cls: type, done: Callable[[Stage, Path], bool
     return wrap
 
 
+class Pipeline(NamedTuple):
+    experiment: Path  # EXPERIMENT: every stage writes below it
+    stages: list[Stage]  # in the recipe's order
+    jobs: int = DEFAULT_JOBS  # stages that share no folder run this many at once
+
+
 def load_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = (),
-                  train_models: bool = False) -> tuple[Path, list[Stage]]:
-    """Parse a pipeline recipe into its experiment folder and stages (ConfigError on mistakes).
+                  train_models: bool = False) -> Pipeline:
+    """Parse a pipeline recipe into its experiment folder, stages and jobs (ConfigError on mistakes).
     ``train_models``: every model stage with a ``train`` entry becomes that train stage."""
     base = None
     if isinstance(source, (str, Path)):
@@ -161,6 +171,9 @@ def load_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = (
     if "experiment" not in data or not isinstance(data.get("stages"), list):
         raise ConfigError(f"{source}: a pipeline needs `experiment` and a list of `stages`")
     threads = _threads(data.get("threads", DEFAULT_THREADS), source)
+    jobs = data.get("jobs", DEFAULT_JOBS)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"{source}: jobs must be a whole number >= 1, got {jobs!r}")
     stages = []
     for i, raw in enumerate(data["stages"]):
         if not isinstance(raw, Mapping) or raw.get("stage") not in STAGES:
@@ -170,7 +183,7 @@ def load_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = (
         stages.append(trained_instead(Stage(kind, spec, base, threads), i) if train_models
                       else Stage(kind, spec, base, threads))
     check_stage_names(stages, source if base is not None else "pipeline recipe")
-    return Path(data["experiment"]), stages
+    return Pipeline(Path(data["experiment"]), stages, jobs)
 
 
 def _threads(value: Any, source: Any) -> int | None:
@@ -204,16 +217,18 @@ def check_stage_names(stages: list[Stage], where: Any) -> None:
                               f"not one of {', '.join(sorted(RESERVED_NAMES))}")
         if name in first:
             raise ConfigError(f"{at}: name {name!r} is already used by stages[{first[name]}]")
-        if name in _reads(stage.spec):
+        if name in reads(stage):
             raise ConfigError(f"{at}: name {name!r} is also a model or corpus this stage reads; "
                               "give its output another name")
         first[name] = i
 
 
-def _reads(spec: Any) -> list[str]:
-    """The stage names (or paths) a stage reads: its model, teacher, corpus, models."""
-    one = [getattr(spec, f, None) for f in ("model", "teacher", "data")]
-    return [r for r in [*one, *getattr(spec, "models", [])] if isinstance(r, str)]
+def reads(stage: Stage) -> set[str]:
+    """The experiment folders a stage reads: its model, teacher, corpus, bundle, the models it
+    evaluates (``student_onnx/model.int8.onnx`` reads ``student_onnx``)."""
+    spec = stage.spec
+    named = [getattr(spec, f, None) for f in ("model", "teacher", "data", "bundle")]
+    return {Path(v).parts[0] for v in [*named, *getattr(spec, "models", [])] if isinstance(v, str) and v}
 
 
 def find_recipe(name: str | Path) -> Path:
@@ -231,10 +246,12 @@ def run_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = ()
                  experiment: str | Path | None = None, train_models: bool = False) -> dict:
     """Run every stage not already complete; return ``{stage key: "ran" | "skipped"}``.
     ``train_models``: train the models of model stages from scratch (``load_pipeline``)."""
-    exp, stages = load_pipeline(source, overrides, train_models)
+    from slimasr.pipeline.jobs import run_stages
+
+    exp, stages, jobs = load_pipeline(source, overrides, train_models)
     exp = Path(experiment) if experiment is not None else exp
     with output_lock(exp, "run"):
-        outcome = _run_stages(stages, exp)
+        outcome = run_stages(stages, exp, jobs)
     return {"experiment": str(exp), "stages": outcome, **_learned_nothing(stages, exp)}
 
 
@@ -250,29 +267,6 @@ def _learned_nothing(stages: list[Stage], exp: Path) -> dict:
                         "or dev WER >= 100%%): its results measure an untrained model; train "
                         "longer (train.epochs)", stage.spec.name)
     return {"learned_nothing": names, **({"exit_code": LEARNED_NOTHING_EXIT} if names else {})}
-
-
-def _run_stages(stages: list[Stage], exp: Path) -> dict:
-    state_path = exp / STATE_FILE
-    state = read_json(state_path) if state_path.is_file() else {}
-    outcome = {}
-    for stage in stages:
-        settings = config_to_dict(stage.spec)
-        _, run, done = STAGES[stage.kind]
-        if state.get(stage.key) == settings and done(stage, exp):
-            log.info("[%s] complete, skipped", stage.key)
-            outcome[stage.key] = "skipped"
-            continue
-        log.info("[%s] running", stage.key)
-        claim_folder(stage, exp, finished=stage.key in state)
-        state.pop(stage.key, None)
-        write_json_atomic(state_path, state)
-        with torch_threads(stage.threads):
-            run(stage, exp)
-        state[stage.key] = settings
-        write_json_atomic(state_path, state)
-        outcome[stage.key] = "ran"
-    return outcome
 
 
 @contextlib.contextmanager
@@ -557,4 +551,4 @@ def _data_of(exp: Path, name: str) -> Path:
     return Path(settings["path"]) if settings.get("path") else exp / name
 
 
-from slimasr import pipeline_deploy  # noqa: E402,F401  (registers export, sherpa and stream)
+from slimasr.pipeline import deploy  # noqa: E402,F401  (registers export, sherpa and stream)

@@ -1,0 +1,355 @@
+"""Stages side by side: ``jobs: 2`` runs the stages that share no folder at the same time.
+
+A stage waits for every earlier stage it depends on: one that writes a folder it reads (its
+model, teacher, corpus, bundle, the models it evaluates) or writes, or that reads a folder it
+writes. Stages that time something (evaluate's batch-1 latency, streaming's RTF, a prune with a
+latency target) or show live output (stream) run with nothing beside them, so a busy core never
+changes a number in the report. In the demo the causal student and the pruned teacher train side
+by side, each on one core with one torch thread, then each is exported as soon as it is ready.
+
+When two or more stages are ready, each runs in a process of its own (``spawn``) whose output goes
+to ``EXPERIMENT/logs/KIND-NAME.log``; a board shows each running stage's latest line. A stage
+that is ready alone runs in this process, as with ``jobs: 1``. When one stage fails, the others
+are stopped (a training resumes from its last checkpoint on the next run) and its error is raised
+here: a user's mistake as its one-line message, anything else with the path of its log.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any, Callable
+
+from slimasr.config import config_to_dict
+from slimasr.io import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+LOGS = "logs"  # EXPERIMENT/logs/: the output of stages run in processes of their own
+ALONE_KINDS = ("evaluate", "stream", "report")  # they time something or print live
+POLL_SECONDS = 0.5  # how often the board reads the logs while stages run
+LOG_COLUMNS = 160  # line width of a stage's log
+
+
+# --------------------------------------------------------------------------- what waits for what
+
+
+def writes(stage: Any) -> set[str]:
+    """The experiment folders (and files) a stage writes: its own folder; evaluate also writes
+    metrics into the folders of the models it evaluates, and the corpus LM beside them."""
+    from slimasr.pipeline import output_folder
+
+    spec = stage.spec
+    if stage.kind == "evaluate":
+        lm = {f"lm_{spec.lm_order}gram.arpa"} if spec.lm_order is not None else set()
+        return {Path(m).parts[0] for m in spec.models} | lm
+    if stage.kind == "report":
+        return {f"{spec.name}.md", f"{spec.name}.json", f"{spec.name}.png"}
+    name = output_folder(stage)
+    return {name} if name else set()
+
+
+def depends(later: Any, earlier: Any) -> bool:
+    """Whether ``later`` must wait for ``earlier`` to finish (they share a folder one writes)."""
+    from slimasr.pipeline import reads
+
+    out_e, out_l = writes(earlier), writes(later)
+    return bool(out_e & (reads(later) | out_l) or reads(earlier) & out_l)
+
+
+def runs_alone(stage: Any) -> bool:
+    """Stages that time something or print live, and kinds that write no folder of their own
+    (what they touch is not known here): nothing runs beside them."""
+    from slimasr.pipeline import FOLDER_STAGES
+
+    if stage.kind in ALONE_KINDS or stage.kind not in FOLDER_STAGES:
+        return True
+    if stage.kind == "prune":
+        from slimasr.config import from_dict
+        from slimasr.prune.run import PruneConfig
+
+        return from_dict(PruneConfig, stage.spec.config, "config").target.latency_share is not None
+    return False
+
+
+def ready(stages: list, index: int, open_: set[int], running: set[int]) -> bool:
+    """Whether ``stages[index]`` may start: no unfinished earlier stage it depends on, and when
+    either runs alone, nothing unfinished before it and nothing running."""
+    stage = stages[index]
+    earlier = [j for j in sorted(open_ | running) if j < index]
+    if runs_alone(stage):
+        return not earlier and not running
+    if any(runs_alone(stages[j]) for j in running | set(earlier)):
+        return False
+    return not any(depends(stage, stages[j]) for j in earlier)
+
+
+# --------------------------------------------------------------------------- running them
+
+
+@dataclass
+class _Child:
+    process: Any
+    conn: Connection
+    log_path: Path
+    started: float
+
+
+def run_stages(stages: list, exp: Path, jobs: int) -> dict:
+    """Run every stage not already complete, up to ``jobs`` at a time; ``{key: "ran" | "skipped"}``
+    in the recipe's order."""
+    runner = _Runner(stages, exp, jobs)
+    try:
+        with runner.board:
+            runner.run()
+    except BaseException:
+        _stop(runner.running.values())
+        raise
+    return {s.key: runner.outcome[s.key] for s in stages if s.key in runner.outcome}
+
+
+class _Runner:
+    """Which stages are open (not started), running (in processes of their own) and done."""
+
+    def __init__(self, stages: list, exp: Path, jobs: int):
+        self.stages, self.exp, self.jobs = stages, exp, jobs
+        self.open, self.running, self.checked, self.outcome = set(range(len(stages))), {}, set(), {}
+        self.book, self.board = _Book(exp), _Board(show=jobs > 1 and sys.stdout.isatty())
+
+    def run(self) -> None:
+        while self.open or self.running:
+            self.skip_complete()
+            startable = [i for i in sorted(self.open) if self.ready(i)]
+            if not startable and not self.running:
+                if self.open:  # cannot happen: the first open stage is always ready
+                    raise RuntimeError(f"pipeline: no stage can start ({sorted(self.open)})")
+                return
+            if self.jobs == 1 or (len(startable) == 1 and not self.running):
+                self.run_here(startable[0])  # ready alone: here, as the sequential runner would
+                continue
+            for i in startable[:max(self.jobs - len(self.running), 0)]:
+                self.start(i)
+            self.collect_ended()
+
+    def ready(self, index: int) -> bool:
+        return ready(self.stages, index, self.open, set(self.running))
+
+    def skip_complete(self) -> None:
+        """Mark ready stages whose output is complete as skipped (earlier first, so a chain of
+        complete stages resolves at once; each is checked once)."""
+        for i in sorted(self.open - self.checked):
+            if self.ready(i):
+                self.checked.add(i)
+                if self.book.complete(self.stages[i]):
+                    self.open.discard(i)
+                    self.outcome[self.stages[i].key] = "skipped"
+
+    def run_here(self, index: int) -> None:
+        stage = self.stages[index]
+        self.open.discard(index)
+        self.book.begin(stage)
+        _run_here(stage, self.exp)
+        self.book.finish(stage)
+        self.outcome[stage.key] = "ran"
+
+    def start(self, index: int) -> None:
+        stage = self.stages[index]
+        self.open.discard(index)
+        self.book.begin(stage)
+        self.running[index] = _start(stage, self.exp, self.board)
+
+    def collect_ended(self) -> None:
+        for i in _wait(self.running, self.board):
+            stage, child = self.stages[i], self.running.pop(i)
+            _collect(stage, child, self.board)  # raises its error: the others are stopped
+            self.book.finish(stage)
+            self.outcome[stage.key] = "ran"
+
+
+def _run_here(stage: Any, exp: Path) -> None:
+    from slimasr.pipeline import STAGES, torch_threads
+
+    log.info("[%s] running", stage.key)
+    with torch_threads(stage.threads):
+        STAGES[stage.kind][1](stage, exp)
+
+
+def _start(stage: Any, exp: Path, board: "_Board") -> _Child:
+    from slimasr.pipeline import STAGES
+
+    log_path = exp / LOGS / f"{stage.key.replace(':', '-')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text("")
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe(duplex=False)
+    process = context.Process(target=_child_main, name=stage.key,
+                              args=(STAGES[stage.kind][1], stage, exp, log_path, theirs))
+    process.start()
+    theirs.close()
+    board.say(f"[{stage.key}] running in a process of its own (output: {log_path})")
+    board.add(stage.key, log_path)
+    return _Child(process, ours, log_path, time.monotonic())
+
+
+def _wait(running: dict, board: "_Board") -> list[int]:
+    """The indexes of children that ended or sent their outcome (refreshing the board meanwhile;
+    a child's outcome is read before it is joined, so a large one never blocks its exit)."""
+    while True:
+        ended = wait([h for c in running.values() for h in (c.process.sentinel, c.conn)],
+                     timeout=POLL_SECONDS)
+        board.refresh()
+        if ended:
+            return [i for i, c in running.items() if c.process.sentinel in ended or c.conn in ended]
+
+
+def _collect(stage: Any, child: _Child, board: "_Board") -> None:
+    """A finished child's outcome: nothing when it succeeded, else its error raised here."""
+    try:
+        message = child.conn.recv() if child.conn.poll() else None
+    except EOFError:  # it ended without a word (killed, or crashed in native code)
+        message = None
+    child.conn.close()
+    child.process.join()
+    board.remove(stage.key)
+    minutes, seconds = divmod(round(time.monotonic() - child.started), 60)
+    if message == "ok" and child.process.exitcode == 0:
+        board.say(f"[{stage.key}] done in {minutes} min {seconds:02d} s")
+        return
+    if isinstance(message, BaseException):
+        from slimasr.errors import SlimasrError
+
+        if not isinstance(message, SlimasrError):
+            message.add_note(f"(stage {stage.key}; its output: {child.log_path})")
+        raise message
+    raise RuntimeError(f"stage {stage.key}: its process ended with exit code "
+                       f"{child.process.exitcode}; its output: {child.log_path}")
+
+
+def _stop(children: Any) -> None:
+    for child in children:
+        if child.process.is_alive():
+            child.process.terminate()
+    for child in children:
+        child.process.join()
+
+
+def _child_main(run: Callable, stage: Any, exp: Path, log_path: Path, conn: Connection) -> None:
+    """A stage in a process of its own: its output into ``log_path``, its outcome to ``conn``."""
+    os.environ["COLUMNS"] = str(LOG_COLUMNS)  # rich wraps at this width when not on a terminal
+    with open(log_path, "a", buffering=1) as out:
+        sys.stdout = sys.stderr = out
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=out, force=True)
+        try:
+            from slimasr.pipeline import torch_threads
+
+            with torch_threads(stage.threads):
+                run(stage, exp)
+        except BaseException as e:  # noqa: BLE001  (sent to the parent, which raises it)
+            traceback.print_exc(file=out)
+            conn.send(_sendable(e))
+            os._exit(1)
+        conn.send("ok")
+
+
+def _sendable(error: BaseException) -> BaseException:
+    """The error itself when it survives pickling, else a RuntimeError with its text."""
+    import pickle
+
+    try:
+        return pickle.loads(pickle.dumps(error))
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+# --------------------------------------------------------------------------- bookkeeping
+
+
+class _Book:
+    """EXPERIMENT/pipeline.json: each finished stage's settings. A stage is dropped from it when
+    it starts and recorded when it finishes, so a stopped one runs again."""
+
+    def __init__(self, exp: Path):
+        from slimasr.pipeline import STATE_FILE
+
+        self.exp, self.path = exp, exp / STATE_FILE
+        self.state = read_json(self.path) if self.path.is_file() else {}
+
+    def complete(self, stage: Any) -> bool:
+        from slimasr.pipeline import STAGES
+
+        if self.state.get(stage.key) == config_to_dict(stage.spec) and STAGES[stage.kind][2](stage, self.exp):
+            log.info("[%s] complete, skipped", stage.key)
+            return True
+        return False
+
+    def begin(self, stage: Any) -> None:
+        from slimasr.pipeline import claim_folder
+
+        claim_folder(stage, self.exp, finished=stage.key in self.state)
+        self.state.pop(stage.key, None)
+        write_json_atomic(self.path, self.state)
+
+    def finish(self, stage: Any) -> None:
+        self.state[stage.key] = config_to_dict(stage.spec)
+        write_json_atomic(self.path, self.state)
+
+
+class _Board:
+    """One line per stage running in a process of its own: its key, time, and latest output line
+    (on a terminal; elsewhere only the start and end lines, through logging)."""
+
+    def __init__(self, show: bool):
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.show, self.logs, self.tasks = show, {}, {}
+        self.bar = Progress(SpinnerColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
+                            disable=not show)
+
+    def __enter__(self) -> "_Board":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def say(self, text: str) -> None:
+        if self.show:
+            self.bar.console.print(text, markup=False, highlight=False)
+        else:
+            log.info("%s", text)
+
+    def add(self, key: str, log_path: Path) -> None:
+        self.logs[key] = log_path
+        self.tasks[key] = self.bar.add_task(key, total=None)
+
+    def remove(self, key: str) -> None:
+        self.logs.pop(key, None)
+        if (task := self.tasks.pop(key, None)) is not None:
+            self.bar.remove_task(task)
+
+    def refresh(self) -> None:
+        if not self.show:
+            return
+        width = max(self.bar.console.width - 30, 20)
+        for key, path in self.logs.items():
+            line = f"{key}: {last_line(path)}"
+            self.bar.update(self.tasks[key], description=line[:width])
+
+
+def last_line(path: Path, tail: int = 4096) -> str:
+    """The last non-empty line of a log (a progress bar's carriage returns split lines too)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - tail, 0))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.replace("\r", "\n").split("\n")]
+    return next((line for line in reversed(lines) if line), "")
