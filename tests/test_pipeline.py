@@ -222,6 +222,9 @@ def test_independent_stages_run_side_by_side_and_a_reader_waits_for_both(side_st
     assert sorted(p.name for p in (exp / "logs").iterdir()) == ["meet-a.log", "meet-b.log"]
     state = json.loads((exp / "pipeline.json").read_text())
     assert set(state) == {"meet:a", "meet:b", "meet:c"}
+    times = json.loads((exp / "times.json").read_text())  # where the minutes went
+    assert {k: v["own_process"] for k, v in times.items()} == {"meet:a": True, "meet:b": True, "meet:c": False}
+    assert all(v["seconds"] >= 0 for v in times.values())
     again = pipeline.run_pipeline({"experiment": str(exp), "jobs": 2, "stages": stages})
     assert set(again["stages"].values()) == {"skipped"}
 

@@ -14,7 +14,8 @@ A pipeline recipe names an experiment folder and its stages, in order::
 Each stage writes one folder ``EXPERIMENT/NAME`` (evaluate writes into the model folders, report
 writes ``EXPERIMENT/report.*``). ``EXPERIMENT/pipeline.json`` records the settings each finished
 stage ran with; a stage whose output is complete and whose settings did not change is skipped, so
-a stopped run picks up where it stopped (a half-trained model resumes from its last checkpoint).
+a stopped run picks up where it stopped (a half-trained model resumes from its last checkpoint);
+``EXPERIMENT/times.json`` when each stage that ran started and how long it took.
 Every stage kind registers itself the same way (see ``STAGES``); the deployment stages (export,
 sherpa, stream) live in ``slimasr.pipeline.deploy``. ``threads`` applies to every stage: one torch
 thread per process by default, because measured here an LSTM forward with 2 OpenMP threads took
@@ -51,8 +52,8 @@ MODEL_STAGES = ("model", "train", "distill", "prune")  # stages whose model fold
 LEARNED_NOTHING_EXIT = 3  # exit status of `slimasr run` / `demo` when a model learned nothing
 FOLDERS_FILE = ".pipeline-folders.json"  # folder name -> key of the stage that created it
 STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a plain folder name: no '/', '.', '..'
-RESERVED_NAMES = {STATE_FILE, FOLDERS_FILE, LOCK_NAME, "pipeline", "logs"}  # report "pipeline" ->
-# pipeline.json; logs: the output of stages run side by side (slimasr.pipeline.jobs)
+RESERVED_NAMES = {STATE_FILE, FOLDERS_FILE, LOCK_NAME, "pipeline", "logs", "times.json", "times"}
+# report "pipeline" -> pipeline.json; logs, times.json: slimasr.pipeline.jobs
 FOLDER_STAGES = ("corpus", "model", "train", "distill", "prune", "export", "sherpa",
                  "stream")  # kinds that write EXPERIMENT/NAME
 PIPELINE_KEYS = ("experiment", "threads", "jobs", "stages")  # top-level keys of a pipeline recipe

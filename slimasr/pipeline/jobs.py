@@ -33,6 +33,7 @@ from slimasr.io import read_json, write_json_atomic
 log = logging.getLogger(__name__)
 
 LOGS = "logs"  # EXPERIMENT/logs/: the output of stages run in processes of their own
+TIMES_FILE = "times.json"  # EXPERIMENT/times.json: each stage's start and wall time
 ALONE_KINDS = ("evaluate", "stream", "report")  # they time something or print live
 POLL_SECONDS = 0.5  # how often the board reads the logs while stages run
 LOG_COLUMNS = 160  # line width of a stage's log
@@ -156,7 +157,7 @@ class _Runner:
         self.open.discard(index)
         self.book.begin(stage)
         _run_here(stage, self.exp)
-        self.book.finish(stage)
+        self.book.finish(stage, own_process=False)
         self.outcome[stage.key] = "ran"
 
     def start(self, index: int) -> None:
@@ -169,7 +170,7 @@ class _Runner:
         for i in _wait(self.running, self.board):
             stage, child = self.stages[i], self.running.pop(i)
             _collect(stage, child, self.board)  # raises its error: the others are stopped
-            self.book.finish(stage)
+            self.book.finish(stage, own_process=True)
             self.outcome[stage.key] = "ran"
 
 
@@ -273,13 +274,17 @@ def _sendable(error: BaseException) -> BaseException:
 
 class _Book:
     """EXPERIMENT/pipeline.json: each finished stage's settings. A stage is dropped from it when
-    it starts and recorded when it finishes, so a stopped one runs again."""
+    it starts and recorded when it finishes, so a stopped one runs again. EXPERIMENT/times.json:
+    when each stage that ran last started and how long it took, and whether in a process of its
+    own (where the minutes went)."""
 
     def __init__(self, exp: Path):
         from slimasr.pipeline import STATE_FILE
 
-        self.exp, self.path = exp, exp / STATE_FILE
+        self.exp, self.path, self.times_path = exp, exp / STATE_FILE, exp / TIMES_FILE
         self.state = read_json(self.path) if self.path.is_file() else {}
+        self.times = read_json(self.times_path) if self.times_path.is_file() else {}
+        self.started: dict[str, tuple[float, str]] = {}
 
     def complete(self, stage: Any) -> bool:
         from slimasr.pipeline import STAGES
@@ -295,10 +300,15 @@ class _Book:
         claim_folder(stage, self.exp, finished=stage.key in self.state)
         self.state.pop(stage.key, None)
         write_json_atomic(self.path, self.state)
+        self.started[stage.key] = (time.monotonic(), time.strftime("%Y-%m-%dT%H:%M:%S"))
 
-    def finish(self, stage: Any) -> None:
+    def finish(self, stage: Any, own_process: bool) -> None:
         self.state[stage.key] = config_to_dict(stage.spec)
         write_json_atomic(self.path, self.state)
+        began, at = self.started.pop(stage.key)
+        self.times[stage.key] = {"started": at, "seconds": round(time.monotonic() - began, 1),
+                                 "own_process": own_process}
+        write_json_atomic(self.times_path, self.times)
 
 
 class _Board:
