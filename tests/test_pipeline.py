@@ -152,38 +152,13 @@ def test_bad_jobs_are_rejected(jobs):
 # ---------------------------------------------------------------------------------------------
 # Jobs: stages that share no folder run side by side, each in a process of its own
 
-# Stage runners a spawned process can import (tests here are not importable modules): each
+# Stages a spawned process can import (test modules are not importable there): each
 # writes its pid into its folder; "meet" waits until its partner has started (so it passes only
 # when both run at once); "fail" raises a user's error; "sleep" runs until it is stopped.
 SIDE_STAGES = """
 import os, time
-from pathlib import Path
+from dataclasses import dataclass
 from slimasr.errors import DataError
-
-def _start(stage, exp):
-    out = exp / stage.spec.name
-    out.mkdir(exist_ok=True)
-    (out / "pid").write_text(str(os.getpid()))
-    return out
-
-def meet(stage, exp):
-    out = _start(stage, exp)
-    partner = exp / stage.spec.partner / "pid"
-    for _ in range(1200):
-        if partner.is_file():
-            break
-        time.sleep(0.05)
-    (out / "met").write_text(str(partner.is_file()))
-
-def fail(stage, exp):
-    _start(stage, exp)
-    raise DataError(exp / "input.txt", "line 3 is not a number")
-
-def sleep(stage, exp):
-    _start(stage, exp)
-    time.sleep(600)
-"""
-
 
 @dataclass
 class SideStage:
@@ -191,6 +166,34 @@ class SideStage:
     partner: str = ""  # meet: the stage it waits for (not a folder it reads)
     model: str = ""  # folders it reads
     data: str = ""
+
+def _start(stage, exp):
+    out = exp / stage.spec.name
+    out.mkdir(exist_ok=True)
+    (out / "pid").write_text(str(os.getpid()))
+    return out
+
+def _wait_for_partner(stage, exp):
+    partner = exp / stage.spec.partner / "pid"
+    for _ in range(1200):
+        if partner.is_file():
+            break
+        time.sleep(0.05)
+    return partner.is_file()
+
+def meet(stage, exp):
+    out = _start(stage, exp)
+    (out / "met").write_text(str(_wait_for_partner(stage, exp)))
+
+def fail(stage, exp):
+    _start(stage, exp)
+    _wait_for_partner(stage, exp)  # fails once its partner runs
+    raise DataError(exp / "input.txt", "line 3 is not a number")
+
+def sleep(stage, exp):
+    _start(stage, exp)
+    time.sleep(600)
+"""
 
 
 @pytest.fixture()
@@ -202,7 +205,7 @@ def side_stages(tmp_path, monkeypatch):
     module = importlib.import_module("side_stages_helper")
     monkeypatch.setattr(pipeline, "FOLDER_STAGES", (*pipeline.FOLDER_STAGES, "meet", "fail", "sleep"))
     for kind in ("meet", "fail", "sleep"):
-        monkeypatch.setitem(pipeline.STAGES, kind, (SideStage, getattr(module, kind),
+        monkeypatch.setitem(pipeline.STAGES, kind, (module.SideStage, getattr(module, kind),
                                                     lambda s, e: (e / s.spec.name / "pid").is_file()))
     return tmp_path / "exp"
 
@@ -233,13 +236,10 @@ def test_a_failing_stage_stops_the_others_and_its_error_reaches_the_caller(side_
     import os
 
     exp = side_stages
-    stages = [{"stage": "sleep", "name": "a"}, {"stage": "fail", "name": "b"}]
+    stages = [{"stage": "sleep", "name": "a"}, {"stage": "fail", "name": "b", "partner": "a"}]
     with pytest.raises(DataError, match=r"input.txt: line 3 is not a number$"):
         pipeline.run_pipeline({"experiment": str(exp), "jobs": 2, "stages": stages})
-    for _ in range(200):  # the sleeper was started before the failure was seen
-        if (exp / "a" / "pid").is_file():
-            break
-    with pytest.raises(ProcessLookupError):  # ... and was stopped, not left running
+    with pytest.raises(ProcessLookupError):  # the sleeper, running when b failed, was stopped
         os.kill(int((exp / "a" / "pid").read_text()), 0)
     assert json.loads((exp / "pipeline.json").read_text()) == {}  # neither is marked done
     assert "DataError" in (exp / "logs" / "fail-b.log").read_text()  # the traceback, for the curious
