@@ -17,9 +17,6 @@ class DataError(SlimasrError):
         self.problem = " ".join(str(problem).split())  # always one line
         super().__init__(self.problem if self.path is None else f"{self.path}: {self.problem}")
 
-    def __reduce__(self):  # pickled whole (a pipeline stage's error crosses processes)
-        return type(self), (self.path, self.problem)
-
 
 class ConfigError(SlimasrError, ValueError):
     """A bad config file, preset, ``--key=value`` override or option value (also a ValueError,

@@ -190,6 +190,11 @@ def fail(stage, exp):
     _wait_for_partner(stage, exp)  # fails once its partner runs
     raise DataError(exp / "input.txt", "line 3 is not a number")
 
+def crash(stage, exp):
+    _start(stage, exp)
+    _wait_for_partner(stage, exp)
+    raise ValueError("not a user's mistake")
+
 def sleep(stage, exp):
     _start(stage, exp)
     time.sleep(600)
@@ -203,8 +208,9 @@ def side_stages(tmp_path, monkeypatch):
     (tmp_path / "side_stages_helper.py").write_text(SIDE_STAGES)
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned processes get this sys.path too
     module = importlib.import_module("side_stages_helper")
-    monkeypatch.setattr(pipeline, "FOLDER_STAGES", (*pipeline.FOLDER_STAGES, "meet", "fail", "sleep"))
-    for kind in ("meet", "fail", "sleep"):
+    kinds = ("meet", "fail", "crash", "sleep")
+    monkeypatch.setattr(pipeline, "FOLDER_STAGES", (*pipeline.FOLDER_STAGES, *kinds))
+    for kind in kinds:
         monkeypatch.setitem(pipeline.STAGES, kind, (module.SideStage, getattr(module, kind),
                                                     lambda s, e: (e / s.spec.name / "pid").is_file()))
     return tmp_path / "exp"
@@ -243,6 +249,16 @@ def test_a_failing_stage_stops_the_others_and_its_error_reaches_the_caller(side_
         os.kill(int((exp / "a" / "pid").read_text()), 0)
     assert json.loads((exp / "pipeline.json").read_text()) == {}  # neither is marked done
     assert "DataError" in (exp / "logs" / "fail-b.log").read_text()  # the traceback, for the curious
+
+
+def test_a_crash_in_a_stage_names_the_stage_and_its_log(side_stages):
+    exp = side_stages
+    stages = [{"stage": "sleep", "name": "a"}, {"stage": "crash", "name": "b", "partner": "a"}]
+    log = exp / "logs" / "crash-b.log"
+    with pytest.raises(RuntimeError, match=rf"^stage crash:b \(its output: {log}\): "
+                                           r"ValueError: not a user's mistake$"):
+        pipeline.run_pipeline({"experiment": str(exp), "jobs": 2, "stages": stages})
+    assert "Traceback" in log.read_text()
 
 
 def test_the_demo_trains_its_student_and_pruned_model_side_by_side():

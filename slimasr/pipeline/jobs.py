@@ -80,16 +80,16 @@ def runs_alone(stage: Any) -> bool:
     return False
 
 
-def ready(stages: list, index: int, open_: set[int], running: set[int]) -> bool:
+def ready(stages: list, alone: list[bool], index: int, open_: set[int], running: set[int]) -> bool:
     """Whether ``stages[index]`` may start: no unfinished earlier stage it depends on, and when
-    either runs alone, nothing unfinished before it and nothing running."""
-    stage = stages[index]
+    either runs alone (``alone[i]``: ``runs_alone(stages[i])``), nothing unfinished before it and
+    nothing running."""
     earlier = [j for j in sorted(open_ | running) if j < index]
-    if runs_alone(stage):
+    if alone[index]:
         return not earlier and not running
-    if any(runs_alone(stages[j]) for j in running | set(earlier)):
+    if any(alone[j] for j in running | set(earlier)):
         return False
-    return not any(depends(stage, stages[j]) for j in earlier)
+    return not any(depends(stages[index], stages[j]) for j in earlier)
 
 
 # --------------------------------------------------------------------------- running them
@@ -121,6 +121,7 @@ class _Runner:
 
     def __init__(self, stages: list, exp: Path, jobs: int):
         self.stages, self.exp, self.jobs = stages, exp, jobs
+        self.alone = [runs_alone(s) for s in stages]
         self.open, self.running, self.checked, self.outcome = set(range(len(stages))), {}, set(), {}
         self.book, self.board = _Book(exp), _Board(show=jobs > 1 and sys.stdout.isatty())
 
@@ -140,7 +141,7 @@ class _Runner:
             self.collect_ended()
 
     def ready(self, index: int) -> bool:
-        return ready(self.stages, index, self.open, set(self.running))
+        return ready(self.stages, self.alone, index, self.open, set(self.running))
 
     def skip_complete(self) -> None:
         """Mark ready stages whose output is complete as skipped (earlier first, so a chain of
@@ -223,12 +224,8 @@ def _collect(stage: Any, child: _Child, board: "_Board") -> None:
     if message == "ok" and child.process.exitcode == 0:
         board.say(f"[{stage.key}] done in {minutes} min {seconds:02d} s")
         return
-    if isinstance(message, BaseException):
-        from slimasr.errors import SlimasrError
-
-        if not isinstance(message, SlimasrError):
-            message.add_note(f"(stage {stage.key}; its output: {child.log_path})")
-        raise message
+    if isinstance(message, tuple):
+        raise _rebuilt(message, f"stage {stage.key} (its output: {child.log_path})")
     raise RuntimeError(f"stage {stage.key}: its process ended with exit code "
                        f"{child.process.exitcode}; its output: {child.log_path}")
 
@@ -254,19 +251,37 @@ def _child_main(run: Callable, stage: Any, exp: Path, log_path: Path, conn: Conn
                 run(stage, exp)
         except BaseException as e:  # noqa: BLE001  (sent to the parent, which raises it)
             traceback.print_exc(file=out)
-            conn.send(_sendable(e))
+            conn.send(_described(e))
             os._exit(1)
         conn.send("ok")
 
 
-def _sendable(error: BaseException) -> BaseException:
-    """The error itself when it survives pickling, else a RuntimeError with its text."""
-    import pickle
+def _described(error: BaseException) -> tuple:
+    """What the parent needs to raise the error again, as plain values: a user's error (a
+    DataError's path and problem, a ConfigError's or OSError's parts) or the text of any other."""
+    from slimasr.errors import ConfigError, DataError
 
-    try:
-        return pickle.loads(pickle.dumps(error))
-    except Exception:  # noqa: BLE001
-        return RuntimeError(f"{type(error).__name__}: {error}")
+    if isinstance(error, DataError):
+        return ("data", error.path, error.problem)
+    if isinstance(error, ConfigError):
+        return ("config", str(error))
+    if isinstance(error, OSError) and error.strerror:  # a full disk, a missing file: the CLI's one line
+        return ("os", error.errno, error.strerror, error.filename)
+    return ("other", f"{type(error).__name__}: {error}")
+
+
+def _rebuilt(described: tuple, where: str) -> BaseException:
+    """The error ``_described`` gave, to raise here; one that is not a user's names ``where``."""
+    from slimasr.errors import ConfigError, DataError
+
+    kind, *parts = described
+    if kind == "data":
+        return DataError(*parts)
+    if kind == "config":
+        return ConfigError(*parts)
+    if kind == "os":
+        return OSError(*parts)
+    return RuntimeError(f"{where}: {parts[0]}")
 
 
 # --------------------------------------------------------------------------- bookkeeping
