@@ -66,8 +66,8 @@ def test_bad_recipes_are_rejected(recipe, message):
         pipeline.load_pipeline(recipe)
 
 
-DEMO_KINDS = ["corpus", "model", "distill", "prune", "export", "export", "sherpa", "stream", "evaluate",
-              "report"]
+DEMO_KINDS = ["corpus", "model", "distill", "prune", "export", "export", *["evaluate"] * 5, "latency",
+              "sherpa", "stream", "report"]  # evaluate: one scoring stage per model, then their latency
 
 
 def test_bundled_recipes_parse():
@@ -262,7 +262,7 @@ def test_a_crash_in_a_stage_names_the_stage_and_its_log(side_stages):
 
 
 def test_the_demo_trains_its_student_and_pruned_model_side_by_side():
-    from slimasr.pipeline.jobs import depends, runs_alone
+    from slimasr.pipeline.jobs import depends, ready, runs_alone
 
     for name in ("demo", "demo_quick"):
         _, stages, jobs = pipeline.load_pipeline(name)
@@ -273,8 +273,24 @@ def test_the_demo_trains_its_student_and_pruned_model_side_by_side():
         assert ("distill:student", "prune:pruned") in beside
         assert ("distill:student", "export:student_onnx") not in beside  # the bundle of the student
         assert ("prune:pruned", "export:pruned_onnx") not in beside
-        # what times something or prints live runs alone: evaluate (latency), stream (RTF), report
-        assert not any("evaluate" in a or "stream" in a or "report" in a for pair in beside for a in pair)
+        # the teacher and the pruned model are scored while the student trains; not the student
+        assert {("distill:student", "evaluate:teacher"), ("distill:student", "evaluate:pruned"),
+                ("distill:student", "evaluate:pruned_onnx/model.int8.onnx")} <= beside
+        assert ("distill:student", "evaluate:student") not in beside
+        assert ("export:student_onnx", "evaluate:student_onnx/model.int8.onnx") not in beside
+        # what times something or prints live runs alone: latency, stream (RTF), report
+        assert not any(a.split(":")[0] in ("latency", "stream", "report") for pair in beside for a in pair)
+        models = ["teacher", "student", "pruned", "student_onnx/model.int8.onnx", "pruned_onnx/model.int8.onnx"]
+        assert names[names.index("evaluate:teacher"):][:6] == [f"evaluate:{m}" for m in models] + [
+            "latency:" + "+".join(models)]
+        # while the student trains, with the pruned model exported: the teacher is scored first
+        # (the evaluate stages share the corpus LM, so one at a time), nothing of the student's
+        done = {names.index(k) for k in ("corpus:data", "model:teacher", "prune:pruned", "export:pruned_onnx")}
+        running = {names.index("distill:student")}
+        open_ = set(range(len(stages))) - done - running
+        alone = [runs_alone(s) for s in stages]
+        startable = [names[i] for i in sorted(open_) if ready(stages, alone, i, open_, running)]
+        assert startable == ["evaluate:teacher"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -116,6 +116,9 @@ def macs_per_second_audio(
 # Latency and memory
 
 
+LATENCY_KEYS = ("latency_ms_p50", "latency_ms_p90", "rtf")  # what measure_latency returns
+
+
 def measure_latency(
     model: nn.Module,
     seconds: float = AUDIO_SECONDS,
@@ -239,15 +242,18 @@ def cost_report(
     seconds: float = AUDIO_SECONDS,
     threads: int = 1,
     feat_dim: int = FEAT_DIM,
-) -> dict[str, float | int]:
+    timed: bool = True,
+) -> dict[str, float | int | None]:
     """The cost keys of ``evaluate --json``: params, nonzero_params, macs_per_second_audio,
     latency_ms_p50, latency_ms_p90, rtf, model_bytes, peak_memory_mb. ``model_bytes`` is the
-    size of ``model_dir``'s model.safetensors, or of the state dict as safetensors."""
+    size of ``model_dir``'s model.safetensors, or of the state dict as safetensors. ``timed``
+    False: the latency keys are None (timed later, with nothing running beside: ``LATENCY_KEYS``)."""
     return {
         "params": count_params(model),
         "nonzero_params": count_nonzero_params(model),
         "macs_per_second_audio": macs_per_second_audio(model, feat_dim, seconds),
-        **measure_latency(model, seconds, threads, feat_dim=feat_dim),
+        **(measure_latency(model, seconds, threads, feat_dim=feat_dim) if timed
+           else dict.fromkeys(LATENCY_KEYS)),
         "model_bytes": model_bytes(model_dir if model_dir is not None else model.state_dict()),
         "peak_memory_mb": peak_memory_mb(model, seconds, feat_dim),
     }

@@ -32,9 +32,9 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from lhotse import CutSet
@@ -64,7 +64,7 @@ from slimasr.data.manifests import transcript
 log = logging.getLogger(__name__)
 
 __all__ = ["METRICS_FILE", "UTTERANCES_FILE", "WORST_FILE", "EvalConfig", "evaluate_model",
-           "evaluated_on", "recognize"]
+           "evaluated_on", "is_timed", "network_outputs", "recognize", "time_model"]
 # Why evaluation leaves an utterance out of every rate (keys of the result's "excluded").
 EXCLUDED_REASONS = (EMPTY_REFERENCE, TOO_SHORT, UNKNOWN_CHARACTERS, BAD_AUDIO)
 MIN_LATENCY_SECONDS = 0.1  # shortest timed input: 10 frames, enough for every subsampling front end
@@ -77,6 +77,7 @@ class EvalConfig:
     max_utterances: int | None = None  # score only the first N utterances (None: all)
     latency_threads: int = 1  # torch/onnxruntime threads while timing batch-1 latency (a device's core)
     latency_seconds: float = 3.0  # utterance length for latency, RTF and MACs
+    latency: bool = True  # time batch-1 latency and RTF (False: null, for time_model to fill later)
     worst: int = 10  # worst utterances listed in the result
     intent_reference: str | None = None  # labelled manifest for intent scoring (None: no intents)
     lexicon_reference: str | None = None  # manifest whose words form the beam-search lexicon
@@ -100,6 +101,15 @@ def recognize(model: Callable, frontend: Frontend, cuts: CutSet, decoder,
 
     A cut whose audio is unusable (NaN/inf samples, an absurd peak) is left out of its batch and
     handed to ``on_bad_audio`` (its ``BAD_AUDIO`` problem naming the file)."""
+    for batch_cuts, log_probs, out_lens in network_outputs(model, frontend, cuts, max_duration, device,
+                                                           on_bad_audio, max_cuts):
+        yield batch_cuts, decoder.decode_batch(log_probs, out_lens)
+
+
+def network_outputs(model: Callable, frontend: Frontend, cuts: CutSet, max_duration: float,
+                    device: torch.device, on_bad_audio: Callable[[Problem], None] | None = None,
+                    max_cuts: int | None = None) -> Iterator[tuple[list, torch.Tensor, torch.Tensor]]:
+    """``recognize`` before decoding: ``(cuts, log_probs (N, T, V) float32 on the CPU, lengths)``."""
     sampler = DynamicCutSampler(cuts, max_duration=max_duration, max_cuts=max_cuts, shuffle=False)
     for batch in sampler:
         batch_cuts, audios = _usable(list(batch), on_bad_audio)
@@ -108,7 +118,7 @@ def recognize(model: Callable, frontend: Frontend, cuts: CutSet, decoder,
         x, x_lens = frontend.batch(audios)
         with torch.inference_mode():
             log_probs, out_lens = model(x.to(device), x_lens.to(device))
-        yield batch_cuts, decoder.decode_batch(log_probs.float().cpu(), out_lens.cpu())
+        yield batch_cuts, log_probs.float().cpu(), out_lens.cpu()
 
 
 def _usable(cuts: list, on_bad_audio: Callable[[Problem], None] | None) -> tuple[list, list]:
@@ -126,13 +136,17 @@ def _usable(cuts: list, on_bad_audio: Callable[[Problem], None] | None) -> tuple
 
 
 def evaluate_model(model_dir: str | Path, manifest: str | Path, config: EvalConfig | None = None,
-                   json_out: str | Path | None = None, show_progress: bool = True) -> dict:
+                   json_out: str | Path | None = None, show_progress: bool = True,
+                   also: Sequence[tuple[DecodeConfig, str | Path]] = ()) -> dict:
     """Recognize ``manifest`` (lhotse cuts or NeMo JSONL) with the model (a model directory, a
     bundle folder or a bundle's .onnx file); write and return metrics (beside the model when its
-    folder is writable; to ``json_out`` when given)."""
+    folder is writable; to ``json_out`` when given). ``also``: ``(decoding, json file)`` pairs:
+    the same network outputs decoded that way too, each one's metrics written to its file (the
+    pipeline's greedy results beside beam search's, for one pass of the network)."""
     config = config or EvalConfig()
-    if json_out is not None and Path(json_out).is_dir():
-        raise DataError(json_out, "is a folder; give a file name")  # before any work
+    for path in [json_out, *(out for _, out in also)]:
+        if path is not None and Path(path).is_dir():
+            raise DataError(path, "is a folder; give a file name")  # before any work
     outputs = outputs_of(model_dir)
     _check_model(outputs)
     writable = os.access(outputs.folder, os.W_OK) and not is_shipped(outputs.folder)
@@ -141,7 +155,36 @@ def evaluate_model(model_dir: str | Path, manifest: str | Path, config: EvalConf
                                         "metrics cannot go beside the model; pass --json FILE to write "
                                         "them elsewhere")
     with output_lock(outputs.folder, "evaluate") if writable else contextlib.nullcontext():
-        return _evaluate(Path(model_dir), outputs, manifest, config, json_out, show_progress, writable)
+        return _evaluate(Path(model_dir), outputs, manifest, config, json_out, show_progress, writable,
+                         also)
+
+
+def time_model(model_dir: str | Path, also: Sequence[str | Path] = ()) -> dict:
+    """Batch-1 latency and RTF of a model that ``evaluate_model`` scored with ``latency=False``,
+    timed with the threads and input length its metrics.json records, written into that file
+    (and into each of ``also``, e.g. the greedy results beside it); returns the latency keys.
+    Time with nothing else running on the machine: that is why it is a step of its own."""
+    outputs = outputs_of(model_dir)
+    _check_model(outputs)
+    if not outputs.metrics.is_file():
+        raise DataError(outputs.metrics, "not found: evaluate the model before timing it")
+    with output_lock(outputs.folder, "evaluate"):
+        settings = read_json(outputs.metrics).get("eval_config") or {}
+        runner = load_runner(model_dir, torch.device("cpu"))
+        timed = runner.latency(float(settings.get("latency_seconds", EvalConfig.latency_seconds)),
+                               int(settings.get("latency_threads", EvalConfig.latency_threads)))
+        for path in [outputs.metrics, *also]:
+            write_json_atomic(path, {**read_json(path), **timed})
+    return timed
+
+
+def is_timed(model_dir: str | Path) -> bool:
+    """Whether the model's metrics.json holds its batch-1 latency (``time_model`` or evaluate)."""
+    path = outputs_of(model_dir).metrics
+    try:
+        return path.is_file() and read_json(path).get("latency_ms_p50") is not None
+    except DataError:
+        return False
 
 
 def is_shipped(folder: Path) -> bool:
@@ -163,35 +206,53 @@ def _check_model(outputs: Outputs) -> None:
         read_bundle(outputs.folder).model_path(int8=outputs.label == "int8")
 
 
+@dataclass
+class _Decoding:
+    """One way of decoding the network's outputs, scored on its own."""
+    config: EvalConfig  # the evaluation settings with this decoding
+    decoder: Any
+    stats: ErrorRateStats
+    seconds: float = 0.0  # spent decoding
+
+
 def _evaluate(model_path: Path, outputs: Outputs, manifest: str | Path, config: EvalConfig,
-              json_out: str | Path | None, show_progress: bool, write_folder: bool) -> dict:
+              json_out: str | Path | None, show_progress: bool, write_folder: bool,
+              also: Sequence[tuple[DecodeConfig, str | Path]]) -> dict:
     from slimasr.train.distributed import pick_device
 
     runner = load_runner(model_path, pick_device(config.device))
     cuts, excluded = _scorable(_cuts(manifest, config), runner)
     lexicon = _words_of(config.lexicon_reference, runner.frontend.normalize)
-    decoder = make_decoder(runner.frontend.tokenizer.tokens, config.decode, word_sep=runner.word_sep,
-                           lexicon=lexicon)
-    stats = ErrorRateStats(normalize=runner.frontend.normalize,
-                           intent_of=_intent_classifier(config.intent_reference, runner.frontend.normalize))
+    intent_of = _intent_classifier(config.intent_reference, runner.frontend.normalize)
+    decodings = [_decoding(replace(config, decode=decode), runner, lexicon, intent_of)
+                 for decode in [config.decode, *(d for d, _ in also)]]
     start = time.perf_counter()
-    audio_seconds = _score_all(runner, cuts, decoder, stats, excluded, config, show_progress)
-    decode_seconds = time.perf_counter() - start
-    result = {
-        **_quality(stats, excluded, manifest),
-        **runner.cost(config.latency_seconds, config.latency_threads),
+    audio_seconds = _score_all(runner, cuts, decodings, excluded, config, show_progress)
+    network_seconds = time.perf_counter() - start - sum(d.seconds for d in decodings)
+    shared = {
+        **runner.cost(config.latency_seconds, config.latency_threads, timed=config.latency),
         "runtime": runner.runtime,
         "model_file": outputs.model_file.name,
-        "decode": config.decode.method,
         "manifest": str(manifest),
         **data_signature(manifest),
-        "eval_config": _settings(config),
         "model_sha256": file_sha256(outputs.model_file),
         "audio_hours": audio_seconds / 3600,
-        "batch_decode_rtf": decode_seconds / max(audio_seconds, 1e-9),
     }
-    _write_results(outputs, stats, result, config, json_out, write_folder)
-    return result
+    results = [{**_quality(d.stats, excluded, manifest, warn=i == 0), **shared,
+                "decode": d.config.decode.method, "eval_config": _settings(d.config),
+                "batch_decode_rtf": (network_seconds + d.seconds) / max(audio_seconds, 1e-9)}
+               for i, d in enumerate(decodings)]
+    _write_results(outputs, decodings[0].stats, results[0], config, json_out, write_folder)
+    for result, (_, path) in zip(results[1:], also):
+        write_json_atomic(path, result)
+    return results[0]
+
+
+def _decoding(config: EvalConfig, runner: TorchRunner | OnnxRunner, lexicon: list[str] | None,
+              intent_of: Callable[[str], str | None] | None) -> _Decoding:
+    decoder = make_decoder(runner.frontend.tokenizer.tokens, config.decode, word_sep=runner.word_sep,
+                           lexicon=lexicon)
+    return _Decoding(config, decoder, ErrorRateStats(normalize=runner.frontend.normalize, intent_of=intent_of))
 
 
 def _cuts(manifest: str | Path, config: EvalConfig) -> CutSet:
@@ -205,20 +266,24 @@ def _cuts(manifest: str | Path, config: EvalConfig) -> CutSet:
     return cuts
 
 
-def _score_all(runner: TorchRunner | OnnxRunner, cuts: CutSet, decoder, stats: ErrorRateStats,
+def _score_all(runner: TorchRunner | OnnxRunner, cuts: CutSet, decodings: list[_Decoding],
                excluded: SkipReport, config: EvalConfig, show_progress: bool) -> float:
-    """Recognize and score every cut into ``stats`` (bad audio into ``excluded``); returns the
-    seconds of audio scored."""
+    """Recognize every cut once and score it into each decoding's stats (bad audio into
+    ``excluded``); returns the seconds of audio scored."""
     audio_seconds = 0.0
     with progress_bar(transient=True, disable=not show_progress) as bar:
         task = bar.add_task("recognizing", total=_count(cuts) if show_progress else None)
-        for batch_cuts, hyps in recognize(runner.model, runner.frontend, cuts, decoder,
-                                          config.max_duration, runner.device,
-                                          on_bad_audio=excluded.add, max_cuts=runner.max_cuts):
-            refs = [transcript(c) for c in batch_cuts]
+        for batch_cuts, log_probs, lens in network_outputs(runner.model, runner.frontend, cuts,
+                                                           config.max_duration, runner.device,
+                                                           on_bad_audio=excluded.add,
+                                                           max_cuts=runner.max_cuts):
+            ids, refs = [c.id for c in batch_cuts], [transcript(c) for c in batch_cuts]
             intents = [_intent_of_cut(c) for c in batch_cuts]
-            stats.append([c.id for c in batch_cuts], hyps, refs,
-                         intents if any(i is not None for i in intents) else None)
+            for d in decodings:
+                start = time.perf_counter()
+                hyps = d.decoder.decode_batch(log_probs, lens)
+                d.seconds += time.perf_counter() - start
+                d.stats.append(ids, hyps, refs, intents if any(i is not None for i in intents) else None)
             audio_seconds += sum(c.duration for c in batch_cuts)
             bar.advance(task, len(batch_cuts))
     return audio_seconds
@@ -247,15 +312,15 @@ def _scorable(cuts: CutSet, runner: TorchRunner | OnnxRunner) -> tuple[CutSet, S
                        frontend.features.frame_shift, scoring=True)
 
 
-def _quality(stats: ErrorRateStats, excluded: SkipReport, manifest: str | Path) -> dict:
+def _quality(stats: ErrorRateStats, excluded: SkipReport, manifest: str | Path, warn: bool = True) -> dict:
     """The quality metrics of the scored utterances, with ``excluded`` holding a count for each
-    of ``EXCLUDED_REASONS``; says in one warning line what was left out. Nothing scored is a
-    DataError: a WER of nothing is no result."""
+    of ``EXCLUDED_REASONS``; says in one warning line what was left out (``warn``). Nothing
+    scored is a DataError: a WER of nothing is no result."""
     for reason, count in excluded.counts.items():
         stats.exclude(reason, count)
     quality = stats.summarize()
     quality["excluded"] = {reason: stats.excluded.get(reason, 0) for reason in EXCLUDED_REASONS}
-    if excluded.skipped:
+    if excluded.skipped and warn:
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(excluded.counts.items()))
         log.warning("warning: %s: %d of %d utterances not scored (%s); see \"excluded\" in the "
                     "metrics", manifest, excluded.skipped, excluded.checked, reasons)

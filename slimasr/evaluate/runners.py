@@ -4,6 +4,7 @@
     log_probs, lens = runner.model(x, x_lens)     # x: (N, T, F) as runner.frontend makes it
     runner.output_frames(300)                     # output frames for 300 input frames
     runner.cost(seconds=3.0, threads=1)           # the cost keys of metrics.json
+    runner.latency(seconds=3.0, threads=1)        # only its batch-1 latency keys
 
 Both give the same metrics.json keys. A bundle's cost keys: ``params`` from bundle.json's source
 model (else counted over model.onnx's float initializers), ``macs_per_second_audio`` from
@@ -22,7 +23,7 @@ import torch
 
 from slimasr.decode import word_separator
 from slimasr.errors import DataError
-from slimasr.evaluate.cost import cost_report
+from slimasr.evaluate.cost import LATENCY_KEYS, cost_report, measure_latency
 from slimasr.frontend import Frontend
 from slimasr.runtime.bundle import MODEL_FILE, TOKENIZER_MODEL, is_bundle
 from slimasr.runtime.recognizer import (
@@ -51,9 +52,12 @@ class TorchRunner:
     def output_frames(self, num_frames: int) -> int:
         return int(self.model.output_lengths(torch.tensor([num_frames], dtype=torch.int64))[0])
 
-    def cost(self, seconds: float, threads: int) -> dict[str, Any]:
+    def cost(self, seconds: float, threads: int, timed: bool = True) -> dict[str, Any]:
         return cost_report(self.model.cpu(), self.folder, seconds=seconds, threads=threads,
-                           feat_dim=self.model.config.num_features)
+                           feat_dim=self.model.config.num_features, timed=timed)
+
+    def latency(self, seconds: float, threads: int) -> dict[str, float]:
+        return measure_latency(self.model.cpu(), seconds, threads, feat_dim=self.model.config.num_features)
 
 
 class OnnxRunner:
@@ -77,19 +81,22 @@ class OnnxRunner:
     def output_frames(self, num_frames: int) -> int:
         return int(self.model.output_lengths([num_frames])[0])
 
-    def cost(self, seconds: float, threads: int) -> dict[str, Any]:
+    def cost(self, seconds: float, threads: int, timed: bool = True) -> dict[str, Any]:
         bundle, path = self.model.bundle, self.model.model_path
         source = bundle.info.get("source") or {}
-        session = open_session(path, threads)
-        feat_dim = int(bundle.info.get("feature_dim") or bundle.features.num_mel_bins)
         return {
             "params": source.get("params") or onnx_params(bundle.path / MODEL_FILE),
             "nonzero_params": None,
             "macs_per_second_audio": source.get("macs_per_second_audio"),
-            **measure_session_latency(session, feat_dim, seconds),
+            **(self.latency(seconds, threads) if timed else dict.fromkeys(LATENCY_KEYS)),
             "model_bytes": path.stat().st_size,
             "peak_memory_mb": None,
         }
+
+    def latency(self, seconds: float, threads: int) -> dict[str, float]:
+        bundle = self.model.bundle
+        feat_dim = int(bundle.info.get("feature_dim") or bundle.features.num_mel_bins)
+        return measure_session_latency(open_session(self.model.model_path, threads), feat_dim, seconds)
 
 
 def load_runner(path: str | Path, device: torch.device) -> TorchRunner | OnnxRunner:

@@ -85,6 +85,9 @@ class ExportConfig:
     wer_batch: int = 1
     latency_seconds: float = 3.0  # utterance length for the batch-1 latency
     latency_threads: int = 1  # threads while timing latency (a device's core)
+    # time each graph's batch-1 latency into bundle.json; off where the export may run beside
+    # other work (the demo's pipeline: its latency stage times the models alone afterwards)
+    latency: bool = True
     # causal models also get model.streaming.onnx; this is the chunk sherpa-onnx feeds it (its
     # metadata T, rounded up to a multiple of the subsampling); slimasr's runner takes any chunk
     streaming_chunk_ms: float = 160.0
@@ -374,12 +377,18 @@ def check_wer_gate(wer: dict, config: ExportConfig, model_dir: Path) -> None:
 
 
 def measure_cost(source: Source, bundle_dir: Path, config: ExportConfig) -> dict:
-    """Bytes on disk and batch-1 latency (p50/p90 ms) of PyTorch, ONNX fp32 and ONNX int8."""
+    """Bytes on disk and batch-1 latency (p50/p90 ms) of PyTorch, ONNX fp32 and ONNX int8
+    (bytes only, latency settings null, with ``config.latency`` off)."""
     from slimasr.evaluate.cost import measure_latency
 
     seconds, threads = config.latency_seconds, config.latency_threads
-    result: dict[str, Any] = {"latency_seconds": seconds, "latency_threads": threads,
+    result: dict[str, Any] = {"latency_seconds": seconds if config.latency else None,
+                              "latency_threads": threads if config.latency else None,
                               "bytes_pytorch": (source.path / WEIGHTS_FILE).stat().st_size}
+    if not config.latency:
+        return {**result, **{f"bytes_{label}": (bundle_dir / name).stat().st_size
+                             for label, name in (("fp32", MODEL_FILE), ("int8", INT8_FILE))
+                             if (bundle_dir / name).is_file()}}
     torch_latency = measure_latency(source.wrapper, seconds, threads, feat_dim=source.wrapper.num_features)
     result.update(_suffixed(torch_latency, "pytorch"))
     for label, name in (("fp32", MODEL_FILE), ("int8", INT8_FILE)):

@@ -115,6 +115,12 @@ class EvaluateStage:
     intents: bool = True  # score intents against the corpus's labelled training sentences
     lm_order: int | None = None  # beam search with an n-gram LM of the corpus's training text
     greedy_too: bool = True  # with lm_order: also decode greedily (the report's "greedy WER %")
+    latency: bool = True  # time each model's batch-1 latency: a `latency` stage after the scoring
+
+
+@dataclass
+class LatencyStage:
+    models: list[str] = field(default_factory=list)  # evaluated models whose latency to time
 
 
 @dataclass
@@ -184,7 +190,7 @@ def load_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = (
         stages.append(trained_instead(Stage(kind, spec, base, threads), i) if train_models
                       else Stage(kind, spec, base, threads))
     check_stage_names(stages, source if base is not None else "pipeline recipe")
-    return Pipeline(Path(data["experiment"]), stages, jobs)
+    return Pipeline(Path(data["experiment"]), [unit for s in stages for unit in split_evaluate(s)], jobs)
 
 
 def _threads(value: Any, source: Any) -> int | None:
@@ -201,6 +207,20 @@ def trained_instead(stage: Stage, index: int) -> Stage:
     fields = {"name": stage.spec.name, "data": stage.spec.data, **stage.spec.train}
     spec = from_dict(TrainStage, fields, f"stages[{index}].train")
     return Stage("train", spec, stage.source, stage.threads)
+
+
+def split_evaluate(stage: Stage) -> list[Stage]:
+    """An evaluate stage as one scoring stage per model (each may run as soon as its model is
+    ready, beside other stages) and, unless ``latency: false``, a ``latency`` stage timing them
+    all after, with nothing beside it; any other stage unchanged."""
+    from dataclasses import replace
+
+    if stage.kind != "evaluate":
+        return [stage]
+    spec: EvaluateStage = stage.spec
+    scoring = [replace(stage, spec=replace(spec, models=[m], latency=False)) for m in spec.models]
+    timing = Stage("latency", LatencyStage(list(spec.models)), stage.source, stage.threads)
+    return [*scoring, timing] if spec.latency and spec.models else scoring
 
 
 def check_stage_names(stages: list[Stage], where: Any) -> None:
@@ -452,6 +472,7 @@ def _eval_plan(stage: Stage, exp: Path) -> tuple[Any, Path]:
     if spec.lm_order is not None:
         decode.update(method="beam", lm_path=str(exp / f"lm_{spec.lm_order}gram.arpa"))
     cfg = from_dict(EvalConfig, {"decode": decode, "latency_threads": spec.latency_threads,
+                                 "latency": spec.latency,
                                  "max_utterances": spec.max_utterances,
                                  "intent_reference": str(train_cuts) if spec.intents else None,
                                  "lexicon_reference": str(train_cuts)})
@@ -515,11 +536,28 @@ def _run_evaluate(stage: Stage, exp: Path) -> None:
     if spec.lm_order is not None:
         _corpus_lm(_data_of(exp, spec.data), exp, spec.lm_order)
     for model in spec.models:
-        replaced = greedy is not None and not _greedy_done(exp / model, manifest, greedy)
-        if replaced:  # evaluate also leaves these in metrics.json, which the run below replaces
-            evaluate_model(exp / model, manifest, greedy, json_out=greedy_path(exp / model))
-        if replaced or not evaluated_on(exp / model, manifest, cfg):
-            evaluate_model(exp / model, manifest, cfg)
+        also = [] if greedy is None else [(greedy.decode, greedy_path(exp / model))]
+        greedy_missing = greedy is not None and not _greedy_done(exp / model, manifest, greedy)
+        if greedy_missing or not evaluated_on(exp / model, manifest, cfg):
+            evaluate_model(exp / model, manifest, cfg, also=also)  # one pass of the network for both
+
+
+def _timed_done(stage: Stage, exp: Path) -> bool:
+    from slimasr.evaluate.run import is_timed
+
+    return all(is_timed(exp / m) for m in stage.spec.models)
+
+
+@register_stage("latency", LatencyStage, _timed_done)
+def _run_latency(stage: Stage, exp: Path) -> None:
+    """Batch-1 latency of each model, timed with nothing else running (the scoring before it may
+    have run beside other stages), written into the metrics the scoring left untimed."""
+    from slimasr.evaluate.run import is_timed, time_model
+
+    for model in stage.spec.models:
+        if not is_timed(exp / model):
+            greedy = greedy_path(exp / model)
+            time_model(exp / model, also=[greedy] if greedy.is_file() else [])
 
 
 def _corpus_lm(data: Path, exp: Path, order: int) -> Path:

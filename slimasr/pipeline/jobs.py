@@ -2,10 +2,13 @@
 
 A stage waits for every earlier stage it depends on: one that writes a folder it reads (its
 model, teacher, corpus, bundle, the models it evaluates) or writes, or that reads a folder it
-writes. Stages that time something (evaluate's batch-1 latency, streaming's RTF, a prune with a
-latency target) or show live output (stream) run with nothing beside them, so a busy core never
-changes a number in the report. In the demo the causal student and the pruned teacher train side
-by side, each on one core with one torch thread, then each is exported as soon as it is ready.
+writes. Stages that time something (the batch-1 latency of evaluated models, streaming's RTF, a
+prune with a latency target) or show live output (stream) run with nothing beside them, so a busy
+core never changes a number in the report; an evaluate stage scores each model as soon as it is
+ready, beside other stages, and times them all after (``slimasr.pipeline.split_evaluate``). In the
+demo the causal student and the pruned teacher train side by side, each on one core with one torch
+thread; each is exported as soon as it is ready, and the teacher and the pruned model are scored
+while the student still trains.
 
 When two or more stages are ready, each runs in a process of its own (``spawn``) whose output goes
 to ``EXPERIMENT/logs/KIND-NAME.log``; a board shows each running stage's latest line. A stage
@@ -34,7 +37,7 @@ log = logging.getLogger(__name__)
 
 LOGS = "logs"  # EXPERIMENT/logs/: the output of stages run in processes of their own
 TIMES_FILE = "times.json"  # EXPERIMENT/times.json: each stage's start and wall time
-ALONE_KINDS = ("evaluate", "stream", "report")  # they time something or print live
+ALONE_KINDS = ("latency", "stream", "report")  # they time something or print live
 POLL_SECONDS = 0.5  # how often the board reads the logs while stages run
 LOG_COLUMNS = 160  # line width of a stage's log
 
@@ -43,34 +46,45 @@ LOG_COLUMNS = 160  # line width of a stage's log
 
 
 def writes(stage: Any) -> set[str]:
-    """The experiment folders (and files) a stage writes: its own folder; evaluate also writes
-    metrics into the folders of the models it evaluates, and the corpus LM beside them."""
+    """The experiment folders (and files) a stage creates or replaces: its own folder; evaluate
+    the corpus LM; report its files."""
     from slimasr.pipeline import output_folder
 
     spec = stage.spec
+    if stage.kind == "latency":
+        return set()
     if stage.kind == "evaluate":
-        lm = {f"lm_{spec.lm_order}gram.arpa"} if spec.lm_order is not None else set()
-        return {Path(m).parts[0] for m in spec.models} | lm
+        return {f"lm_{spec.lm_order}gram.arpa"} if spec.lm_order is not None else set()
     if stage.kind == "report":
         return {f"{spec.name}.md", f"{spec.name}.json", f"{spec.name}.png"}
     name = output_folder(stage)
     return {name} if name else set()
 
 
+def adds_to(stage: Any) -> set[str]:
+    """The model folders a stage adds its results to (evaluate and latency: metrics.json and the
+    files beside it), leaving the model itself as it is: a stage reading the model may run
+    meanwhile (what reads those results, latency and report, runs alone after)."""
+    if stage.kind in ("evaluate", "latency"):
+        return {Path(m).parts[0] for m in stage.spec.models}
+    return set()
+
+
 def depends(later: Any, earlier: Any) -> bool:
-    """Whether ``later`` must wait for ``earlier`` to finish (they share a folder one writes)."""
+    """Whether ``later`` must wait for ``earlier`` to finish: one creates or replaces a folder the
+    other reads, writes or adds results to, or both add results to the same folder."""
     from slimasr.pipeline import reads
 
-    out_e, out_l = writes(earlier), writes(later)
-    return bool(out_e & (reads(later) | out_l) or reads(earlier) & out_l)
+    out_e, out_l, add_e, add_l = writes(earlier), writes(later), adds_to(earlier), adds_to(later)
+    return bool(out_e & (reads(later) | out_l | add_l) or (reads(earlier) | add_e) & out_l or add_e & add_l)
 
 
 def runs_alone(stage: Any) -> bool:
-    """Stages that time something or print live, and kinds that write no folder of their own
-    (what they touch is not known here): nothing runs beside them."""
+    """Stages that time something or print live, and kinds whose writes are not known here
+    (neither a folder of their own nor evaluate's results): nothing runs beside them."""
     from slimasr.pipeline import FOLDER_STAGES
 
-    if stage.kind in ALONE_KINDS or stage.kind not in FOLDER_STAGES:
+    if stage.kind in ALONE_KINDS or stage.kind not in (*FOLDER_STAGES, "evaluate"):
         return True
     if stage.kind == "prune":
         from slimasr.config import from_dict

@@ -116,3 +116,55 @@ def test_sentencepiece_model_is_scored_on_words_without_piece_markers(tmp_path):
     hyps = [json.loads(line)["hyp"] for line in (model / "eval_utterances.jsonl").read_text().splitlines()]
     assert hyps == [WORD, WORD]
     assert result["wer"] == 50.0 and result["sentence_accuracy"] == 50.0
+
+
+QUALITY = ("wer", "cer", "sentence_accuracy", "num_utterances", "excluded", "decode", "eval_config",
+           "data_sha256", "model_sha256", "params", "macs_per_second_audio", "model_bytes")
+
+
+def test_one_pass_scores_each_decoding_as_a_run_of_its_own_would(model_dir, tmp_path):
+    """``also``: the network runs once and its outputs are decoded both ways (the pipeline's
+    greedy results beside beam search's used to cost a second pass)."""
+    from dataclasses import replace
+
+    from slimasr.decode import DecodeConfig
+
+    manifest = model_dir.parent / "data" / "dev_cuts.jsonl.gz"
+    beam = replace(FAST, decode=DecodeConfig(method="beam"))
+    alone = {"beam": evaluate_model(model_dir, manifest, beam, json_out=tmp_path / "b.json", show_progress=False),
+             "greedy": evaluate_model(model_dir, manifest, FAST, json_out=tmp_path / "g.json", show_progress=False)}
+    both = evaluate_model(model_dir, manifest, beam, json_out=tmp_path / "both.json", show_progress=False,
+                          also=[(DecodeConfig(), tmp_path / "greedy.json")])
+    greedy = json.loads((tmp_path / "greedy.json").read_text())
+    assert both["decode"] == "beam" and greedy["decode"] == "greedy" and both["num_utterances"] > 0
+    assert {k: both[k] for k in QUALITY} == {k: alone["beam"][k] for k in QUALITY}
+    assert {k: greedy[k] for k in QUALITY} == {k: alone["greedy"][k] for k in QUALITY}
+
+
+def test_latency_left_untimed_is_timed_later_into_the_same_results(model_dir, tmp_path):
+    """evaluate with ``latency=False`` scores without timing (the pipeline scores beside training);
+    ``time_model`` times it afterwards, alone, with the settings the metrics record."""
+    import shutil
+    from dataclasses import replace
+
+    from slimasr.decode import DecodeConfig
+    from slimasr.evaluate.run import evaluated_on, is_timed, time_model
+
+    results = shutil.ignore_patterns("metrics.json", "greedy.json", "eval_*")  # of other tests
+    model = shutil.copytree(model_dir, tmp_path / "model", ignore=results)
+    manifest = model_dir.parent / "data" / "dev_cuts.jsonl.gz"
+    with pytest.raises(DataError, match="metrics.json: not found: evaluate the model before timing it$"):
+        time_model(model)
+    config = replace(FAST, latency=False)
+    greedy_file = model / "greedy.json"
+    result = evaluate_model(model, manifest, config, show_progress=False, also=[(DecodeConfig(), greedy_file)])
+    assert result["latency_ms_p50"] is result["rtf"] is None and result["params"] > 0
+    assert not is_timed(model)
+    timed = time_model(model, also=[greedy_file])
+    assert set(timed) == {"latency_ms_p50", "latency_ms_p90", "rtf"}
+    assert 0 < timed["latency_ms_p50"] <= timed["latency_ms_p90"]
+    assert timed["rtf"] == pytest.approx(timed["latency_ms_p50"] / 1000 / config.latency_seconds)
+    for path in (model / "metrics.json", greedy_file):
+        metrics = json.loads(path.read_text())
+        assert {k: metrics[k] for k in timed} == timed and metrics["wer"] is not None
+    assert is_timed(model) and evaluated_on(model, manifest, config)  # the scoring still counts
