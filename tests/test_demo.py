@@ -16,7 +16,7 @@ DESIGN_KEYS = {"wer", "cer", "sentence_accuracy", "num_utterances", "params", "n
                "macs_per_second_audio", "latency_ms_p50", "latency_ms_p90", "rtf", "model_bytes"}
 EVALUATED = ["teacher", "student", "pruned", "student_onnx/model.int8.onnx", "pruned_onnx/model.int8.onnx"]
 STAGES = ["corpus:data", "model:teacher", "distill:student", "prune:pruned", "export:student_onnx",
-          "export:pruned_onnx", *(f"evaluate:{m}" for m in EVALUATED), f"latency:{'+'.join(EVALUATED)}",
+          "export:pruned_onnx", "lm:lm_3gram.arpa", *(f"evaluate:{m}" for m in EVALUATED), f"latency:{'+'.join(EVALUATED)}",
           "sherpa:student_sherpa", "stream:student_stream"]
 ROWS = ["teacher", "student", "pruned", "student_onnx (int8)", "pruned_onnx (int8)", "student_sherpa",
         "student_stream"]

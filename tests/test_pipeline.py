@@ -66,8 +66,8 @@ def test_bad_recipes_are_rejected(recipe, message):
         pipeline.load_pipeline(recipe)
 
 
-DEMO_KINDS = ["corpus", "model", "distill", "prune", "export", "export", *["evaluate"] * 5, "latency",
-              "sherpa", "stream", "report"]  # evaluate: one scoring stage per model, then their latency
+DEMO_KINDS = ["corpus", "model", "distill", "prune", "export", "export", "lm", *["evaluate"] * 5, "latency",
+              "sherpa", "stream", "report"]  # evaluate: its LM, one scoring stage per model, their latency
 
 
 def test_bundled_recipes_parse():
@@ -283,14 +283,16 @@ def test_the_demo_trains_its_student_and_pruned_model_side_by_side():
         models = ["teacher", "student", "pruned", "student_onnx/model.int8.onnx", "pruned_onnx/model.int8.onnx"]
         assert names[names.index("evaluate:teacher"):][:6] == [f"evaluate:{m}" for m in models] + [
             "latency:" + "+".join(models)]
-        # while the student trains, with the pruned model exported: the teacher is scored first
-        # (the evaluate stages share the corpus LM, so one at a time), nothing of the student's
-        done = {names.index(k) for k in ("corpus:data", "model:teacher", "prune:pruned", "export:pruned_onnx")}
+        # while the student trains, with the pruned model exported and the LM built: the teacher
+        # and the pruned model (both graphs) may be scored, nothing of the student's
+        done = {names.index(k) for k in ("corpus:data", "model:teacher", "prune:pruned", "export:pruned_onnx",
+                                         "lm:lm_3gram.arpa")}
         running = {names.index("distill:student")}
         open_ = set(range(len(stages))) - done - running
         alone = [runs_alone(s) for s in stages]
         startable = [names[i] for i in sorted(open_) if ready(stages, alone, i, open_, running)]
-        assert startable == ["evaluate:teacher"]
+        assert startable == ["evaluate:teacher", "evaluate:pruned", "evaluate:pruned_onnx/model.int8.onnx"]
+        assert depends(stages[names.index("evaluate:teacher")], stages[names.index("lm:lm_3gram.arpa")])
 
 
 # ---------------------------------------------------------------------------------------------

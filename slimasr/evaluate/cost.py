@@ -27,7 +27,7 @@ import warnings
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -146,8 +146,29 @@ def measure_latency(
     finally:
         torch.set_num_threads(old_threads)
         model.train(was_training)
+    return latency_stats(timings, seconds)
+
+
+def latency_stats(timings: Sequence[float], seconds: float) -> dict[str, float]:
+    """``{"latency_ms_p50", "latency_ms_p90", "rtf"}`` of wall times (s) of ``seconds`` of audio."""
     p50, p90 = (1000.0 * float(np.percentile(timings, q)) for q in (50, 90))
     return {"latency_ms_p50": p50, "latency_ms_p90": p90, "rtf": p50 / 1000.0 / seconds}
+
+
+def interleaved_latency(calls: Sequence[Callable[[], Any]], seconds: float, warmup: int = 5,
+                        runs: int = 30) -> list[dict[str, float]]:
+    """Batch-1 latency of several models timed in turns, one call of each per round (the first
+    ``warmup`` rounds not counted): a machine that slows down or speeds up while they are timed
+    moves every model alike, so their ratios (the report's speed-ups) hold. ``calls``: one
+    forward pass each on ``seconds`` of audio; ``latency_stats`` of each, in their order."""
+    timings: list[list[float]] = [[] for _ in calls]
+    for i in range(warmup + runs):
+        for call, times in zip(calls, timings):
+            start = time.perf_counter()
+            call()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return [latency_stats(times, seconds) for times in timings]
 
 
 def peak_memory_mb(

@@ -12,6 +12,11 @@ onnxruntime (``slimasr.evaluate.runners``) and gets the same keys, scored the sa
 own folder (``slimasr.evaluate.outputs``: ``metrics.json`` for model.onnx, ``metrics.int8.json``
 for model.int8.onnx).
 
+``also=[(DecodeConfig(), "greedy.json")]`` decodes the same network outputs another way too (one
+pass of the network for greedy and beam search). ``EvalConfig(latency=False)`` scores without
+timing (latency keys null) and ``time_models`` times the models afterwards, in turns, when
+nothing else runs.
+
 Results say what they were measured on: ``data`` (a short label: folder/name@hash),
 ``data_path`` (the manifest's resolved path), ``data_sha256`` (of its bytes) and ``eval_config``
 (the settings), so nothing that reads metrics.json takes another data set's or another decoder's
@@ -53,6 +58,7 @@ from slimasr.data.validate import (
 )
 from slimasr.decode import DecodeConfig, corpus_vocabulary, make_decoder
 from slimasr.errors import ConfigError, DataError
+from slimasr.evaluate.cost import interleaved_latency
 from slimasr.evaluate.metrics import ErrorRateStats
 from slimasr.evaluate.outputs import METRICS_FILE, UTTERANCES_FILE, WORST_FILE, Outputs, outputs_of
 from slimasr.evaluate.runners import OnnxRunner, TorchRunner, load_runner
@@ -64,7 +70,7 @@ from slimasr.data.manifests import transcript
 log = logging.getLogger(__name__)
 
 __all__ = ["METRICS_FILE", "UTTERANCES_FILE", "WORST_FILE", "EvalConfig", "evaluate_model",
-           "evaluated_on", "is_timed", "network_outputs", "recognize", "time_model"]
+           "evaluated_on", "is_timed", "network_outputs", "recognize", "time_models"]
 # Why evaluation leaves an utterance out of every rate (keys of the result's "excluded").
 EXCLUDED_REASONS = (EMPTY_REFERENCE, TOO_SHORT, UNKNOWN_CHARACTERS, BAD_AUDIO)
 MIN_LATENCY_SECONDS = 0.1  # shortest timed input: 10 frames, enough for every subsampling front end
@@ -77,7 +83,7 @@ class EvalConfig:
     max_utterances: int | None = None  # score only the first N utterances (None: all)
     latency_threads: int = 1  # torch/onnxruntime threads while timing batch-1 latency (a device's core)
     latency_seconds: float = 3.0  # utterance length for latency, RTF and MACs
-    latency: bool = True  # time batch-1 latency and RTF (False: null, for time_model to fill later)
+    latency: bool = True  # time batch-1 latency and RTF (False: null, for time_models to fill later)
     worst: int = 10  # worst utterances listed in the result
     intent_reference: str | None = None  # labelled manifest for intent scoring (None: no intents)
     lexicon_reference: str | None = None  # manifest whose words form the beam-search lexicon
@@ -159,27 +165,48 @@ def evaluate_model(model_dir: str | Path, manifest: str | Path, config: EvalConf
                          also)
 
 
-def time_model(model_dir: str | Path, also: Sequence[str | Path] = ()) -> dict:
-    """Batch-1 latency and RTF of a model that ``evaluate_model`` scored with ``latency=False``,
-    timed with the threads and input length its metrics.json records, written into that file
-    (and into each of ``also``, e.g. the greedy results beside it); returns the latency keys.
-    Time with nothing else running on the machine: that is why it is a step of its own."""
-    outputs = outputs_of(model_dir)
-    _check_model(outputs)
-    if not outputs.metrics.is_file():
-        raise DataError(outputs.metrics, "not found: evaluate the model before timing it")
-    with output_lock(outputs.folder, "evaluate"):
-        settings = read_json(outputs.metrics).get("eval_config") or {}
-        runner = load_runner(model_dir, torch.device("cpu"))
-        timed = runner.latency(float(settings.get("latency_seconds", EvalConfig.latency_seconds)),
-                               int(settings.get("latency_threads", EvalConfig.latency_threads)))
-        for path in [outputs.metrics, *also]:
-            write_json_atomic(path, {**read_json(path), **timed})
+def time_models(models: Sequence[str | Path], also: Sequence[Sequence[str | Path]] = ()) -> list[dict]:
+    """Batch-1 latency and RTF of models that ``evaluate_model`` scored with ``latency=False``,
+    timed in turns (``cost.interleaved_latency``: drift of the machine moves them all alike, so
+    their speed-ups hold) with the threads and input length each one's metrics.json records;
+    written into that file and into each of ``also[i]`` (e.g. the greedy results beside it).
+    Returns the latency keys of each. Time with nothing else running: that is why it is a step
+    of its own."""
+    outputs = [outputs_of(m) for m in models]
+    for out in outputs:
+        _check_model(out)
+        if not out.metrics.is_file():
+            raise DataError(out.metrics, "not found: evaluate the model before timing it")
+    with contextlib.ExitStack() as locks:
+        for folder in dict.fromkeys(out.folder for out in outputs):
+            locks.enter_context(output_lock(folder, "evaluate"))
+        plans = [_timing_of(read_json(out.metrics)) for out in outputs]
+        timed: list[dict] = [{} for _ in models]
+        for seconds, threads in dict.fromkeys(plans):
+            group = [i for i, plan in enumerate(plans) if plan == (seconds, threads)]
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)  # the torch models' (a session has its own)
+            try:
+                calls = [load_runner(models[i], torch.device("cpu")).timed_call(seconds, threads) for i in group]
+                for i, latency in zip(group, interleaved_latency(calls, seconds)):
+                    timed[i] = latency
+            finally:
+                torch.set_num_threads(before)
+        for i, out in enumerate(outputs):
+            for path in [out.metrics, *(also[i] if i < len(also) else ())]:
+                write_json_atomic(path, {**read_json(path), **timed[i]})
     return timed
 
 
+def _timing_of(metrics: dict) -> tuple[float, int]:
+    """``(latency_seconds, latency_threads)`` of the settings a metrics.json records."""
+    settings = metrics.get("eval_config") or {}
+    return (float(settings.get("latency_seconds", EvalConfig.latency_seconds)),
+            int(settings.get("latency_threads", EvalConfig.latency_threads)))
+
+
 def is_timed(model_dir: str | Path) -> bool:
-    """Whether the model's metrics.json holds its batch-1 latency (``time_model`` or evaluate)."""
+    """Whether the model's metrics.json holds its batch-1 latency (``time_models`` or evaluate)."""
     path = outputs_of(model_dir).metrics
     try:
         return path.is_file() and read_json(path).get("latency_ms_p50") is not None

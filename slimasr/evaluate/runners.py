@@ -5,6 +5,7 @@
     runner.output_frames(300)                     # output frames for 300 input frames
     runner.cost(seconds=3.0, threads=1)           # the cost keys of metrics.json
     runner.latency(seconds=3.0, threads=1)        # only its batch-1 latency keys
+    runner.timed_call(seconds=3.0, threads=1)()   # one batch-1 forward pass (cost.interleaved_latency)
 
 Both give the same metrics.json keys. A bundle's cost keys: ``params`` from bundle.json's source
 model (else counted over model.onnx's float initializers), ``macs_per_second_audio`` from
@@ -17,20 +18,23 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from slimasr.decode import word_separator
 from slimasr.errors import DataError
-from slimasr.evaluate.cost import LATENCY_KEYS, cost_report, measure_latency
+from slimasr.evaluate.cost import LATENCY_KEYS, cost_report, example_input, measure_latency
 from slimasr.frontend import Frontend
 from slimasr.runtime.bundle import MODEL_FILE, TOKENIZER_MODEL, is_bundle
 from slimasr.runtime.recognizer import (
+    FRAMES_PER_SECOND,
     OnnxRecognizer,
     TokenList,
     measure_session_latency,
     open_session,
+    run_session,
 )
 
 
@@ -58,6 +62,18 @@ class TorchRunner:
 
     def latency(self, seconds: float, threads: int) -> dict[str, float]:
         return measure_latency(self.model.cpu(), seconds, threads, feat_dim=self.model.config.num_features)
+
+    def timed_call(self, seconds: float, threads: int) -> Callable[[], Any]:
+        """One batch-1 forward pass on ``seconds`` of random features, on the CPU (torch's thread
+        count is the caller's to set)."""
+        model = self.model.cpu().eval()
+        x, x_lens = example_input(model, seconds, self.model.config.num_features)
+
+        def call() -> None:
+            with torch.inference_mode():
+                model(x, x_lens)
+
+        return call
 
 
 class OnnxRunner:
@@ -94,9 +110,20 @@ class OnnxRunner:
         }
 
     def latency(self, seconds: float, threads: int) -> dict[str, float]:
+        return measure_session_latency(open_session(self.model.model_path, threads), self.feat_dim, seconds)
+
+    def timed_call(self, seconds: float, threads: int) -> Callable[[], Any]:
+        """One batch-1 call of a session with ``threads`` threads on ``seconds`` of random features."""
+        session = open_session(self.model.model_path, threads)
+        frames = int(round(seconds * FRAMES_PER_SECOND))
+        x = np.random.default_rng(0).standard_normal((1, frames, self.feat_dim)).astype(np.float32)
+        x_lens = np.array([frames], dtype=np.int64)
+        return lambda: run_session(session, x, x_lens)
+
+    @property
+    def feat_dim(self) -> int:
         bundle = self.model.bundle
-        feat_dim = int(bundle.info.get("feature_dim") or bundle.features.num_mel_bins)
-        return measure_session_latency(open_session(self.model.model_path, threads), feat_dim, seconds)
+        return int(bundle.info.get("feature_dim") or bundle.features.num_mel_bins)
 
 
 def load_runner(path: str | Path, device: torch.device) -> TorchRunner | OnnxRunner:

@@ -11,8 +11,9 @@ A pipeline recipe names an experiment folder and its stages, in order::
       - {stage: evaluate, models: [teacher], split: test}
       - {stage: report, models: [teacher]}
 
-Each stage writes one folder ``EXPERIMENT/NAME`` (evaluate writes into the model folders, report
-writes ``EXPERIMENT/report.*``). ``EXPERIMENT/pipeline.json`` records the settings each finished
+Each stage writes one folder ``EXPERIMENT/NAME`` (evaluate adds its results to the model folders,
+report writes ``EXPERIMENT/report.*``). An evaluate stage runs as one scoring stage per model
+and a ``latency`` stage timing them all afterwards with nothing beside it (``split_evaluate``). ``EXPERIMENT/pipeline.json`` records the settings each finished
 stage ran with; a stage whose output is complete and whose settings did not change is skipped, so
 a stopped run picks up where it stopped (a half-trained model resumes from its last checkpoint);
 ``EXPERIMENT/times.json`` when each stage that ran started and how long it took.
@@ -124,6 +125,13 @@ class LatencyStage:
 
 
 @dataclass
+class LmStage:
+    name: str = "lm_3gram.arpa"  # EXPERIMENT/NAME: an ARPA n-gram of the corpus's training text
+    order: int = 3
+    data: str = "data"  # name of the corpus stage
+
+
+@dataclass
 class ReportStage:
     models: list[str] = field(default_factory=list)  # model stage names, reference first
     name: str = "report"  # writes EXPERIMENT/NAME.{md,json,png}
@@ -190,7 +198,7 @@ def load_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = (
         stages.append(trained_instead(Stage(kind, spec, base, threads), i) if train_models
                       else Stage(kind, spec, base, threads))
     check_stage_names(stages, source if base is not None else "pipeline recipe")
-    return Pipeline(Path(data["experiment"]), [unit for s in stages for unit in split_evaluate(s)], jobs)
+    return Pipeline(Path(data["experiment"]), split_evaluate(stages), jobs)
 
 
 def _threads(value: Any, source: Any) -> int | None:
@@ -209,18 +217,32 @@ def trained_instead(stage: Stage, index: int) -> Stage:
     return Stage("train", spec, stage.source, stage.threads)
 
 
-def split_evaluate(stage: Stage) -> list[Stage]:
-    """An evaluate stage as one scoring stage per model (each may run as soon as its model is
-    ready, beside other stages) and, unless ``latency: false``, a ``latency`` stage timing them
-    all after, with nothing beside it; any other stage unchanged."""
+def split_evaluate(stages: list[Stage]) -> list[Stage]:
+    """Each evaluate stage as the corpus LM it decodes with (an ``lm`` stage, once per file), one
+    scoring stage per model (each may run as soon as its model is ready, beside other stages)
+    and, unless ``latency: false``, a ``latency`` stage timing them all after, with nothing
+    beside it; any other stage unchanged."""
     from dataclasses import replace
 
-    if stage.kind != "evaluate":
-        return [stage]
-    spec: EvaluateStage = stage.spec
-    scoring = [replace(stage, spec=replace(spec, models=[m], latency=False)) for m in spec.models]
-    timing = Stage("latency", LatencyStage(list(spec.models)), stage.source, stage.threads)
-    return [*scoring, timing] if spec.latency and spec.models else scoring
+    out, lms = [], set()
+    for stage in stages:
+        if stage.kind != "evaluate":
+            out.append(stage)
+            continue
+        spec: EvaluateStage = stage.spec
+        lm = lm_file(spec)
+        if lm is not None and lm not in lms:
+            lms.add(lm)
+            out.append(Stage("lm", LmStage(lm, spec.lm_order, spec.data), stage.source, stage.threads))
+        out += [replace(stage, spec=replace(spec, models=[m], latency=False)) for m in spec.models]
+        if spec.latency and spec.models:
+            out.append(Stage("latency", LatencyStage(list(spec.models)), stage.source, stage.threads))
+    return out
+
+
+def lm_file(spec: Any) -> str | None:
+    """The experiment file of an evaluate stage's corpus LM (None without ``lm_order``)."""
+    return f"lm_{spec.lm_order}gram.arpa" if getattr(spec, "lm_order", None) is not None else None
 
 
 def check_stage_names(stages: list[Stage], where: Any) -> None:
@@ -245,11 +267,12 @@ def check_stage_names(stages: list[Stage], where: Any) -> None:
 
 
 def reads(stage: Stage) -> set[str]:
-    """The experiment folders a stage reads: its model, teacher, corpus, bundle, the models it
-    evaluates (``student_onnx/model.int8.onnx`` reads ``student_onnx``)."""
+    """The experiment folders (and files) a stage reads: its model, teacher, corpus, bundle, the
+    models it evaluates (``student_onnx/model.int8.onnx`` reads ``student_onnx``), its LM."""
     spec = stage.spec
     named = [getattr(spec, f, None) for f in ("model", "teacher", "data", "bundle")]
-    return {Path(v).parts[0] for v in [*named, *getattr(spec, "models", [])] if isinstance(v, str) and v}
+    lm = [lm_file(spec)] if stage.kind == "evaluate" else []
+    return {Path(v).parts[0] for v in [*named, *getattr(spec, "models", []), *lm] if isinstance(v, str) and v}
 
 
 def find_recipe(name: str | Path) -> Path:
@@ -470,7 +493,7 @@ def _eval_plan(stage: Stage, exp: Path) -> tuple[Any, Path]:
     train_cuts = data / "train_cuts.jsonl.gz"
     decode = dict(spec.decode)
     if spec.lm_order is not None:
-        decode.update(method="beam", lm_path=str(exp / f"lm_{spec.lm_order}gram.arpa"))
+        decode.update(method="beam", lm_path=str(exp / lm_file(spec)))
     cfg = from_dict(EvalConfig, {"decode": decode, "latency_threads": spec.latency_threads,
                                  "latency": spec.latency,
                                  "max_utterances": spec.max_utterances,
@@ -533,8 +556,8 @@ def _run_evaluate(stage: Stage, exp: Path) -> None:
     spec: EvaluateStage = stage.spec
     cfg, manifest = _eval_plan(stage, exp)
     greedy = _greedy_plan(stage, exp)
-    if spec.lm_order is not None:
-        _corpus_lm(_data_of(exp, spec.data), exp, spec.lm_order)
+    if spec.lm_order is not None:  # built by the lm stage before it (here when run on its own)
+        _corpus_lm(_data_of(exp, spec.data), exp / lm_file(spec), spec.lm_order)
     for model in spec.models:
         also = [] if greedy is None else [(greedy.decode, greedy_path(exp / model))]
         greedy_missing = greedy is not None and not _greedy_done(exp / model, manifest, greedy)
@@ -550,27 +573,29 @@ def _timed_done(stage: Stage, exp: Path) -> bool:
 
 @register_stage("latency", LatencyStage, _timed_done)
 def _run_latency(stage: Stage, exp: Path) -> None:
-    """Batch-1 latency of each model, timed with nothing else running (the scoring before it may
-    have run beside other stages), written into the metrics the scoring left untimed."""
-    from slimasr.evaluate.run import is_timed, time_model
+    """Batch-1 latency of every model, timed in turns with nothing else running (the scoring
+    before it may have run beside other stages), written into the metrics it left untimed."""
+    from slimasr.evaluate.run import time_models
 
-    for model in stage.spec.models:
-        if not is_timed(exp / model):
-            greedy = greedy_path(exp / model)
-            time_model(exp / model, also=[greedy] if greedy.is_file() else [])
+    models = [exp / m for m in stage.spec.models]  # all again, in turns: their ratios hold
+    time_models(models, also=[[g] if (g := greedy_path(m)).is_file() else [] for m in models])
 
 
-def _corpus_lm(data: Path, exp: Path, order: int) -> Path:
-    """An ARPA n-gram of the corpus's normalized training text (built once per experiment)."""
+def _corpus_lm(data: Path, path: Path, order: int) -> Path:
+    """An ARPA n-gram of the corpus's normalized training text at ``path`` (built once)."""
     from slimasr.data.manifests import read_split
     from slimasr.decode import build_ngram_lm
     from slimasr.text import normalize_text
 
-    path = exp / f"lm_{order}gram.arpa"
     if not path.is_file():
         texts = (normalize_text(s.text or "") for c in read_split(data, "train") for s in c.supervisions)
         build_ngram_lm(texts, path, order=order)
     return path
+
+
+@register_stage("lm", LmStage, lambda stage, exp: (exp / stage.spec.name).is_file())
+def _run_lm(stage: Stage, exp: Path) -> None:
+    _corpus_lm(_data_of(exp, stage.spec.data), exp / stage.spec.name, stage.spec.order)
 
 
 @register_stage("report", ReportStage, lambda stage, exp: False)

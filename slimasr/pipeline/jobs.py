@@ -46,15 +46,15 @@ LOG_COLUMNS = 160  # line width of a stage's log
 
 
 def writes(stage: Any) -> set[str]:
-    """The experiment folders (and files) a stage creates or replaces: its own folder; evaluate
-    the corpus LM; report its files."""
+    """The experiment folders (and files) a stage creates or replaces: its own folder; lm its
+    file; report its files (evaluate and latency only add results: ``adds_to``)."""
     from slimasr.pipeline import output_folder
 
     spec = stage.spec
-    if stage.kind == "latency":
+    if stage.kind in ("latency", "evaluate"):
         return set()
-    if stage.kind == "evaluate":
-        return {f"lm_{spec.lm_order}gram.arpa"} if spec.lm_order is not None else set()
+    if stage.kind == "lm":
+        return {spec.name}
     if stage.kind == "report":
         return {f"{spec.name}.md", f"{spec.name}.json", f"{spec.name}.png"}
     name = output_folder(stage)
@@ -84,7 +84,7 @@ def runs_alone(stage: Any) -> bool:
     (neither a folder of their own nor evaluate's results): nothing runs beside them."""
     from slimasr.pipeline import FOLDER_STAGES
 
-    if stage.kind in ALONE_KINDS or stage.kind not in (*FOLDER_STAGES, "evaluate"):
+    if stage.kind in ALONE_KINDS or stage.kind not in (*FOLDER_STAGES, "evaluate", "lm"):
         return True
     if stage.kind == "prune":
         from slimasr.config import from_dict

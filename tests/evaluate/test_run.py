@@ -143,28 +143,59 @@ def test_one_pass_scores_each_decoding_as_a_run_of_its_own_would(model_dir, tmp_
 
 def test_latency_left_untimed_is_timed_later_into_the_same_results(model_dir, tmp_path):
     """evaluate with ``latency=False`` scores without timing (the pipeline scores beside training);
-    ``time_model`` times it afterwards, alone, with the settings the metrics record."""
+    ``time_models`` times the models afterwards, in turns, with the settings their metrics record."""
     import shutil
     from dataclasses import replace
 
     from slimasr.decode import DecodeConfig
-    from slimasr.evaluate.run import evaluated_on, is_timed, time_model
+    from slimasr.evaluate.run import evaluated_on, is_timed, time_models
 
     results = shutil.ignore_patterns("metrics.json", "greedy.json", "eval_*")  # of other tests
     model = shutil.copytree(model_dir, tmp_path / "model", ignore=results)
+    other = shutil.copytree(model, tmp_path / "other")
     manifest = model_dir.parent / "data" / "dev_cuts.jsonl.gz"
     with pytest.raises(DataError, match="metrics.json: not found: evaluate the model before timing it$"):
-        time_model(model)
+        time_models([model])
     config = replace(FAST, latency=False)
     greedy_file = model / "greedy.json"
     result = evaluate_model(model, manifest, config, show_progress=False, also=[(DecodeConfig(), greedy_file)])
     assert result["latency_ms_p50"] is result["rtf"] is None and result["params"] > 0
-    assert not is_timed(model)
-    timed = time_model(model, also=[greedy_file])
-    assert set(timed) == {"latency_ms_p50", "latency_ms_p90", "rtf"}
-    assert 0 < timed["latency_ms_p50"] <= timed["latency_ms_p90"]
-    assert timed["rtf"] == pytest.approx(timed["latency_ms_p50"] / 1000 / config.latency_seconds)
-    for path in (model / "metrics.json", greedy_file):
+    evaluate_model(other, manifest, replace(config, latency_seconds=0.3), show_progress=False)
+    assert not is_timed(model) and not is_timed(other)
+    timed = time_models([model, other], also=[[greedy_file]])
+    assert [set(t) for t in timed] == [{"latency_ms_p50", "latency_ms_p90", "rtf"}] * 2
+    for t, seconds in zip(timed, (0.5, 0.3)):  # each with its own recorded input length
+        assert 0 < t["latency_ms_p50"] <= t["latency_ms_p90"]
+        assert t["rtf"] == pytest.approx(t["latency_ms_p50"] / 1000 / seconds)
+    for path, t in ((model / "metrics.json", timed[0]), (greedy_file, timed[0]), (other / "metrics.json", timed[1])):
         metrics = json.loads(path.read_text())
-        assert {k: metrics[k] for k in timed} == timed and metrics["wer"] is not None
-    assert is_timed(model) and evaluated_on(model, manifest, config)  # the scoring still counts
+        assert {k: metrics[k] for k in t} == t and metrics["wer"] is not None
+    assert is_timed(model) and is_timed(other) and evaluated_on(model, manifest, config)  # scoring still counts
+
+
+def test_models_timed_in_turns_keep_their_ratio_when_the_machine_slows_down():
+    """A machine that slows down late in the measurement (every call after the 32nd of 42 costs
+    5x) leaves the ratio of two models timed in turns as it is (2x: each takes a quarter of its
+    calls slow); timed one after the other, the second takes all the slow calls (half of its
+    own) and looks 6x slower."""
+    import time
+
+    from slimasr.evaluate.cost import interleaved_latency
+
+    calls = 0
+
+    def model(cost_ms: float):
+        def call() -> None:
+            nonlocal calls
+            calls += 1
+            time.sleep(cost_ms / 1000 * (5 if calls > 32 else 1))
+        return call
+
+    def ratio(first: dict, second: dict) -> float:
+        return second["latency_ms_p50"] / first["latency_ms_p50"]
+
+    fast, slow = interleaved_latency([model(20.0), model(40.0)], seconds=1.0, warmup=1, runs=20)
+    assert 1.6 < ratio(fast, slow) < 2.4  # sleep overshoots by a few ms on a busy machine
+    calls = 0
+    first, second = (interleaved_latency([model(ms)], seconds=1.0, warmup=1, runs=20)[0] for ms in (20.0, 40.0))
+    assert ratio(first, second) > 4  # one after the other
