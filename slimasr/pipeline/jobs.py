@@ -200,7 +200,7 @@ def _run_here(stage: Any, exp: Path) -> None:
 def _start(stage: Any, exp: Path, board: "_Board") -> _Child:
     from slimasr.pipeline import STAGES
 
-    log_path = exp / LOGS / f"{stage.key.replace(':', '-')}.log"
+    log_path = exp / LOGS / f"{stage.key.replace(':', '-').replace('/', '-')}.log"  # a graph's: one file
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.write_text("")
     context = multiprocessing.get_context("spawn")
