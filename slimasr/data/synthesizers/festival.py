@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from slimasr.data.synthesizers.base import NORMAL_RATE, Prosody, Synthesizer, debian_version
+from slimasr.data.synthesizers.base import NORMAL_RATE, Prosody, Synthesizer, debian_version, fixed_addresses
 
 _SCALE = 0.5  # volume factor (text2wave's -scale): at 1.0 the diphone voices clip (peak 1.0)
 _DONE = "slimasr-festival-done"  # printed after each utterance, to know when it is written
@@ -27,8 +27,10 @@ class Festival(Synthesizer):
 
     One ``festival --pipe`` process per instance speaks every utterance (starting Festival takes
     ~0.3 s, most of an utterance's time). Each utterance selects its voice afresh and sets every
-    parameter it uses, so the audio depends on the arguments only (tested against history); it is
-    byte-identical to ``text2wave -scale 0.5``'s.
+    parameter it uses, so the audio depends on the arguments and the utterances before it in the
+    process (tested against history); it is byte-identical to ``text2wave -scale 0.5``'s. The
+    process runs without address-space randomization (``fixed_addresses``): with it, the diphone
+    voices' output after other utterances varied from run to run.
     """
 
     name = "festival"
@@ -73,7 +75,7 @@ class Festival(Synthesizer):
         if self._process is None or self._process.poll() is not None:
             self._process = subprocess.Popen(
                 ["festival", "--pipe"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, text=True,
+                stderr=subprocess.PIPE, text=True, preexec_fn=fixed_addresses,
             )  # fmt: skip
         # The marker goes to stderr: Festival's stdout is block-buffered in a pipe, its stderr not.
         self._process.stdin.write(f'{commands}\n(format stderr "{_DONE}\\n")\n')
