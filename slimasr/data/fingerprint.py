@@ -7,8 +7,9 @@ Each split is summarized by its utterance count and one sha256 over its sorted
 ``(cut id, transcript, synthesizer, voice)`` lines: which sentences, spoken by which voices, in
 which split. Manifest bytes are not hashed: they hold paths (absolute ones, for some corpora) and
 lhotse's formatting. Nor are the samples or the lengths: synthesis is identical from run to run on
-one machine (slimasr.data.synth; Festival without address-space randomization), but another CPU may round the resampler's and filters' float
-sums differently (1 int16 step in some samples, a silence trimmed a few samples elsewhere) —
+one machine (slimasr.data.synth; Festival runs without address-space randomization), but another
+CPU may round the resampler's and filters' float sums differently (1 int16 step in some samples,
+a silence trimmed a few samples elsewhere) —
 which changes nothing about which utterances the corpus holds, and that is what decides whether
 a test split is unseen. Two copies synthesized
 with the same seed and package versions give the same fingerprint, which is what keeps a shipped

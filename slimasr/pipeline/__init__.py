@@ -12,9 +12,10 @@ A pipeline recipe names an experiment folder and its stages, in order::
       - {stage: report, models: [teacher]}
 
 Each stage writes one folder ``EXPERIMENT/NAME`` (evaluate adds its results to the model folders,
-report writes ``EXPERIMENT/report.*``). An evaluate stage runs as one scoring stage per model
-and a ``latency`` stage timing them all afterwards with nothing beside it (``split_evaluate``). ``EXPERIMENT/pipeline.json`` records the settings each finished
-stage ran with; a stage whose output is complete and whose settings did not change is skipped, so
+report writes ``EXPERIMENT/report.*``). An evaluate stage runs as its corpus LM (an ``lm`` stage),
+one scoring stage per model and a ``latency`` stage timing them all afterwards with nothing beside
+it (``split_evaluate``). ``EXPERIMENT/pipeline.json`` records the settings each finished stage ran
+with; a stage whose output is complete and whose settings did not change is skipped, so
 a stopped run picks up where it stopped (a half-trained model resumes from its last checkpoint);
 ``EXPERIMENT/times.json`` when each stage that ran started and how long it took.
 Every stage kind registers itself the same way (see ``STAGES``); the deployment stages (export,

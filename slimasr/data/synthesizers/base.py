@@ -114,7 +114,7 @@ def fixed_addresses() -> None:
     """``preexec_fn`` of a synthesizer's process: turn off address-space randomization for the
     program it runs. Festival's diphone voices read memory whose contents depend on where things
     lie: a ked_diphone utterance spoken after four others in one process came out in 10 variants
-    over 40 runs with randomization, and identical in 30 of 30 without. Where the system does not
+    over 40 runs with randomization, and the same in 50 of 50 without. Where the system does not
     allow it (some container seccomp profiles refuse the call), the program runs as before."""
     if _PERSONALITY is not None:
         current = _PERSONALITY(_QUERY)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from slimasr.data.synthesizers.base import NORMAL_RATE, Prosody, Synthesizer, debian_version, fixed_addresses
+from slimasr.data.synthesizers.base import (NORMAL_RATE, Prosody, Synthesizer, debian_version,
+                                            fixed_addresses)
 
 _SCALE = 0.5  # volume factor (text2wave's -scale): at 1.0 the diphone voices clip (peak 1.0)
 _DONE = "slimasr-festival-done"  # printed after each utterance, to know when it is written
