@@ -28,6 +28,7 @@ Audio paths in the manifests are relative to DIR (``audio/train/...``; ``read_sp
 from __future__ import annotations
 
 import io
+import logging
 import json
 import math
 import multiprocessing
@@ -56,6 +57,7 @@ from rich.progress import Progress
 from slimasr.data import effects
 from slimasr.data.espeak import ENGLISH_BASES, EXCLUDED_VARIANTS, data_path, list_variants
 from slimasr.data.grammar import Grammar, Utterance, smart_home_grammar
+from slimasr.data.synthesizers.base import randomization_off
 from slimasr.data.synthesizers import (
     FAMILIES,
     Prosody,
@@ -67,6 +69,8 @@ from slimasr.data.synthesizers import (
 from slimasr.errors import ConfigError, DataError
 from slimasr.io import LOCK_NAME, atomic_dir, write_json_atomic
 from slimasr.progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")  # every corpus has these
 UNSEEN_SYNTH_SPLIT = "test_unseen_synth"  # and this one when SynthConfig.unseen_synth is set
@@ -273,6 +277,7 @@ def synthesize_corpus(
     out_dir = Path(out_dir)
     require(config.synthesizers)
     _check_destination(out_dir, overwrite)
+    _warn_if_addresses_move(config)
     audio_root = None if config.relative_paths else out_dir.resolve()  # None: relative paths
     grammar = smart_home_grammar()
     voices = split_voices(config)
@@ -294,6 +299,15 @@ def synthesize_corpus(
             _write_manifests(tmp, audio_root, split, plans[split], render.num_samples)
         write_json_atomic(tmp / "corpus.json", summary)  # last: its presence means complete
     return summary
+
+
+def _warn_if_addresses_move(config: SynthConfig) -> None:
+    """Festival's diphone voices need address-space randomization off to repeat themselves
+    (``fixed_addresses``); say so in one line where the system refuses it."""
+    if "festival" in config.synthesizers and not randomization_off():
+        log.warning("warning: this system does not let Festival run without address-space "
+                    "randomization: a few of its diphone utterances may differ from run to run "
+                    "(docs/corpus.md)")
 
 
 def split_voices(config: SynthConfig) -> dict[str, dict[str, list[str]]]:
@@ -773,6 +787,7 @@ def _summary(
         "intents": sorted(grammar.intents),
         "test_unseen_sentence_share": splits["test"]["unseen_sentence_share"],
         "excluded_variants": EXCLUDED_VARIANTS,
+        "fixed_addresses": randomization_off(),  # Festival and Flite ran without ASLR
     }
 
 

@@ -25,6 +25,7 @@ from slimasr.data.synth import (
     split_voices,
     synthesize_corpus,
 )
+from slimasr.data.synthesizers.base import randomization_off
 from slimasr.data.synthesizers.flite import Flite
 from slimasr.errors import ConfigError, DataError
 from tests.data.test_synthesizers import needs
@@ -190,6 +191,19 @@ def test_cuts_record_synthesizer_voice_and_conditions(corpus: Path) -> None:
     assert summary["synthesizers"]["flite"]["speakers"] == {UNSEEN_SYNTH_SPLIT: sorted(Flite.VOICES)}
     counts = summary["splits"]["train"]["synthesizers"]
     assert sum(counts.values()) == summary["splits"]["train"]["utterances"]
+    assert summary["fixed_addresses"] is randomization_off()  # Festival ran without ASLR (if allowed)
+
+
+def test_a_system_that_keeps_randomization_on_is_named_in_one_line(monkeypatch, caplog) -> None:
+    import logging
+
+    monkeypatch.setattr(synth, "randomization_off", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        synth._warn_if_addresses_move(tiny_espeak())  # no Festival: nothing to say
+        synth._warn_if_addresses_move(tiny())
+    assert [r.getMessage() for r in caplog.records] == [
+        "warning: this system does not let Festival run without address-space randomization: a "
+        "few of its diphone utterances may differ from run to run (docs/corpus.md)"]
 
 
 def test_conditions_follow_their_shares() -> None:

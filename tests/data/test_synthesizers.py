@@ -64,27 +64,15 @@ def test_rate_sets_the_duration(family: str, voice: str) -> None:
     assert len(slow) / len(fast) == pytest.approx(2.0, rel=0.2)
 
 
-def _randomization_off_in_children() -> bool:
-    """Whether ``fixed_addresses`` takes effect here (some container profiles refuse it)."""
-    import subprocess
-
-    from slimasr.data.synthesizers.base import ADDR_NO_RANDOMIZE, fixed_addresses
-
-    try:
-        done = subprocess.run(["cat", "/proc/self/personality"], capture_output=True, text=True,
-                              preexec_fn=fixed_addresses, timeout=30)
-    except OSError:
-        return False
-    return done.returncode == 0 and bool(int(done.stdout, 16) & ADDR_NO_RANDOMIZE)
-
-
 @needs("festival")
 def test_festival_speaks_the_same_after_the_same_utterances() -> None:
     """These five utterances are a batch of the default corpus (train_001948-1952). Festival's
     diphone voices read memory whose contents depend on where the heap lies: with address-space
     randomization the fourth came out in 10 variants over 40 runs (it differed between two
     demo runs and changed their tables); the process now starts without it."""
-    if not _randomization_off_in_children():
+    from slimasr.data.synthesizers.base import randomization_off
+
+    if not randomization_off():
         pytest.skip("this system does not let a process turn off address-space randomization")
     batch = [("please set the kitchen spotlights daylight please", "kal_diphone", 200),
              ("switch the floor heating on", "ked_diphone", 168),

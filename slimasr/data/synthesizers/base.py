@@ -122,6 +122,17 @@ def fixed_addresses() -> None:
             _PERSONALITY(current | ADDR_NO_RANDOMIZE)
 
 
+def randomization_off() -> bool:
+    """Whether ``fixed_addresses`` takes effect on this system: a child started with it reports
+    the ADDR_NO_RANDOMIZE persona (Linux ``/proc/self/personality``)."""
+    try:
+        done = subprocess.run(["cat", "/proc/self/personality"], capture_output=True, text=True,
+                              preexec_fn=fixed_addresses, timeout=30)
+        return done.returncode == 0 and bool(int(done.stdout, 16) & ADDR_NO_RANDOMIZE)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return False
+
+
 def run_to_wav(command: list[str], stdin: str | None = None) -> tuple[np.ndarray, int]:
     """Run ``command`` with ``{wav}`` in it replaced by a temporary file; read that file back.
 
