@@ -277,7 +277,7 @@ def synthesize_corpus(
     out_dir = Path(out_dir)
     require(config.synthesizers)
     _check_destination(out_dir, overwrite)
-    _warn_if_addresses_move(config)
+    fixed = _warn_if_addresses_move(config)
     audio_root = None if config.relative_paths else out_dir.resolve()  # None: relative paths
     grammar = smart_home_grammar()
     voices = split_voices(config)
@@ -289,25 +289,29 @@ def synthesize_corpus(
         render = _Renderer(tmp, config, pool, progress)
         reserved = {u.text for split_unseen in unseen.values() for u in split_unseen}
         if config.unlabelled:
-            return _synthesize_unlabelled(tmp, audio_root, grammar, config, voices, reserved, render)
+            return _synthesize_unlabelled(tmp, audio_root, grammar, config, voices, reserved, render,
+                                          fixed)
         plans = {"train": _synthesize_train(grammar, config, voices["train"], reserved, render)}
         for split in config.splits()[1:]:
             plans[split] = _plan_eval(config, split, voices[split], unseen[split], plans["train"])
             render.run(split, plans[split])
-        summary = _summary(grammar, config, plans, voices, render.num_samples)
+        summary = _summary(grammar, config, plans, voices, render.num_samples, fixed)
         for split in config.splits():
             _write_manifests(tmp, audio_root, split, plans[split], render.num_samples)
         write_json_atomic(tmp / "corpus.json", summary)  # last: its presence means complete
     return summary
 
 
-def _warn_if_addresses_move(config: SynthConfig) -> None:
-    """Festival's diphone voices need address-space randomization off to repeat themselves
-    (``fixed_addresses``); say so in one line where the system refuses it."""
-    if "festival" in config.synthesizers and not randomization_off():
+def _warn_if_addresses_move(config: SynthConfig) -> bool:
+    """Whether the synthesizer programs run without address-space randomization
+    (``fixed_addresses``; Festival's diphone voices need it to repeat themselves); says so in one
+    line where the system refuses it and Festival is used."""
+    fixed = randomization_off()
+    if "festival" in config.synthesizers and not fixed:
         log.warning("warning: this system does not let Festival run without address-space "
                     "randomization: a few of its diphone utterances may differ from run to run "
                     "(docs/corpus.md)")
+    return fixed
 
 
 def split_voices(config: SynthConfig) -> dict[str, dict[str, list[str]]]:
@@ -701,7 +705,7 @@ def _trim(audio: np.ndarray, level: float) -> np.ndarray:
 # Output: manifests and summary
 # ---------------------------------------------------------------------------------------------
 def _synthesize_unlabelled(tmp: Path, root: Path | None, grammar: Grammar, config: SynthConfig,
-                           voices: dict, reserved: set[str], render: "_Renderer") -> dict:
+                           voices: dict, reserved: set[str], render: "_Renderer", fixed: bool) -> dict:
     """The unlabelled corpus: ``config.hours`` of train-voice audio, cuts without supervisions,
     and a corpus.json (written last) marked ``"unlabelled": true``."""
     plans = _synthesize_train(grammar, config, voices["train"], reserved, render, UNLABELLED_SPLIT)
@@ -711,7 +715,7 @@ def _synthesize_unlabelled(tmp: Path, root: Path | None, grammar: Grammar, confi
     summary = {"corpus": "slimasr smart-home (synthesized, unlabelled)", "unlabelled": True,
                "seed": config.seed, "sample_rate": SAMPLE_RATE,
                "config": json.loads(json.dumps(asdict(config))), "splits": {UNLABELLED_SPLIT: split},
-               "speakers": voices["train"]}
+               "speakers": voices["train"], "fixed_addresses": fixed}
     write_json_atomic(tmp / "corpus.json", summary)
     return summary
 
@@ -765,6 +769,7 @@ def _summary(
     plans: dict[str, list[UtterancePlan]],
     voices: dict[str, dict[str, list[str]]],
     num_samples: dict[str, int],
+    fixed_addresses: bool,
 ) -> dict:
     """The corpus.json content: deterministic for a seed and package versions (no timings, no
     paths)."""
@@ -787,7 +792,7 @@ def _summary(
         "intents": sorted(grammar.intents),
         "test_unseen_sentence_share": splits["test"]["unseen_sentence_share"],
         "excluded_variants": EXCLUDED_VARIANTS,
-        "fixed_addresses": randomization_off(),  # Festival and Flite ran without ASLR
+        "fixed_addresses": fixed_addresses,  # Festival and Flite ran without ASLR
     }
 
 

@@ -405,7 +405,7 @@ def test_colored_noise_has_unit_rms_and_the_right_slope(color: str, slope: float
 def test_unlabelled_corpus_has_no_text_and_only_train_voices(tmp_path: Path) -> None:
     out = tmp_path / "unl"
     summary = synthesize_corpus(out, tiny(unlabelled=True, hours=0.004), show_progress=False)
-    assert summary["unlabelled"] is True
+    assert summary["unlabelled"] is True and summary["fixed_addresses"] is randomization_off()
     assert not (out / "unlabelled_supervisions.jsonl.gz").exists()
     assert not (out / "train_cuts.jsonl.gz").exists()
     cuts = cuts_of(out, "unlabelled")
