@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from slimasr.config import from_dict
+from slimasr.decode import DecodeConfig
 from slimasr.evaluate.run import EvalConfig, evaluate_model
 from slimasr.io import read_json, write_json_atomic, write_text_atomic
 
@@ -45,9 +46,11 @@ def run(args: argparse.Namespace) -> None:
     for name, model_dir in _pairs(args.model).items():
         row = {"name": name, "model_dir": model_dir, "what": whats.get(name, ""),
                "training": _provenance(Path(model_dir)), "runs": 1}
-        for decode, cfg in (("greedy", {}), ("lm", beam)):
-            r = evaluate_model(model_dir, test, from_dict(EvalConfig, cfg), show_progress=False,
-                               json_out=out / "evals" / f"{name}-{decode}.json")
+        evals = out / "evals"
+        evaluate_model(model_dir, test, from_dict(EvalConfig, beam), show_progress=False,
+                       json_out=evals / f"{name}-lm.json", also=[(DecodeConfig(), evals / f"{name}-greedy.json")])
+        for decode in ("greedy", "lm"):  # one pass of the network, decoded both ways
+            r = read_json(evals / f"{name}-{decode}.json")
             row[decode] = {k: r[k] for k in KEPT if k in r}
             print(f"{name} {decode}: WER {r['wer']:.2f}%  CER {r['cer']:.2f}%")
         write_json_atomic(out / f"{name}.json", row)

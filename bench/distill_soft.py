@@ -36,7 +36,7 @@ from lhotse import CutSet
 
 from slimasr.config import from_dict
 from slimasr.data.manifests import load_cuts, read_split
-from slimasr.decode import build_ngram_lm
+from slimasr.decode import DecodeConfig, build_ngram_lm
 from slimasr.distill import distill_model
 from slimasr.distill.delay import dev_kd_delay
 from slimasr.evaluate.run import EvalConfig, evaluate_model
@@ -128,16 +128,21 @@ def run_variant(name: str, args: argparse.Namespace, lm: Path | None) -> dict:
 
 
 def evaluate(model_dir: Path, data: Path, lm: Path | None) -> dict:
-    """Greedy (and beam + trigram when ``lm``) on the test split: unseen voices."""
+    """Greedy (and beam + trigram when ``lm``, from the same pass of the network) on the test
+    split: unseen voices."""
     test, train_cuts = data / "test_cuts.jsonl.gz", str(data / "train_cuts.jsonl.gz")
-    greedy = evaluate_model(model_dir, test, from_dict(EvalConfig, {}), show_progress=False)
+    if lm is None:
+        greedy, beam = evaluate_model(model_dir, test, from_dict(EvalConfig, {}), show_progress=False), None
+    else:
+        greedy_json = model_dir / "metrics_greedy.json"
+        beam = evaluate_model(model_dir, test, from_dict(EvalConfig, {
+            "decode": {"method": "beam", "lm_path": str(lm)}, "lexicon_reference": train_cuts}),
+            show_progress=False, also=[(DecodeConfig(), greedy_json)])
+        greedy = read_json(greedy_json)
     out = {"test_wer_greedy": greedy["wer"], "test_cer_greedy": greedy["cer"],
            **{k: greedy[k] for k in ("params", "macs_per_second_audio", "latency_ms_p50", "rtf")},
            "machine": f"{platform.processor() or platform.machine()}, 1 torch thread per run"}
-    if lm is not None:
-        beam = evaluate_model(model_dir, test, from_dict(EvalConfig, {
-            "decode": {"method": "beam", "lm_path": str(lm)}, "lexicon_reference": train_cuts}),
-            show_progress=False)
+    if beam is not None:
         out["test_wer_lm"] = beam["wer"]
     return out
 
