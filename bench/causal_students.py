@@ -61,7 +61,7 @@ def table(args: argparse.Namespace) -> None:
     out = Path(args.out)
     rows = [read_json(p) for p in sorted(out.glob("*.json"))]
     teacher = next((r for r in rows if r["name"] == "teacher"), None)
-    lines = ["| student | params | MMACs/s (x teacher) | steps | test WER greedy | test WER +LM "
+    lines = ["| model | params | MMACs/s (x teacher) | steps | test WER greedy | test WER +LM "
              "(vs teacher) | test CER greedy | latency p50 ms | what |", "|---" * 9 + "|"]
     for r in rows:
         g, lm = r["greedy"], r["lm"]
@@ -72,10 +72,10 @@ def table(args: argparse.Namespace) -> None:
                      f"{lm['wer']:.2f}%{gap} | {g['cer']:.2f}% | {g['latency_ms_p50']:.1f} | {r['what']} |")
     write_text_atomic(out / "table.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
-    _plot(rows, out / "table.png")
+    _plot(rows, out / "table.png", args.title)
 
 
-def _plot(rows: list[dict], path: Path) -> None:
+def _plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -86,7 +86,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     ax.bar([x + 0.2 for x in xs], [r["lm"]["wer"] for r in rows], 0.4, label="beam + trigram")
     ax.set_xticks(list(xs), [r["name"] for r in rows], rotation=20, ha="right")
     ax.set_ylabel("test WER (%), unseen voices")
-    ax.set_title("Causal students of the shipped teacher (default corpus, one run each)")
+    ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -107,6 +107,8 @@ def main() -> None:
     t = sub.add_parser("table", help="table.md and table.png from the result JSONs")
     for p in (r, t):
         p.add_argument("--out", default=str(RESULTS))
+        p.add_argument("--title", default="Causal students of the shipped teacher (default corpus, one run each)",
+                       help="the plot's title")
     args = ap.parse_args()
     {"run": run, "table": table}[args.cmd](args)
 
