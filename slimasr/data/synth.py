@@ -28,8 +28,8 @@ Audio paths in the manifests are relative to DIR (``audio/train/...``; ``read_sp
 from __future__ import annotations
 
 import io
-import logging
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -57,7 +57,6 @@ from rich.progress import Progress
 from slimasr.data import effects
 from slimasr.data.espeak import ENGLISH_BASES, EXCLUDED_VARIANTS, data_path, list_variants
 from slimasr.data.grammar import Grammar, Utterance, smart_home_grammar
-from slimasr.data.synthesizers.base import randomization_off
 from slimasr.data.synthesizers import (
     FAMILIES,
     Prosody,
@@ -66,6 +65,7 @@ from slimasr.data.synthesizers import (
     require,
     restart_synthesizers,
 )
+from slimasr.data.synthesizers.base import randomization_off
 from slimasr.errors import ConfigError, DataError
 from slimasr.io import LOCK_NAME, atomic_dir, write_json_atomic
 from slimasr.progress import progress_bar
