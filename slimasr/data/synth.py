@@ -86,7 +86,7 @@ CHANNELS = ("none", "telephone", "vorbis", "opus", "mp3")  # plan.channel
 _SPLIT_CODE = {"train": 0, "dev": 1, "test": 2, UNSEEN_SYNTH_SPLIT: 3, UNLABELLED_SPLIT: 4}
 _TEST_VOICE_FROM = 3  # a non-eSpeak family holds out a test voice from this many voices
 _DEV_VOICE_FROM = 5  # ... and a dev voice too from this many
-_FAMILY_CODE = {"espeak": 0, "flite": 1, "festival": 2}  # seeds each family's voice split
+_FAMILY_CODE = {"espeak": 0, "flite": 1, "festival": 2, "piper": 3}  # seeds each family's voice split
 # Random streams, the second word of every seed: (seed, stream, split, index).
 _UTTERANCE_STREAM, _SENTENCE_STREAM, _VOICE_STREAM = 0, 1, 2
 # Per-utterance effect streams: (plan.seed, stream), so one effect's draws never shift another's.

@@ -27,6 +27,7 @@ from slimasr.data.synth import (
 )
 from slimasr.data.synthesizers.base import randomization_off
 from slimasr.data.synthesizers.flite import Flite
+from slimasr.data.synthesizers.piper import Piper
 from slimasr.errors import ConfigError, DataError
 from tests.data.test_synthesizers import needs
 
@@ -170,6 +171,10 @@ def test_voices_are_split_by_family() -> None:
     everything = tiny(unseen_synth=None)
     assert UNSEEN_SYNTH_SPLIT not in split_voices(everything)
     assert [len(split_voices(everything)[s]["flite"]) for s in SPLITS] == [3, 1, 1]
+    with_piper = split_voices(tiny(synthesizers=["espeak", "flite", "festival", "piper"]))
+    assert with_piper["train"]["piper"] == ["joe"]  # one voice: train only
+    assert all("piper" not in with_piper[s] for s in ("dev", "test", UNSEEN_SYNTH_SPLIT))
+    assert with_piper["train"]["festival"] == split_voices(tiny())["train"]["festival"]
 
 
 def test_cuts_record_synthesizer_voice_and_conditions(corpus: Path) -> None:
@@ -192,6 +197,20 @@ def test_cuts_record_synthesizer_voice_and_conditions(corpus: Path) -> None:
     counts = summary["splits"]["train"]["synthesizers"]
     assert sum(counts.values()) == summary["splits"]["train"]["utterances"]
     assert summary["fixed_addresses"] is randomization_off()  # Festival ran without ASLR (if allowed)
+
+
+@needs("piper")
+def test_a_corpus_with_piper_speaks_it_in_train_and_records_its_packages(tmp_path: Path) -> None:
+    out = tmp_path / "corpus"
+    synthesize_corpus(out, tiny(synthesizers=["espeak", "flite", "festival", "piper"], hours=0.03),
+                      show_progress=False)  # fmt: skip
+    spoken = [c for c in cuts_of(out, "train") if c.custom["synthesizer"] == "piper"]
+    assert spoken and all(c.custom["voice"] == "joe" and 0.92 <= c.custom["warp"] <= 1.08
+                          for c in spoken)  # fmt: skip
+    assert all(c.custom["synthesizer"] != "piper" for s in ("dev", "test") for c in cuts_of(out, s))
+    summary = json.loads((out / "corpus.json").read_text())
+    assert summary["synthesizers"]["piper"]["packages"] == Piper().versions()
+    assert summary["synthesizers"]["piper"]["speakers"] == {"train": ["joe"]}
 
 
 def test_a_system_that_keeps_randomization_on_is_named_in_one_line(monkeypatch, caplog) -> None:
@@ -359,7 +378,8 @@ def test_render_sets_peak_silence_and_snr() -> None:
     assert noise_in_lead > 20 * np.std(lead)
 
 
-@pytest.mark.parametrize("synthesizer, speaker", [("flite", "slt"), ("festival", "kal_diphone")])
+@pytest.mark.parametrize("synthesizer, speaker", [("flite", "slt"), ("festival", "kal_diphone"),
+                                                  pytest.param("piper", "joe", marks=needs("piper"))])
 def test_warp_resamples_other_families(synthesizer: str, speaker: str) -> None:
     config = SynthConfig()
     base = plan(synthesizer=synthesizer, speaker=speaker, accent=None)

