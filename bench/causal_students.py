@@ -2,7 +2,9 @@
 WER greedy and with beam search + the corpus trigram, params, MACs and latency of each trained
 student, beside the teacher measured the same way. The students are trained with `slimasr
 distill` (the commands are in bench/README.md, "Causal streaming students on the default
-corpus"); this script evaluates them and builds the table and plot.
+corpus"); this script evaluates them and builds the table and plot. It scores any model folder
+the same way, so the Conformer teacher and the students with unlabelled audio use it too (their
+own --out folders).
 
     python bench/causal_students.py run --data data/default --lm exp/lm3.arpa \
         --model teacher=exp/shipped --what teacher="the shipped smarthome-crnn (bidirectional)" \
