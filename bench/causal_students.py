@@ -8,7 +8,8 @@ own --out folders).
 
     python bench/causal_students.py run --data data/default --lm exp/lm3.arpa \
         --model teacher=exp/shipped --what teacher="the shipped smarthome-crnn (bidirectional)" \
-        --model cut75=exp/causal/cut75 --what cut75="cut from the teacher; CTC alone"
+        --model cut75=exp/causal/cut75 --what cut75="cut from the teacher; CTC alone" \
+        --lag-teacher exp/shipped      # + when each student's tokens come against the teacher's
     python bench/causal_students.py table
 
 Results: bench/results/causal_default/<name>.json, table.md and table.png.
@@ -21,8 +22,11 @@ from pathlib import Path
 
 from slimasr.config import from_dict
 from slimasr.decode import DecodeConfig
+from slimasr.distill.delay import spike_lag
 from slimasr.evaluate.run import EvalConfig, evaluate_model
+from slimasr.frontend import Frontend
 from slimasr.io import read_json, write_json_atomic, write_text_atomic
+from slimasr.models import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "causal_default"
 KEPT = ("wer", "cer", "num_utterances", "params", "macs_per_second_audio", "latency_ms_p50", "rtf",
@@ -40,6 +44,14 @@ def _provenance(model_dir: Path) -> dict:
     return {k: prov[k] for k in keys if k in prov}
 
 
+def _lag(teacher_dir: str, model_dir: str, data: Path, max_delay: int) -> dict:
+    """When the student's tokens come, against the (bidirectional) teacher's, on test: the shift
+    of most spike agreement (``spike_lag``, the first 200 test cuts), in frames and ms."""
+    frames, counts = spike_lag(teacher_dir, model_dir, data, "test", max_delay)
+    frame_ms = 1000 * Frontend.load(model_dir).features.frame_shift * load_model(model_dir).subsampling
+    return {"frames": frames, "ms": frames * frame_ms, "split": "test", "cuts": 200, "agreement": counts}
+
+
 def run(args: argparse.Namespace) -> None:
     out, data = Path(args.out), Path(args.data)
     test, train = data / "test_cuts.jsonl.gz", data / "train_cuts.jsonl.gz"
@@ -55,6 +67,9 @@ def run(args: argparse.Namespace) -> None:
             r = read_json(evals / f"{name}-{decode}.json")
             row[decode] = {k: r[k] for k in KEPT if k in r}
             print(f"{name} {decode}: WER {r['wer']:.2f}%  CER {r['cer']:.2f}%")
+        if args.lag_teacher and Path(model_dir).resolve() != Path(args.lag_teacher).resolve():
+            row["spike_lag"] = _lag(args.lag_teacher, model_dir, data, args.lag_max)
+            print(f"{name}: spikes {row['spike_lag']['ms']:.0f} ms after the teacher's")
         write_json_atomic(out / f"{name}.json", row)
     table(args)
 
@@ -64,14 +79,16 @@ def table(args: argparse.Namespace) -> None:
     rows = [read_json(p) for p in sorted(out.glob("*.json"))]
     teacher = next((r for r in rows if r["name"] == "teacher"), None)
     lines = ["| model | params | MMACs/s (x teacher) | steps | test WER greedy | test WER +LM "
-             "(vs teacher) | test CER greedy | latency p50 ms | what |", "|---" * 9 + "|"]
+             "(vs teacher) | test CER greedy | latency p50 ms | spikes after teacher ms | what |",
+             "|---" * 10 + "|"]
     for r in rows:
         g, lm = r["greedy"], r["lm"]
         ratio = g["macs_per_second_audio"] / teacher["greedy"]["macs_per_second_audio"] if teacher else 1
         gap = f" ({lm['wer'] - teacher['lm']['wer']:+.2f})" if teacher and r is not teacher else ""
+        lag = f"{r['spike_lag']['ms']:.0f}" if "spike_lag" in r else "-"
         lines.append(f"| {r['name']} | {g['params'] / 1e6:.2f}M | {g['macs_per_second_audio'] / 1e6:.1f} "
                      f"({ratio:.2f}x) | {r['training'].get('steps', 0)} | {g['wer']:.2f}% | "
-                     f"{lm['wer']:.2f}%{gap} | {g['cer']:.2f}% | {g['latency_ms_p50']:.1f} | {r['what']} |")
+                     f"{lm['wer']:.2f}%{gap} | {g['cer']:.2f}% | {g['latency_ms_p50']:.1f} | {lag} | {r['what']} |")
     write_text_atomic(out / "table.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(rows, out / "table.png", args.title)
@@ -106,6 +123,9 @@ def main() -> None:
     r.add_argument("--lm", required=True, help="ARPA LM for beam search (slimasr lm)")
     r.add_argument("--model", action="append", default=[], help="NAME=MODEL_DIR (repeatable)")
     r.add_argument("--what", action="append", default=[], help="NAME=description (repeatable)")
+    r.add_argument("--lag-teacher", help="also measure when each student's tokens come against this "
+                                         "teacher's (spike lag on test)")
+    r.add_argument("--lag-max", type=int, default=24, help="the longest lag tried, in student frames")
     t = sub.add_parser("table", help="table.md and table.png from the result JSONs")
     for p in (r, t):
         p.add_argument("--out", default=str(RESULTS))

@@ -9,6 +9,9 @@ token). Both run on their own front end, and the teacher's posteriors are resamp
 student's frame rate first.
 
     d, counts = dev_kd_delay("exp/teacher", "exp/causal_scratch", "data/smarthome", max_delay=8)
+
+``spike_lag`` measures the same on any split: on test, the latency a delayed student's tokens
+really have (bench/causal_students.py reports it).
 """
 
 from __future__ import annotations
@@ -23,15 +26,23 @@ from slimasr.frontend import Frontend
 from slimasr.models import load_model
 
 
-@torch.no_grad()
 def dev_kd_delay(teacher_dir: str | Path, student_dir: str | Path, data_dir: str | Path,
                  max_delay: int = 8, max_cuts: int = 200, batch_size: int = 16
                  ) -> tuple[int, list[int]]:
     """(best d, agreement per d in [0, max_delay]) over the first ``max_cuts`` dev cuts of
     ``data_dir``; the student's frames are the unit of d."""
+    return spike_lag(teacher_dir, student_dir, data_dir, "dev", max_delay, max_cuts, batch_size)
+
+
+@torch.no_grad()
+def spike_lag(teacher_dir: str | Path, student_dir: str | Path, data_dir: str | Path, split: str,
+              max_delay: int = 8, max_cuts: int = 200, batch_size: int = 16) -> tuple[int, list[int]]:
+    """How many (student) frames a causal student's spikes come after the teacher's on the first
+    ``max_cuts`` cuts of ``split``: (the d of most agreement, agreement per d in [0, max_delay]).
+    On test it is the emission latency a student trained with ``kd_delay`` actually has."""
     teacher, student = load_model(teacher_dir).eval(), load_model(student_dir).eval()
     t_front, s_front = Frontend.load(teacher_dir), Frontend.load(student_dir)
-    cuts = list(read_split(data_dir, "dev").subset(first=max_cuts))
+    cuts = list(read_split(data_dir, split).subset(first=max_cuts))
     counts = [0] * (max_delay + 1)
     for start in range(0, len(cuts), batch_size):
         audios = [c.resample(16000).load_audio()[0] for c in cuts[start:start + batch_size]]

@@ -265,10 +265,13 @@ def test_delayed_kd_and_symmetric_blank_selection_in_a_run(teacher, plain_kd, tm
 
 
 def test_dev_kd_delay_of_a_model_against_itself_is_zero(teacher) -> None:
-    from slimasr.distill.delay import dev_kd_delay
+    from slimasr.distill.delay import dev_kd_delay, spike_lag
 
     data, teacher_dir = teacher
     best, counts = dev_kd_delay(teacher_dir, teacher_dir, data, max_delay=3)
+    assert best == 0 and counts[0] > 0 and counts[0] == max(counts)
+    assert (best, counts) == spike_lag(teacher_dir, teacher_dir, data, "dev", max_delay=3)
+    best, counts = spike_lag(teacher_dir, teacher_dir, data, "train", max_delay=3)  # any split
     assert best == 0 and counts[0] > 0 and counts[0] == max(counts)
 
 
