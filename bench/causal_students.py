@@ -31,6 +31,7 @@ from slimasr.models import load_model
 RESULTS = Path(__file__).resolve().parent / "results" / "causal_default"
 KEPT = ("wer", "cer", "num_utterances", "params", "macs_per_second_audio", "latency_ms_p50", "rtf",
         "model_bytes", "model_sha256", "data_sha256")
+LAG_CUTS = 200  # test cuts the spike lag is measured on
 
 
 def _pairs(specs: list[str]) -> dict[str, str]:
@@ -46,10 +47,10 @@ def _provenance(model_dir: Path) -> dict:
 
 def _lag(teacher_dir: str, model_dir: str, data: Path, max_delay: int) -> dict:
     """When the student's tokens come, against the (bidirectional) teacher's, on test: the shift
-    of most spike agreement (``spike_lag``, the first 200 test cuts), in frames and ms."""
-    frames, counts = spike_lag(teacher_dir, model_dir, data, "test", max_delay)
+    of most spike agreement (``spike_lag``, the first LAG_CUTS test cuts), in frames and ms."""
+    frames, counts = spike_lag(teacher_dir, model_dir, data, "test", max_delay, max_cuts=LAG_CUTS)
     frame_ms = 1000 * Frontend.load(model_dir).features.frame_shift * load_model(model_dir).subsampling
-    return {"frames": frames, "ms": frames * frame_ms, "split": "test", "cuts": 200, "agreement": counts}
+    return {"frames": frames, "ms": frames * frame_ms, "split": "test", "cuts": LAG_CUTS, "agreement": counts}
 
 
 def run(args: argparse.Namespace) -> None:
