@@ -29,8 +29,8 @@ from slimasr.io import read_json, write_json_atomic, write_text_atomic
 from slimasr.models import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "causal_default"
-KEPT = ("wer", "cer", "num_utterances", "params", "macs_per_second_audio", "latency_ms_p50", "rtf",
-        "model_bytes", "model_sha256", "data_sha256")
+KEPT = ("wer", "cer", "first_word_accuracy", "last_word_accuracy", "num_utterances", "params",
+        "macs_per_second_audio", "latency_ms_p50", "rtf", "model_bytes", "model_sha256", "data_sha256")
 LAG_CUTS = 200  # test cuts the spike lag is measured on
 
 
@@ -79,17 +79,19 @@ def table(args: argparse.Namespace) -> None:
     out = Path(args.out)
     rows = [read_json(p) for p in sorted(out.glob("*.json"))]
     teacher = next((r for r in rows if r["name"] == "teacher"), None)
-    lines = ["| model | params | MMACs/s (x teacher) | steps | test WER greedy | test WER +LM "
-             "(vs teacher) | test CER greedy | latency p50 ms | spikes after teacher ms | what |",
-             "|---" * 10 + "|"]
+    lines = ["| model | params | MMACs/s (x teacher) | steps | test WER greedy | test WER +LM (vs teacher) "
+             "| test CER greedy | first word right greedy | latency p50 ms | spikes after teacher ms | what |",
+             "|---" * 11 + "|"]
     for r in rows:
         g, lm = r["greedy"], r["lm"]
         ratio = g["macs_per_second_audio"] / teacher["greedy"]["macs_per_second_audio"] if teacher else 1
         gap = f" ({lm['wer'] - teacher['lm']['wer']:+.2f})" if teacher and r is not teacher else ""
         lag = f"{r['spike_lag']['ms']:.0f}" if "spike_lag" in r else "-"
+        first = f"{g['first_word_accuracy']:.1f}%" if "first_word_accuracy" in g else "-"
         lines.append(f"| {r['name']} | {g['params'] / 1e6:.2f}M | {g['macs_per_second_audio'] / 1e6:.1f} "
                      f"({ratio:.2f}x) | {r['training'].get('steps', 0)} | {g['wer']:.2f}% | "
-                     f"{lm['wer']:.2f}%{gap} | {g['cer']:.2f}% | {g['latency_ms_p50']:.1f} | {lag} | {r['what']} |")
+                     f"{lm['wer']:.2f}%{gap} | {g['cer']:.2f}% | {first} | {g['latency_ms_p50']:.1f} | {lag} "
+                     f"| {r['what']} |")
     write_text_atomic(out / "table.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(rows, out / "table.png", args.title)

@@ -9,7 +9,8 @@ tensors are targets and are detached. Blank is token 0 (``BLANK_ID``).
   teacher distribution, or from a cached top-k of it), with mostly-blank frames down-weighted
   or (symmetric blank selection) mostly dropped.
 - ``delay_frames`` / ``spike_delay``: Delayed KD for causal students (teacher frame t - d taught
-  at student frame t) and the d at which a student's spikes best follow the teacher's.
+  at student frame t; the first frames optionally left out) and the d at which a student's spikes
+  best follow the teacher's.
 - ``align_time`` / ``align_log_probs``: bring a teacher sequence to the student's frame rate.
 - ``HiddenProjector`` + ``hidden_loss``: DistilHuBERT-style hidden-layer matching.
 - ``pseudo_label_keep``: Distil-Whisper's WER filter for teacher transcripts.
@@ -186,19 +187,22 @@ def blank_selection_mask(teacher_blank: Tensor, student_blank: Tensor, mask: Ten
     return (mask & ~both) | kept_blank
 
 
-def delay_frames(teacher_log_probs: Tensor, lens: Tensor, delay: int) -> tuple[Tensor, Tensor]:
+def delay_frames(teacher_log_probs: Tensor, lens: Tensor, delay: int,
+                 skip_start: int = 0) -> tuple[Tensor, Tensor]:
     """Delayed KD: teacher posteriors (N, T, V) moved ``delay`` frames later, so that the
     student's frame t is matched to the teacher's frame t - delay, and an (N, T) bool mask of the
-    frames that keep a target (t >= delay and t < lens). delay 0 returns the input and the length
-    mask."""
-    if delay < 0:
-        raise ValueError(f"kd_delay must be >= 0, got {delay}")
+    frames that keep a target (t >= max(delay, skip_start) and t < lens). ``skip_start`` leaves
+    the first frames of every utterance to the other terms: a bidirectional teacher puts the first
+    word's tokens on frames 0-2, before a causal student can have heard that word, so a uniform
+    delay asks the impossible there. delay 0 returns the input unshifted."""
+    if delay < 0 or skip_start < 0:
+        raise ValueError(f"kd_delay and kd_skip_start must be >= 0, got {delay} and {skip_start}")
     mask = lengths_to_mask(lens, teacher_log_probs.shape[1])
+    mask[:, :max(delay, skip_start)] = False
     if delay == 0:
         return teacher_log_probs, mask
     shifted = torch.zeros_like(teacher_log_probs)
     shifted[:, delay:] = teacher_log_probs[:, :-delay]
-    mask[:, :delay] = False
     return shifted, mask
 
 

@@ -370,14 +370,14 @@ class DistillTrainer(Trainer):
                  t_logp: torch.Tensor | None, t_lens: torch.Tensor | None) -> torch.Tensor:
         """Frame KD of every cut of the batch, labelled or not (the teacher's posteriors from the
         cache, else ``t_logp``: (N, T', V) from the online teacher), on the student's frames,
-        delayed by ``loss.kd_delay`` frames."""
+        delayed by ``loss.kd_delay`` frames, none on the first ``loss.kd_skip_start``."""
         w, dev = self.loss_cfg, log_probs.device
         if self.cache_posteriors() is not None:
             t_logp, t_lens = self.cache.dense(ids, max(int(self.cache.logp[i].shape[0]) for i in ids))
         t_logp, t_lens = t_logp.float().to(dev), t_lens.to(dev)
         if t_logp.shape[1] != log_probs.shape[1] or not torch.equal(t_lens, lens):
             t_logp = losses.align_log_probs(t_logp, t_lens, lens, log_probs.shape[1])
-        t_logp, frames = losses.delay_frames(t_logp, lens, w.kd_delay)
+        t_logp, frames = losses.delay_frames(t_logp, lens, w.kd_delay, w.kd_skip_start)
         self.counts["kd_frames"] += int(frames.sum())
         unl = torch.tensor([self._pseudo(i) for i in ids], device=dev)
         self.counts["kd_frames_unlabelled"] += int(frames[unl].sum())

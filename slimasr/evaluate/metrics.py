@@ -1,4 +1,5 @@
-"""Recognition quality: word/character error rates, sentence accuracy, word P/R/F1, intents.
+"""Recognition quality: word/character error rates, sentence accuracy, word P/R/F1, first/last
+word accuracy, intents.
 
     stats = ErrorRateStats()                       # normalizes with slimasr.text.normalize_text
     stats.append(["utt1", "utt2"], hyps=["turn on the lite", ""], refs=["Turn on the light.", "hi"])
@@ -22,6 +23,8 @@ Conventions:
   Nothing scored gives WER 0 and sentence accuracy 0 (no correct sentence).
 - Word precision = hits / hypothesis words, recall = hits / reference words; with nothing to
   divide by, they are 100 when the other side is empty too, else 0.
+- First / last word accuracy: the share of utterances whose hypothesis starts (ends) with the
+  reference's first (last) word; a streaming model that starts or stops late loses the edges.
 - Intents (optional): pass ``intents`` (reference labels, None for unlabelled) to ``append`` and
   an ``intent_of(normalized hypothesis) -> label | None`` to the constructor. Accuracy is over the
   labelled utterances (no prediction counts as wrong); precision/recall/F1 are macro-averaged over
@@ -89,6 +92,12 @@ def score_utterance(utt_id: str, hyp: str, ref: str) -> UtteranceScore:
         char_errors=chars.substitutions + chars.deletions + chars.insertions,
         ref_chars=len(ref),
     )
+
+
+def _edge(score: UtteranceScore, i: int) -> bool:
+    """Whether the hypothesis' first (i = 0) or last (i = -1) word is the reference's."""
+    hyp, ref = score.hyp.split(), score.ref.split()
+    return bool(hyp) and hyp[i] == ref[i]
 
 
 class ErrorRateStats:
@@ -163,6 +172,9 @@ class ErrorRateStats:
             "num_hyp_words": total["hyp_words"],
             "char_errors": total["char_errors"],
             "num_ref_chars": total["ref_chars"],
+            # the edges of utterances: a streaming model that starts or stops late loses them
+            "first_word_accuracy": _ratio(sum(_edge(s, 0) for s in self.scores), len(self.scores), False),
+            "last_word_accuracy": _ratio(sum(_edge(s, -1) for s in self.scores), len(self.scores), False),
         }
         labelled = [s for s in self.scores if s.intent is not None]
         if labelled:

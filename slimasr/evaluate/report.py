@@ -43,6 +43,7 @@ COLUMNS = (
     Column("wer_greedy", "greedy WER %", ".2f"),
     Column("cer", "CER %", ".2f"),
     Column("sentence_accuracy", "sent. acc. %", ".1f"),
+    Column("first_word_accuracy", "1st word %", ".1f"),  # a late-starting stream loses it
     Column("params", "params", ",d"),
     Column("size_ratio", "size x", ".2f"),
     Column("macs_per_second_audio", "MMACs/s audio", ".1f"),

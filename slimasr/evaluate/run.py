@@ -5,7 +5,7 @@
 
 writes ``MODEL_DIR/metrics.json`` (one flat object with the DESIGN.md keys: ``wer, cer,
 sentence_accuracy, num_utterances, params, nonzero_params, macs_per_second_audio, latency_ms_p50,
-latency_ms_p90, rtf, model_bytes`` and more) ``MODEL_DIR/eval_utterances.jsonl`` (every
+latency_ms_p90, rtf, model_bytes`` and more, e.g. ``first_word_accuracy``) ``MODEL_DIR/eval_utterances.jsonl`` (every
 utterance's normalized reference and hypothesis) and ``MODEL_DIR/eval_worst.json`` (the utterances
 with the most errors), and returns the flat object. A bundle from ``slimasr export`` runs on
 onnxruntime (``slimasr.evaluate.runners``) and gets the same keys, scored the same way, in its

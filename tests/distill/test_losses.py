@@ -261,6 +261,21 @@ def test_delay_frames_shifts_the_teacher_later_and_masks_the_first_frames() -> N
     assert same is teacher and full.sum().item() == 8
 
 
+def test_delay_frames_skip_start_leaves_the_first_frames_without_a_target() -> None:
+    from slimasr.distill.losses import delay_frames
+
+    teacher = torch.arange(2 * 5 * 1, dtype=torch.float32).view(2, 5, 1)
+    shifted, mask = delay_frames(teacher, torch.tensor([5, 4]), 1, skip_start=3)
+    assert shifted[:, :, 0].tolist() == [[0, 0, 1, 2, 3], [0, 5, 6, 7, 8]]  # the shift is still d
+    assert mask.tolist() == [[False, False, False, True, True], [False, False, False, True, False]]
+    same, mask = delay_frames(teacher, torch.tensor([5, 4]), 0, skip_start=2)  # no delay, start skipped
+    assert same is teacher and mask.sum().item() == 3 + 2
+    _, mask = delay_frames(teacher, torch.tensor([5, 4]), 3, skip_start=1)  # the delay masks more
+    assert mask.sum().item() == 2 + 1
+    with pytest.raises(ValueError, match="kd_skip_start"):
+        delay_frames(teacher, torch.tensor([5, 4]), 1, skip_start=-1)
+
+
 def test_kd_with_delay_is_zero_for_a_student_exactly_d_frames_late() -> None:
     from slimasr.distill.losses import delay_frames
 

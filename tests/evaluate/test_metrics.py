@@ -33,6 +33,9 @@ def test_hand_made_corpus_exact_numbers():
     )
     assert out["cer"] == pytest.approx(100 * 7 / out["num_ref_chars"])
     assert "intent_accuracy" not in out
+    # first words: turn / open / lock all right; last words: lite (wrong), door, door
+    assert out["first_word_accuracy"] == 100.0
+    assert out["last_word_accuracy"] == pytest.approx(200 / 3)
 
 
 def test_insertions_count_and_wer_can_exceed_100():
@@ -54,6 +57,7 @@ def test_empty_hypothesis_and_empty_reference():
     assert out["wer"] == pytest.approx(100.0)  # 2 deletions over 2 reference words
     assert out["sentence_accuracy"] == 0.0  # an empty reference is never a correct sentence
     assert out["word_precision"] == 0.0 and out["word_recall"] == 0.0 and out["word_f1"] == 0.0
+    assert out["first_word_accuracy"] == 0.0 and out["last_word_accuracy"] == 0.0  # nothing heard
     assert [u["id"] for u in stats.utterances()] == ["e1"]
     # score_utterance itself still aligns an empty reference: insertions are errors
     second = score_utterance("e2", "hello there", "")
