@@ -80,10 +80,11 @@ class LossConfig:
     # frame t - kd_delay (first kd_delay frames dropped). 0: plain frame KD. Choose it on dev
     # with slimasr.distill.delay.dev_kd_delay (docs/distillation.md).
     kd_delay: int = 0
-    # student frames at the start of each utterance without a KD target (CTC alone places the
-    # first word there): an offline teacher emits the first word's tokens on frames 0-2, before a
-    # causal student has heard it. 0: none beyond the kd_delay frames (docs/distillation.md).
-    kd_skip_start: int = 0
+    # the student's first frames of each utterance are blank: CTC (reference and teacher
+    # transcripts) allows no token there and KD has no target there. An offline teacher emits the
+    # first word's first tokens on frames 0-2, in the leading silence; a student cut from it
+    # keeps guessing them there. 0: off (docs/distillation.md).
+    blank_start: int = 0
     hidden_weight: float = 0.0  # hidden-layer matching through learned projections
     # (student index, teacher index) pairs of forward_hidden states (0 = front end, i = layer i);
     # empty: every student layer to the teacher layer at the same relative depth.
@@ -103,8 +104,8 @@ class LossConfig:
             raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
         if self.kd_delay < 0:
             raise ConfigError(f"loss.kd_delay must be >= 0 frames, got {self.kd_delay}")
-        if self.kd_skip_start < 0:
-            raise ConfigError(f"loss.kd_skip_start must be >= 0 frames, got {self.kd_skip_start}")
+        if self.blank_start < 0:
+            raise ConfigError(f"loss.blank_start must be >= 0 frames, got {self.blank_start}")
         if not 0 <= self.blank_keep <= 1:
             raise ConfigError(f"loss.blank_keep must be in [0, 1], got {self.blank_keep}")
 

@@ -9,8 +9,8 @@ tensors are targets and are detached. Blank is token 0 (``BLANK_ID``).
   teacher distribution, or from a cached top-k of it), with mostly-blank frames down-weighted
   or (symmetric blank selection) mostly dropped.
 - ``delay_frames`` / ``spike_delay``: Delayed KD for causal students (teacher frame t - d taught
-  at student frame t; the first frames optionally left out) and the d at which a student's spikes
-  best follow the teacher's.
+  at student frame t) and the d at which a student's spikes best follow the teacher's;
+  ``force_blank_start``: no token on an utterance's first frames (CTC aligns the words after).
 - ``align_time`` / ``align_log_probs``: bring a teacher sequence to the student's frame rate.
 - ``HiddenProjector`` + ``hidden_loss``: DistilHuBERT-style hidden-layer matching.
 - ``pseudo_label_keep``: Distil-Whisper's WER filter for teacher transcripts.
@@ -41,6 +41,7 @@ from slimasr.models.common import lengths_to_mask
 from slimasr.train.loop import ctc_loss, reduce_loss
 
 BLANK_ID = 0  # the CTC blank is token 0 in every slimasr vocabulary
+IMPOSSIBLE = -1e4  # a log probability no alignment survives
 BLANK_SELECTIONS = ("none", "down_weight", "symmetric")
 HIDDEN_KINDS = ("l1_cos", "mse")
 # -log(sigmoid(1)): the smallest value of DistilHuBERT's cosine term (reached when cos = 1);
@@ -187,23 +188,37 @@ def blank_selection_mask(teacher_blank: Tensor, student_blank: Tensor, mask: Ten
     return (mask & ~both) | kept_blank
 
 
-def delay_frames(teacher_log_probs: Tensor, lens: Tensor, delay: int,
-                 skip_start: int = 0) -> tuple[Tensor, Tensor]:
+def delay_frames(teacher_log_probs: Tensor, lens: Tensor, delay: int) -> tuple[Tensor, Tensor]:
     """Delayed KD: teacher posteriors (N, T, V) moved ``delay`` frames later, so that the
     student's frame t is matched to the teacher's frame t - delay, and an (N, T) bool mask of the
-    frames that keep a target (t >= max(delay, skip_start) and t < lens). ``skip_start`` leaves
-    the first frames of every utterance to the other terms: a bidirectional teacher puts the first
-    word's tokens on frames 0-2, before a causal student can have heard that word, so a uniform
-    delay asks the impossible there. delay 0 returns the input unshifted."""
-    if delay < 0 or skip_start < 0:
-        raise ValueError(f"kd_delay and kd_skip_start must be >= 0, got {delay} and {skip_start}")
+    frames that keep a target (t >= delay and t < lens). delay 0 returns the input and the length
+    mask."""
+    if delay < 0:
+        raise ValueError(f"kd_delay must be >= 0, got {delay}")
     mask = lengths_to_mask(lens, teacher_log_probs.shape[1])
-    mask[:, :max(delay, skip_start)] = False
     if delay == 0:
         return teacher_log_probs, mask
     shifted = torch.zeros_like(teacher_log_probs)
     shifted[:, delay:] = teacher_log_probs[:, :-delay]
+    mask[:, :delay] = False
     return shifted, mask
+
+
+def force_blank_start(log_probs: Tensor, lens: Tensor, target_lens: Tensor, frames: int) -> Tensor:
+    """``log_probs`` (N, T, V) with every token but blank impossible (``IMPOSSIBLE``, finite so
+    that CTC's gradient stays finite) on each utterance's first ``frames`` frames, fewer where the
+    rest could not hold its target (2 S + 1 frames): CTC on the result aligns the whole transcript
+    after them. A bidirectional teacher emits the first word's first tokens on frames 0-2, before
+    the speech starts; a causal student cut from it keeps guessing them there
+    (``loss.blank_start``)."""
+    if frames <= 0:
+        return log_probs
+    room = (lens - 2 * target_lens - 1).clamp(min=0).clamp(max=frames).to(log_probs.device)
+    t = torch.arange(log_probs.shape[1], device=log_probs.device)
+    start = (t[None, :] < room[:, None]).unsqueeze(-1)  # (N, T, 1)
+    token = torch.ones(log_probs.shape[-1], dtype=torch.bool, device=log_probs.device)
+    token[BLANK_ID] = False
+    return log_probs.masked_fill(start & token, IMPOSSIBLE)
 
 
 def spike_delay(teacher_log_probs: Tensor, student_log_probs: Tensor, lens: Tensor,

@@ -356,7 +356,8 @@ class DistillTrainer(Trainer):
         labelled = torch.tensor([not self._pseudo(i) for i in ids], dtype=torch.float32, device=dev)
         if w.ctc_weight > 0:
             total = total + w.ctc_weight * losses.ctc_term(
-                log_probs, lens, targets, target_lens, self.cfg.ctc_reduction, labelled)
+                losses.force_blank_start(log_probs, lens, target_lens, w.blank_start), lens,
+                targets, target_lens, self.cfg.ctc_reduction, labelled)
             self.counts["ctc_utterances"] += int(labelled.sum())
         if w.kd_weight > 0:
             total = total + w.kd_weight * self._kd_term(log_probs, lens, ids, t_logp, t_lens)
@@ -370,14 +371,15 @@ class DistillTrainer(Trainer):
                  t_logp: torch.Tensor | None, t_lens: torch.Tensor | None) -> torch.Tensor:
         """Frame KD of every cut of the batch, labelled or not (the teacher's posteriors from the
         cache, else ``t_logp``: (N, T', V) from the online teacher), on the student's frames,
-        delayed by ``loss.kd_delay`` frames, none on the first ``loss.kd_skip_start``."""
+        delayed by ``loss.kd_delay`` frames, none on the first ``loss.blank_start``."""
         w, dev = self.loss_cfg, log_probs.device
         if self.cache_posteriors() is not None:
             t_logp, t_lens = self.cache.dense(ids, max(int(self.cache.logp[i].shape[0]) for i in ids))
         t_logp, t_lens = t_logp.float().to(dev), t_lens.to(dev)
         if t_logp.shape[1] != log_probs.shape[1] or not torch.equal(t_lens, lens):
             t_logp = losses.align_log_probs(t_logp, t_lens, lens, log_probs.shape[1])
-        t_logp, frames = losses.delay_frames(t_logp, lens, w.kd_delay, w.kd_skip_start)
+        t_logp, frames = losses.delay_frames(t_logp, lens, w.kd_delay)
+        frames[:, :w.blank_start] = False
         self.counts["kd_frames"] += int(frames.sum())
         unl = torch.tensor([self._pseudo(i) for i in ids], device=dev)
         self.counts["kd_frames_unlabelled"] += int(frames[unl].sum())
@@ -420,5 +422,7 @@ class DistillTrainer(Trainer):
             weights.append(1.0 if ok else 0.0)
         targets, target_lens = self.dev_set._targets(texts)
         dev = log_probs.device
-        return losses.ctc_term(log_probs, lens, targets.to(dev), target_lens.to(dev),
-                               self.cfg.ctc_reduction, torch.tensor(weights, device=dev))
+        target_lens = target_lens.to(dev)
+        return losses.ctc_term(losses.force_blank_start(log_probs, lens, target_lens, self.loss_cfg.blank_start),
+                               lens, targets.to(dev), target_lens, self.cfg.ctc_reduction,
+                               torch.tensor(weights, device=dev))

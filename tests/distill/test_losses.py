@@ -261,19 +261,29 @@ def test_delay_frames_shifts_the_teacher_later_and_masks_the_first_frames() -> N
     assert same is teacher and full.sum().item() == 8
 
 
-def test_delay_frames_skip_start_leaves_the_first_frames_without_a_target() -> None:
-    from slimasr.distill.losses import delay_frames
+def test_force_blank_start_leaves_only_blank_on_the_first_frames_where_the_target_fits() -> None:
+    from slimasr.distill.losses import IMPOSSIBLE, force_blank_start
+    from slimasr.train.loop import ctc_loss
 
-    teacher = torch.arange(2 * 5 * 1, dtype=torch.float32).view(2, 5, 1)
-    shifted, mask = delay_frames(teacher, torch.tensor([5, 4]), 1, skip_start=3)
-    assert shifted[:, :, 0].tolist() == [[0, 0, 1, 2, 3], [0, 5, 6, 7, 8]]  # the shift is still d
-    assert mask.tolist() == [[False, False, False, True, True], [False, False, False, True, False]]
-    same, mask = delay_frames(teacher, torch.tensor([5, 4]), 0, skip_start=2)  # no delay, start skipped
-    assert same is teacher and mask.sum().item() == 3 + 2
-    _, mask = delay_frames(teacher, torch.tensor([5, 4]), 3, skip_start=1)  # the delay masks more
-    assert mask.sum().item() == 2 + 1
-    with pytest.raises(ValueError, match="kd_skip_start"):
-        delay_frames(teacher, torch.tensor([5, 4]), 1, skip_start=-1)
+    logp = torch.log_softmax(torch.randn(2, 10, 4), dim=-1)
+    lens, target_lens = torch.tensor([10, 10]), torch.tensor([2, 4])
+    forced = force_blank_start(logp, lens, target_lens, 3)
+    # utterance 0: 3 frames; utterance 1 has room for 10 - 2 * 4 - 1 = 1 only
+    assert (forced[0, :3, 1:] == IMPOSSIBLE).all() and torch.equal(forced[0, 3:], logp[0, 3:])
+    assert (forced[1, :1, 1:] == IMPOSSIBLE).all() and torch.equal(forced[1, 1:], logp[1, 1:])
+    assert torch.equal(forced[..., 0], logp[..., 0]) and force_blank_start(logp, lens, target_lens, 0) is logp
+    # a student that emits its tokens at once pays for it; one that waits does not
+    early, late = torch.full((1, 10, 4), -20.0), torch.full((1, 10, 4), -20.0)
+    early[0, :, 0] = late[0, :, 0] = 0.0
+    early[0, 0, 1], early[0, 1, 2], late[0, 4, 1], late[0, 5, 2] = 0.0, 0.0, 0.0, 0.0
+    targets, one, ten = torch.tensor([[1, 2]]), torch.tensor([2]), torch.tensor([10])
+    assert ctc_loss(early, ten, targets, one) < 1.0  # unforced: the early alignment is fine
+    assert ctc_loss(force_blank_start(early, ten, one, 3), ten, targets, one) > 10.0
+    assert torch.allclose(ctc_loss(force_blank_start(late, ten, one, 3), ten, targets, one),
+                          ctc_loss(late, ten, targets, one))
+    scores = torch.randn(1, 10, 4, requires_grad=True)  # and the gradient stays finite
+    ctc_loss(force_blank_start(torch.log_softmax(scores, -1), ten, one, 3), ten, targets, one).sum().backward()
+    assert torch.isfinite(scores.grad).all() and scores.grad[0, :3, 0].abs().sum() > 0
 
 
 def test_kd_with_delay_is_zero_for_a_student_exactly_d_frames_late() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -262,11 +263,13 @@ def test_delayed_kd_and_symmetric_blank_selection_in_a_run(teacher, plain_kd, tm
     # each of the 20 cuts loses its first 2 frames to the delay
     assert result["loss_counts"]["kd_frames"] == plain_kd["loss_counts"]["kd_frames"] - 2 * 20
     assert result["loss"]["kd_delay"] == 2 and result["loss"]["blank_selection"] == "symmetric"
-    skipped = distill_model(student_recipe(teacher_dir, ctc_weight=0.5, kd_weight=0.5, kd_delay=2,
-                                           kd_skip_start=5), data, tmp_path / "k", show_progress=False,
+    started = distill_model(student_recipe(teacher_dir, ctc_weight=0.5, kd_weight=0.5, kd_delay=2,
+                                           blank_start=5), data, tmp_path / "k", show_progress=False,
                             overrides=["train.epochs=1"])
-    # and 5 with kd_skip_start = 5: the start is left to CTC beyond the delay's frames
-    assert skipped["loss_counts"]["kd_frames"] == plain_kd["loss_counts"]["kd_frames"] - 5 * 20
+    # and 5 with blank_start = 5: the first frames are blank (CTC) and without a KD target
+    assert started["loss_counts"]["kd_frames"] == plain_kd["loss_counts"]["kd_frames"] - 5 * 20
+    assert started["loss"]["blank_start"] == 5
+    assert all(math.isfinite(r["train_loss"]) for r in started["history"])
 
 
 def test_dev_kd_delay_of_a_model_against_itself_is_zero(teacher) -> None:
