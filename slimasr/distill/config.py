@@ -85,6 +85,10 @@ class LossConfig:
     # first word's first tokens on frames 0-2, in the leading silence; a student cut from it
     # keeps guessing them there. 0: off (docs/distillation.md).
     blank_start: int = 0
+    # no KD target up to the end of the teacher's first word (its first word-boundary spike, +
+    # kd_delay): CTC alone places that word. Use it with blank_start (alone it made things
+    # worse): KD then no longer says blank where the student spells that word (docs/distillation.md)
+    kd_skip_first_word: bool = False
     hidden_weight: float = 0.0  # hidden-layer matching through learned projections
     # (student index, teacher index) pairs of forward_hidden states (0 = front end, i = layer i);
     # empty: every student layer to the teacher layer at the same relative depth.

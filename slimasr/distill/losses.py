@@ -221,6 +221,19 @@ def force_blank_start(log_probs: Tensor, lens: Tensor, target_lens: Tensor, fram
     return log_probs.masked_fill(start & token, IMPOSSIBLE)
 
 
+def first_word_end(teacher_log_probs: Tensor, lens: Tensor, boundary_ids: Sequence[int],
+                   nth: int = 1) -> Tensor:
+    """(N,) the frame of each utterance's ``nth`` spike (argmax) of a word-boundary token (the
+    space of a character vocabulary: nth 1; SentencePiece's word-initial pieces: nth 2), or its
+    length when there is none: where the teacher's first word ends."""
+    best = teacher_log_probs.argmax(-1)  # (N, T)
+    valid = lengths_to_mask(lens, best.shape[1])
+    spikes = torch.isin(best, torch.tensor(list(boundary_ids), device=best.device)) & valid
+    reached = spikes.long().cumsum(dim=1) >= nth
+    frame = reached.long().argmax(dim=1)  # the first frame where the count reaches nth
+    return torch.where(reached.any(dim=1), frame, lens.to(frame.device))
+
+
 def spike_delay(teacher_log_probs: Tensor, student_log_probs: Tensor, lens: Tensor,
                 max_delay: int) -> tuple[int, list[int]]:
     """The shift d in [0, max_delay] at which a (causal) student's spikes best follow the

@@ -370,21 +370,43 @@ class DistillTrainer(Trainer):
     def _kd_term(self, log_probs: torch.Tensor, lens: torch.Tensor, ids: list[str],
                  t_logp: torch.Tensor | None, t_lens: torch.Tensor | None) -> torch.Tensor:
         """Frame KD of every cut of the batch, labelled or not (the teacher's posteriors from the
-        cache, else ``t_logp``: (N, T', V) from the online teacher), on the student's frames,
-        delayed by ``loss.kd_delay`` frames, none on the first ``loss.blank_start``."""
+        cache, else ``t_logp``: (N, T', V) from the online teacher), on the student's frames
+        that ``_kd_targets`` keeps."""
         w, dev = self.loss_cfg, log_probs.device
         if self.cache_posteriors() is not None:
             t_logp, t_lens = self.cache.dense(ids, max(int(self.cache.logp[i].shape[0]) for i in ids))
         t_logp, t_lens = t_logp.float().to(dev), t_lens.to(dev)
         if t_logp.shape[1] != log_probs.shape[1] or not torch.equal(t_lens, lens):
             t_logp = losses.align_log_probs(t_logp, t_lens, lens, log_probs.shape[1])
-        t_logp, frames = losses.delay_frames(t_logp, lens, w.kd_delay)
-        frames[:, :w.blank_start] = False
+        t_logp, frames = self._kd_targets(t_logp, lens)
         self.counts["kd_frames"] += int(frames.sum())
         unl = torch.tensor([self._pseudo(i) for i in ids], device=dev)
         self.counts["kd_frames_unlabelled"] += int(frames[unl].sum())
         return losses.kd_kl(log_probs, t_logp, lens, w.temperature, w.blank_weight,
                             w.blank_threshold, w.blank_selection, w.blank_keep, frames)
+
+    def _kd_targets(self, t_logp: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's posteriors (N, T, V) on the student's frames, delayed by ``loss.kd_delay``,
+        and the (N, T) frames that keep a target: none on the first ``loss.blank_start``, nor, with
+        ``loss.kd_skip_first_word``, up to the end of the teacher's first word (+ the delay)."""
+        w = self.loss_cfg
+        first_word = (losses.first_word_end(t_logp, lens, *self._word_boundaries()) + w.kd_delay
+                      if w.kd_skip_first_word else None)  # on the teacher's own frames
+        t_logp, frames = losses.delay_frames(t_logp, lens, w.kd_delay)
+        frames[:, :w.blank_start] = False
+        if first_word is not None:
+            t = torch.arange(frames.shape[1], device=frames.device)
+            frames &= t[None, :] >= first_word[:, None]
+        return t_logp, frames
+
+    def _word_boundaries(self) -> tuple[list[int], int]:
+        """The tokens that mark a word boundary and which of their spikes ends the first word:
+        the space of a character vocabulary (the first), else SentencePiece's word-initial
+        pieces (the second; the first word starts with one)."""
+        tokens = self.tokenizer.tokens
+        if " " in tokens:
+            return [tokens.index(" ")], 1
+        return [i for i, t in enumerate(tokens) if t.startswith("\u2581")], 2
 
     def cache_posteriors(self) -> TeacherCache | None:
         """The cache when it holds frame posteriors and is meant to replace the online teacher."""
@@ -423,6 +445,6 @@ class DistillTrainer(Trainer):
         targets, target_lens = self.dev_set._targets(texts)
         dev = log_probs.device
         target_lens = target_lens.to(dev)
-        return losses.ctc_term(losses.force_blank_start(log_probs, lens, target_lens, self.loss_cfg.blank_start),
-                               lens, targets.to(dev), target_lens, self.cfg.ctc_reduction,
+        log_probs = losses.force_blank_start(log_probs, lens, target_lens, self.loss_cfg.blank_start)
+        return losses.ctc_term(log_probs, lens, targets.to(dev), target_lens, self.cfg.ctc_reduction,
                                torch.tensor(weights, device=dev))

@@ -286,6 +286,17 @@ def test_force_blank_start_leaves_only_blank_on_the_first_frames_where_the_targe
     assert torch.isfinite(scores.grad).all() and scores.grad[0, :3, 0].abs().sum() > 0
 
 
+def test_first_word_end_is_the_nth_boundary_spike_or_the_length() -> None:
+    from slimasr.distill.losses import first_word_end
+
+    space = 1
+    teacher = _onehot_logp([[2, 3, 0, 1, 0, 2, 1, 0], [0, 2, 0, 3, 0, 0, 1, 1], [2, 0, 3, 0, 0, 0, 0, 0]])
+    lens = torch.tensor([8, 6, 8])  # the second utterance's space (frame 6) is padding
+    assert first_word_end(teacher, lens, [space]).tolist() == [3, 6, 8]  # no space: the whole utterance
+    # SentencePiece: the word-initial pieces 2 and 3; the second one ends the first word
+    assert first_word_end(teacher, lens, [2, 3], nth=2).tolist() == [1, 3, 2]
+
+
 def test_kd_with_delay_is_zero_for_a_student_exactly_d_frames_late() -> None:
     from slimasr.distill.losses import delay_frames
 

@@ -270,6 +270,11 @@ def test_delayed_kd_and_symmetric_blank_selection_in_a_run(teacher, plain_kd, tm
     assert started["loss_counts"]["kd_frames"] == plain_kd["loss_counts"]["kd_frames"] - 5 * 20
     assert started["loss"]["blank_start"] == 5
     assert all(math.isfinite(r["train_loss"]) for r in started["history"])
+    skipped = distill_model(student_recipe(teacher_dir, ctc_weight=0.5, kd_weight=0.5, kd_delay=2,
+                                           kd_skip_first_word=True), data, tmp_path / "w",
+                            show_progress=False, overrides=["train.epochs=1"])
+    # the teacher's first word is left to CTC: fewer KD frames than the delay alone leaves
+    assert 0 < skipped["loss_counts"]["kd_frames"] < result["loss_counts"]["kd_frames"]
 
 
 def test_dev_kd_delay_of_a_model_against_itself_is_zero(teacher) -> None:
