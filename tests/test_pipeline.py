@@ -78,8 +78,8 @@ def test_bundled_recipes_parse():
         assert stages[1].spec.shipped == "smarthome-crnn"
         distill = stages[2].spec.overrides
         # the demo cuts its causal student out of the shipped teacher and trains it with KD delayed
-        # by 6 frames, its first 10 frames blank, the first word left to CTC; the quick demo keeps a tiny scratch student on CTC
-        # (its test checks the learned-nothing stop)
+        # by 6 frames, its first 10 frames blank, the first word left to CTC; the quick demo keeps
+        # a tiny scratch student on CTC (its test checks the learned-nothing stop)
         causal = ({"student.init=teacher", "student.causal=true", "loss.kd_weight=0.5", "loss.kd_delay=6",
                    "loss.blank_start=10", "loss.kd_skip_first_word=true"}
                   if name == "demo" else {"student.init=scratch", "model.config.bidirectional=false",

@@ -10,6 +10,7 @@ normalizer (frame-level losses need one vocabulary and the same input).
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +24,7 @@ from slimasr.config import config_to_dict, from_dict
 from slimasr.data.dataset import AsrDataset
 from slimasr.data.features import FeatureConfig
 from slimasr.data.manifests import load_cuts
-from slimasr.decode import DecodeConfig
+from slimasr.decode import DecodeConfig, word_separator
 from slimasr.distill import losses
 from slimasr.distill.config import DistillRecipe, load_distill_recipe
 from slimasr.distill.student import student_from_config, student_from_teacher
@@ -390,7 +391,7 @@ class DistillTrainer(Trainer):
         and the (N, T) frames that keep a target: none on the first ``loss.blank_start``, nor, with
         ``loss.kd_skip_first_word``, up to the end of the teacher's first word (+ the delay)."""
         w = self.loss_cfg
-        first_word = (losses.first_word_end(t_logp, lens, *self._word_boundaries()) + w.kd_delay
+        first_word = (losses.first_word_end(t_logp, lens, *self._word_boundaries) + w.kd_delay
                       if w.kd_skip_first_word else None)  # on the teacher's own frames
         t_logp, frames = losses.delay_frames(t_logp, lens, w.kd_delay)
         frames[:, :w.blank_start] = False
@@ -399,14 +400,15 @@ class DistillTrainer(Trainer):
             frames &= t[None, :] >= first_word[:, None]
         return t_logp, frames
 
+    @cached_property
     def _word_boundaries(self) -> tuple[list[int], int]:
         """The tokens that mark a word boundary and which of their spikes ends the first word:
         the space of a character vocabulary (the first), else SentencePiece's word-initial
         pieces (the second; the first word starts with one)."""
-        tokens = self.tokenizer.tokens
-        if " " in tokens:
-            return [tokens.index(" ")], 1
-        return [i for i, t in enumerate(tokens) if t.startswith("\u2581")], 2
+        sep, tokens = word_separator(self.tokenizer.kind), self.tokenizer.tokens
+        if self.tokenizer.kind == "char":
+            return [tokens.index(sep)], 1
+        return [i for i, t in enumerate(tokens) if t.startswith(sep)], 2
 
     def cache_posteriors(self) -> TeacherCache | None:
         """The cache when it holds frame posteriors and is meant to replace the online teacher."""
