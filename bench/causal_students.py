@@ -57,10 +57,15 @@ def run(args: argparse.Namespace) -> None:
     out, data = Path(args.out), Path(args.data)
     test, train = data / "test_cuts.jsonl.gz", data / "train_cuts.jsonl.gz"
     whats = _pairs(args.what)
-    beam = {"decode": {"method": "beam", "lm_path": str(args.lm)}, "lexicon_reference": str(train)}
+    weights = {name: dict(zip(("alpha", "beta"), map(float, ab.split(","))))
+               for name, ab in _pairs(args.lm_weights).items()}
     for name, model_dir in _pairs(args.model).items():
+        beam = {"decode": {"method": "beam", "lm_path": str(args.lm), "beam": weights.get(name, {})},
+                "lexicon_reference": str(train)}
         row = {"name": name, "model_dir": model_dir, "what": whats.get(name, ""),
                "training": _provenance(Path(model_dir)), "runs": 1}
+        if name in weights:
+            row["lm_weights"] = weights[name]
         evals = out / "evals"
         evaluate_model(model_dir, test, from_dict(EvalConfig, beam), show_progress=False,
                        json_out=evals / f"{name}-lm.json", also=[(DecodeConfig(), evals / f"{name}-greedy.json")])
@@ -88,10 +93,13 @@ def table(args: argparse.Namespace) -> None:
         gap = f" ({lm['wer'] - teacher['lm']['wer']:+.2f})" if teacher and r is not teacher else ""
         lag = f"{r['spike_lag']['ms']:.0f}" if "spike_lag" in r else "-"
         first = f"{g['first_word_accuracy']:.1f}%" if "first_word_accuracy" in g else "-"
+        what = r["what"]
+        if "lm_weights" in r:
+            what += f" (LM weights alpha {r['lm_weights']['alpha']}, beta {r['lm_weights']['beta']})"
         lines.append(f"| {r['name']} | {g['params'] / 1e6:.2f}M | {g['macs_per_second_audio'] / 1e6:.1f} "
                      f"({ratio:.2f}x) | {r['training'].get('steps', 0)} | {g['wer']:.2f}% | "
                      f"{lm['wer']:.2f}%{gap} | {g['cer']:.2f}% | {first} | {g['latency_ms_p50']:.1f} | {lag} "
-                     f"| {r['what']} |")
+                     f"| {what} |")
     write_text_atomic(out / "table.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(rows, out / "table.png", args.title)
@@ -126,6 +134,8 @@ def main() -> None:
     r.add_argument("--lm", required=True, help="ARPA LM for beam search (slimasr lm)")
     r.add_argument("--model", action="append", default=[], help="NAME=MODEL_DIR (repeatable)")
     r.add_argument("--what", action="append", default=[], help="NAME=description (repeatable)")
+    r.add_argument("--lm-weights", action="append", default=[], help="NAME=ALPHA,BETA: that model's "
+                   "LM fusion weights (e.g. chosen on dev by bench/tune_lm.py); default: decode.beam's")
     r.add_argument("--lag-teacher", help="also measure when each student's tokens come against this "
                                          "teacher's (spike lag on test)")
     r.add_argument("--lag-max", type=int, default=24, help="the longest lag tried, in student frames")
