@@ -38,6 +38,15 @@ def _pairs(specs: list[str]) -> dict[str, str]:
     return dict(spec.split("=", 1) for spec in specs)
 
 
+def _lm_weights(name: str, spec: str) -> dict[str, float]:
+    """``"1.6,6.0"`` -> {"alpha": 1.6, "beta": 6.0} (``--lm-weights NAME=ALPHA,BETA``)."""
+    try:
+        alpha, beta = (float(v) for v in spec.split(","))
+    except ValueError:
+        raise SystemExit(f"--lm-weights {name}={spec}: expected NAME=ALPHA,BETA, e.g. {name}=1.6,6.0") from None
+    return {"alpha": alpha, "beta": beta}
+
+
 def _provenance(model_dir: Path) -> dict:
     """What training the model folder records (steps, epochs, seconds, best dev WER, student init)."""
     prov = read_json(model_dir / "config.json").get("provenance") or {}
@@ -57,8 +66,7 @@ def run(args: argparse.Namespace) -> None:
     out, data = Path(args.out), Path(args.data)
     test, train = data / "test_cuts.jsonl.gz", data / "train_cuts.jsonl.gz"
     whats = _pairs(args.what)
-    weights = {name: dict(zip(("alpha", "beta"), map(float, ab.split(","))))
-               for name, ab in _pairs(args.lm_weights).items()}
+    weights = {name: _lm_weights(name, ab) for name, ab in _pairs(args.lm_weights).items()}
     for name, model_dir in _pairs(args.model).items():
         beam = {"decode": {"method": "beam", "lm_path": str(args.lm), "beam": weights.get(name, {})},
                 "lexicon_reference": str(train)}

@@ -407,6 +407,9 @@ class DistillTrainer(Trainer):
         pieces (the second; the first word starts with one)."""
         sep, tokens = word_separator(self.tokenizer.kind), self.tokenizer.tokens
         if self.tokenizer.kind == "char":
+            if sep not in tokens:
+                raise ConfigError(f"loss.kd_skip_first_word: the tokenizer has no word separator "
+                                  f"token ({sep!r}) to find the first word's end by")
             return [tokens.index(sep)], 1
         return [i for i, t in enumerate(tokens) if t.startswith(sep)], 2
 

@@ -387,3 +387,18 @@ def test_ensemble_paths_fill_in_and_must_start_with_the_teacher_path() -> None:
     assert load_distill_recipe({"teacher": {"paths": ["a", "b"]}}).teacher.path == "a"
     with pytest.raises(ConfigError, match="must be the first of teacher.paths"):
         load_distill_recipe({"teacher": {"path": "b", "paths": ["a", "b"]}})
+
+
+def test_kd_skip_first_word_needs_a_word_separator_token() -> None:
+    """The first word's end is found by the separator's spikes: a character vocabulary without
+    one is refused in one line, not with a ValueError from deep inside a batch."""
+    from types import SimpleNamespace
+
+    from slimasr.distill.run import DistillTrainer
+    from slimasr.errors import ConfigError
+    from slimasr.text.tokenizer import CharTokenizer
+
+    boundaries = DistillTrainer._word_boundaries.func
+    assert boundaries(SimpleNamespace(tokenizer=CharTokenizer())) == ([1], 1)  # " " is token 1
+    with pytest.raises(ConfigError, match="no word separator"):
+        boundaries(SimpleNamespace(tokenizer=CharTokenizer(tokens=["<blk>", "a", "b"])))
