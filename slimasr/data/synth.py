@@ -34,7 +34,7 @@ import math
 import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -56,6 +56,7 @@ from rich.progress import Progress
 
 from slimasr.data import effects
 from slimasr.data.espeak import ENGLISH_BASES, EXCLUDED_VARIANTS, data_path, list_variants
+from slimasr.data.general_text import WORDNET, check_source, load_general_sentences, source_record
 from slimasr.data.grammar import Grammar, Utterance, smart_home_grammar
 from slimasr.data.synthesizers import (
     FAMILIES,
@@ -75,6 +76,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")  # every corpus has these
 UNSEEN_SYNTH_SPLIT = "test_unseen_synth"  # and this one when SynthConfig.unseen_synth is set
 UNLABELLED_SPLIT = "unlabelled"  # the only split of an unlabelled corpus (SynthConfig.unlabelled)
+GENERAL_INTENT = "general"  # the intent of a general English sentence (SynthConfig.general_share)
 SAMPLE_RATE = 16000  # Hz, the corpus audio
 NOISE_COLORS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 / f ** exponent
 # The default synthesizers, named explicitly so that the default corpus is the same on every
@@ -160,6 +162,12 @@ class SynthConfig:
     # corpus's seed, so dev/test voices stay out), sentences from its own random stream (none of
     # the dev/test unseen ones), and manifests without text (cuts with no supervisions).
     unlabelled: bool = False
+    # Text beyond the grammar (slimasr/data/general_text.py): this share of the train (and
+    # unlabelled) utterances say a general English sentence of general_text ("wordnet": WordNet's
+    # usage examples, package wordnet-base; or a text file, one sentence per line) instead of a
+    # smart-home command. Dev and test stay smart-home. 0 = the grammar alone (the default corpus).
+    general_share: float = 0.0
+    general_text: str = WORDNET
 
     def __post_init__(self) -> None:
         self.codecs = tuple(self.codecs)
@@ -171,8 +179,11 @@ class SynthConfig:
     def _checks(self) -> dict[str, bool]:
         espeak_held_out = "espeak" in self.synthesizers and self.unseen_synth != "espeak"
         shares = ("unseen_share", "clean_share", "espeak_share", "reverb_share",
-                  "far_field_share", "microphone_share", "telephone_share", "codec_share")
+                  "far_field_share", "microphone_share", "telephone_share", "codec_share",
+                  "general_share")
         return {
+            "general_share must be < 1 (dev and test repeat train's smart-home sentences)":
+                self.general_share < 1,
             "hours must be > 0": self.hours > 0,
             "num_workers must be >= 1": self.num_workers >= 1,
             "min_eval_utterances must be >= 2": self.min_eval_utterances >= 2,
@@ -276,12 +287,15 @@ def synthesize_corpus(
     """
     out_dir = Path(out_dir)
     require(config.synthesizers)
+    if config.general_share > 0:
+        check_source(config.general_text)
     _check_destination(out_dir, overwrite)
     fixed = _warn_if_addresses_move(config)
     audio_root = None if config.relative_paths else out_dir.resolve()  # None: relative paths
     grammar = smart_home_grammar()
     voices = split_voices(config)
     unseen = _unseen_sentences(grammar, config)
+    general = load_general_sentences(config.general_text) if config.general_share > 0 else []
     with ExitStack() as stack:
         tmp = stack.enter_context(atomic_dir(out_dir))
         pool = stack.enter_context(_executor(config.num_workers))
@@ -290,12 +304,15 @@ def synthesize_corpus(
         reserved = {u.text for split_unseen in unseen.values() for u in split_unseen}
         if config.unlabelled:
             return _synthesize_unlabelled(tmp, audio_root, grammar, config, voices, reserved, render,
-                                          fixed)
-        plans = {"train": _synthesize_train(grammar, config, voices["train"], reserved, render)}
+                                          fixed, general)
+        plans = {"train": _synthesize_train(grammar, config, voices["train"], reserved, render,
+                                            general=general)}
         for split in config.splits()[1:]:
             plans[split] = _plan_eval(config, split, voices[split], unseen[split], plans["train"])
             render.run(split, plans[split])
         summary = _summary(grammar, config, plans, voices, render.num_samples, fixed)
+        if general:
+            summary["general_text"] = _general_summary(config, general)
         for split in config.splits():
             _write_manifests(tmp, audio_root, split, plans[split], render.num_samples)
         write_json_atomic(tmp / "corpus.json", summary)  # last: its presence means complete
@@ -385,10 +402,17 @@ def _plan_train(
     reserved: set[str],
     index: int,
     split: str = "train",
+    general: Sequence[str] = (),
 ) -> UtterancePlan:
     """Train (or unlabelled) utterance ``index``: any grammar sentence except the reserved
-    (unseen) ones."""
+    (unseen) ones, or with ``config.general_share`` (when ``general`` holds sentences) one of
+    ``general``."""
     rng = _rng(config.seed, _UTTERANCE_STREAM, split, index)
+    if general and config.general_share > 0 and rng.random() < config.general_share:
+        # (no draw at share 0: corpora made before general_share are reproduced exactly)
+        utterance = Utterance(general[int(rng.integers(len(general)))], GENERAL_INTENT)
+        if utterance.text not in reserved:
+            return _plan_voice(config, split, index, utterance, voices, rng)
     utterance = grammar.sample(rng)
     while utterance.text in reserved:
         utterance = grammar.sample(rng)
@@ -405,6 +429,10 @@ def _plan_eval(
     """An evaluation split: the unseen sentences plus sentences drawn from train, shuffled."""
     rng = _rng(config.seed, _SENTENCE_STREAM, split, 1)
     n_seen = config.eval_size(split) - len(unseen)
+    train = [p for p in train if p.intent != GENERAL_INTENT]  # evaluation stays smart-home
+    if not train:
+        raise ConfigError(f"SynthConfig: no smart-home sentence in train for {split}'s seen "
+                          f"sentences: lower general_share or raise hours")  # fmt: skip
     picks = rng.choice(len(train), size=n_seen, replace=n_seen > len(train))
     seen = [Utterance(train[i].text, train[i].intent, train[i].slots) for i in picks]
     utterances = unseen + seen
@@ -505,6 +533,7 @@ def _synthesize_train(
     reserved: set[str],
     render: "_Renderer",
     split: str = "train",
+    general: Sequence[str] = (),
 ) -> list[UtterancePlan]:
     """Render train utterances 0, 1, 2, ... and keep the shortest prefix with config.hours.
 
@@ -518,7 +547,7 @@ def _synthesize_train(
         mean = total / len(plans) if plans else _FIRST_GUESS_SECONDS * SAMPLE_RATE
         n_new = max(math.ceil((target - total) / mean * _ROUND_MARGIN), _TASK_SIZE)
         new = [
-            _plan_train(grammar, config, voices, reserved, len(plans) + i, split)
+            _plan_train(grammar, config, voices, reserved, len(plans) + i, split, general)
             for i in range(n_new)
         ]
         render.run(split, new, expected_total=len(plans) + n_new)
@@ -705,10 +734,12 @@ def _trim(audio: np.ndarray, level: float) -> np.ndarray:
 # Output: manifests and summary
 # ---------------------------------------------------------------------------------------------
 def _synthesize_unlabelled(tmp: Path, root: Path | None, grammar: Grammar, config: SynthConfig,
-                           voices: dict, reserved: set[str], render: "_Renderer", fixed: bool) -> dict:
+                           voices: dict, reserved: set[str], render: "_Renderer", fixed: bool,
+                           general: Sequence[str] = ()) -> dict:
     """The unlabelled corpus: ``config.hours`` of train-voice audio, cuts without supervisions,
     and a corpus.json (written last) marked ``"unlabelled": true``."""
-    plans = _synthesize_train(grammar, config, voices["train"], reserved, render, UNLABELLED_SPLIT)
+    plans = _synthesize_train(grammar, config, voices["train"], reserved, render, UNLABELLED_SPLIT,
+                              general)
     _write_manifests(tmp, root, UNLABELLED_SPLIT, plans, render.num_samples, with_text=False)
     split = _split_summary(plans, plans, render.num_samples)
     split.pop("unseen_sentence_share", None)
@@ -716,6 +747,8 @@ def _synthesize_unlabelled(tmp: Path, root: Path | None, grammar: Grammar, confi
                "seed": config.seed, "sample_rate": SAMPLE_RATE,
                "config": json.loads(json.dumps(asdict(config))), "splits": {UNLABELLED_SPLIT: split},
                "speakers": voices["train"], "fixed_addresses": fixed}
+    if general:
+        summary["general_text"] = _general_summary(config, general)
     write_json_atomic(tmp / "corpus.json", summary)
     return summary
 
@@ -794,6 +827,12 @@ def _summary(
         "excluded_variants": EXCLUDED_VARIANTS,
         "fixed_addresses": fixed_addresses,  # Festival and Flite ran without ASLR
     }
+
+
+def _general_summary(config: SynthConfig, general: Sequence[str]) -> dict:
+    """corpus.json's record of the general sentences: their source and how many there were."""
+    return {**source_record(config.general_text), "share": config.general_share,
+            "sentences": len(general)}
 
 
 def _split_summary(

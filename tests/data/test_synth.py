@@ -451,3 +451,43 @@ def test_cli_unlabelled_flag_sets_the_config_field() -> None:
     config = _synth_config(args)
     assert config.unlabelled is True and config.hours == 3.0
     assert _synth_config(build_parser().parse_args(["corpus", "synth", "--out", "O"])).unlabelled is False
+
+
+def test_general_share_draws_train_sentences_from_the_text_and_keeps_evaluation_smart_home(
+    tmp_path: Path,
+) -> None:
+    sentences = ["the cat sat on the mat", "she hummed a melody softly", "a long way from home"]
+    text = tmp_path / "general.txt"
+    text.write_text("\n".join(sentences) + "\nThe 3 bears\n")  # digits: left out
+    out = tmp_path / "corpus"
+    summary = synthesize_corpus(out, tiny_espeak(general_share=0.5, general_text=str(text)),
+                                show_progress=False)  # fmt: skip
+    general = [c for c in cuts_of(out, "train") if c.supervisions[0].text in sentences]
+    assert {c.supervisions[0].custom["intent"] for c in general} == {synth.GENERAL_INTENT}
+    assert 0 < len(general) < len(cuts_of(out, "train"))
+    for split in ("dev", "test"):
+        assert not {c.supervisions[0].text for c in cuts_of(out, split)} & set(sentences)
+    assert summary["general_text"]["source"] == str(text)
+    assert summary["general_text"]["sentences"] == 3 and summary["general_text"]["share"] == 0.5
+
+
+def test_general_share_zero_leaves_the_train_plans_as_they_were() -> None:
+    grammar, voices = synth.smart_home_grammar(), split_voices(tiny_espeak())["train"]
+    plain = [synth._plan_train(grammar, tiny_espeak(), voices, set(), i) for i in range(20)]
+    unused = [synth._plan_train(grammar, tiny_espeak(), voices, set(), i, "train", ["a b c"])
+              for i in range(20)]  # fmt: skip
+    assert plain == unused
+    mixed = [synth._plan_train(grammar, tiny_espeak(general_share=0.5), voices, set(), i, "train",
+                               ["a b c"]) for i in range(40)]  # fmt: skip
+    assert 5 < sum(p.text == "a b c" for p in mixed) < 35
+
+
+def test_a_missing_general_text_is_one_line_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="nothing.txt"):
+        synthesize_corpus(tmp_path / "c", tiny_espeak(general_share=0.5,
+                                                      general_text=str(tmp_path / "nothing.txt")))
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(ConfigError, match="general_share must be in"):
+        tiny_espeak(general_share=-0.5)
+    with pytest.raises(ConfigError, match="general_share must be < 1"):
+        tiny_espeak(general_share=1.0)
