@@ -1,7 +1,7 @@
 """Is the real-speech gap the voice or the words? The same transcripts, spoken by synthesizers.
 
     python bench/real_speech/text_probe.py --model exp/shipped \
-        --cuts data/real_speech/test_cuts.jsonl.gz --out bench/results/generalization/text_probe.json
+        --cuts data/real_speech/test_cuts.jsonl.gz --out bench/results/generalization/text_probe/shipped.json
 
 The real-speech set (the Asterisk prompts) differs from the training corpus twice over: a person
 speaks it, and it says telephone-system sentences the smart-home grammar never produces. This
