@@ -26,6 +26,7 @@ import soxr
 import torch
 
 from slimasr.data.manifests import load_cuts
+from slimasr.data.synth import SynthConfig, _trim
 from slimasr.data.synthesizers import get_synthesizer
 from slimasr.data.synthesizers.base import Prosody
 from slimasr.decode.greedy import GreedyDecoder
@@ -33,9 +34,8 @@ from slimasr.frontend import Frontend
 from slimasr.models import load_model
 
 SAMPLE_RATE = 16000
-TRIM_LEVEL = 3e-4  # SynthConfig.trim_level: the synthesizer's own silence is cut
+CORPUS = SynthConfig()  # the corpus's trim level and dither
 LEAD_S = 0.2  # silence before and after the speech, as a corpus utterance has (0.05-0.5 s)
-DITHER = 2.0 / 32768  # SynthConfig.dither_lsb: never digital silence
 # (name, family, voice as the family names it, heard in the default corpus's train split?)
 VOICES = [
     ("espeak en-us+f1 (train voice)", "espeak", "en-us+f1", True),
@@ -49,11 +49,11 @@ VOICES = [
 def spoken(family: str, voice: str, text: str) -> np.ndarray:
     """``text`` in ``voice``, clean: trimmed, at 16 kHz, padded with silence, dithered."""
     raw, rate = get_synthesizer(family).synthesize(text, voice, Prosody())
-    loud = np.flatnonzero(np.abs(raw) > TRIM_LEVEL)
-    speech = soxr.resample(raw[loud[0] : loud[-1] + 1], rate, SAMPLE_RATE).astype(np.float64)
+    speech = soxr.resample(_trim(raw, CORPUS.trim_level), rate, SAMPLE_RATE).astype(np.float64)
     pad = np.zeros(round(LEAD_S * SAMPLE_RATE))
     audio = np.concatenate([pad, 0.5 * speech / np.max(np.abs(speech)), pad])
-    return (audio + np.random.default_rng(0).normal(0.0, DITHER, len(audio))).astype(np.float32)
+    dither = np.random.default_rng(0).normal(0.0, CORPUS.dither_lsb / 32768, len(audio))
+    return (audio + dither).astype(np.float32)
 
 
 class Scorer:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
 from pathlib import Path
 
+from slimasr.data.synthesizers.base import debian_version
 from slimasr.errors import ConfigError, DataError
 
 WORDNET = "wordnet"  # the built-in source's name
@@ -72,7 +72,7 @@ def spoken_form(text: str) -> str | None:
 def source_record(source: str, wordnet_dir: Path = WORDNET_DIR) -> dict:
     """What corpus.json records of ``source``: the package version, or the file's sha256."""
     if source == WORDNET:
-        return {"source": WORDNET, "packages": {WORDNET_PACKAGE: _package_version(WORDNET_PACKAGE)}}
+        return {"source": WORDNET, "packages": {WORDNET_PACKAGE: debian_version(WORDNET_PACKAGE)}}
     return {"source": str(source), "sha256": hashlib.sha256(Path(source).read_bytes()).hexdigest()}
 
 
@@ -102,11 +102,3 @@ def _wordnet_examples(wordnet_dir: Path) -> list[str]:
                 examples += _QUOTED.findall(gloss)
     return examples
 
-
-def _package_version(package: str) -> str | None:
-    try:
-        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package],
-                             capture_output=True, text=True, check=False)  # fmt: skip
-    except OSError:
-        return None
-    return out.stdout.strip() or None
