@@ -25,7 +25,7 @@ from slimasr.decode import DecodeConfig
 from slimasr.distill.delay import spike_lag
 from slimasr.evaluate.run import EvalConfig, evaluate_model
 from slimasr.frontend import Frontend
-from slimasr.io import read_json, write_json_atomic, write_text_atomic
+from slimasr.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from slimasr.models import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "causal_default"
@@ -128,10 +128,9 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".tmp_{path.name}")
-    fig.savefig(tmp, format="png", dpi=110)
+    with atomic_path(path) as tmp:  # a unique temporary name: runs writing into one folder do not collide
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ from slimasr.decode import DecodeConfig, build_ngram_lm
 from slimasr.distill import distill_model
 from slimasr.distill.delay import dev_kd_delay
 from slimasr.evaluate.run import EvalConfig, evaluate_model
-from slimasr.io import read_json, write_json_atomic, write_text_atomic
+from slimasr.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from slimasr.text import normalize_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,9 +94,8 @@ def unlabelled_prefix(manifests: list[Path], hours: float | None, out: Path) -> 
     path = out / f"unlabelled_first_{hours:g}h_cuts.jsonl.gz"
     if not path.is_file():
         out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp_{path.name}")
-        CutSet.from_cuts(kept).to_file(tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            CutSet.from_cuts(kept).to_file(tmp)
     return [path], total / 3600
 
 
