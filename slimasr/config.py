@@ -170,63 +170,69 @@ def _is_finite(value: int | float) -> bool:
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     """Check ``value`` against type ``tp``; convert where it is lossless (int -> float, list -> tuple)."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+        return _coerce_union(typing.get_args(tp), value, key)
     if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, typing.get_args(tp)))}")
         return value
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        return from_dict(tp, value, key)
+        return value if isinstance(value, tp) else from_dict(tp, value, key)
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-        inner = args[0] if args else Any
-        items = [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple or tp is tuple else items
+        return _coerce_sequence(tp, value, key)
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
+    return _coerce_scalar(tp, value, key)
+
+
+def _coerce_union(args: tuple, value: Any, key: str) -> Any:
+    """The first member type of an ``X | Y | None`` that takes ``value``."""
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(arg, value, key)
+        except ConfigError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+
+
+def _coerce_sequence(tp: Any, value: Any, key: str) -> list | tuple:
+    """A list or tuple, each item checked (fixed-length tuples item by item)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    inner = args[0] if args else Any
+    items = [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple or tp is tuple else items
+
+
+SCALARS: dict[Any, tuple[tuple[type, ...], str]] = {  # type -> (accepted Python types, its name)
+    float: ((int, float), "a number"), int: ((int,), "an integer"),
+    bool: ((bool,), "true or false"), str: ((str,), "a string"), Path: ((str, Path), "a path"),
+}
+
+
+def _coerce_scalar(tp: Any, value: Any, key: str) -> Any:
+    """Numbers (no bools as numbers; floats finite), bools, strings and paths; other types as given."""
+    if tp not in SCALARS:
+        return value
+    accepted, name = SCALARS[tp]
+    if not isinstance(value, accepted) or (isinstance(value, bool) and tp is not bool):
+        raise ConfigError(f"{key}: expected {name}, got {value!r}")
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
         if not _is_finite(value):
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    if tp is Path:
-        if not isinstance(value, (str, Path)):
-            raise ConfigError(f"{key}: expected a path, got {value!r}")
-        return Path(value)
-    return value
+    return Path(value) if tp is Path else value
