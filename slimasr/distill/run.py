@@ -118,11 +118,7 @@ def _distill(recipe: DistillRecipe, data_dir: Path, out_dir: Path, resume: bool,
     student = student.to(info.device)
     train_cuts, dev_cuts = _filter(data, student, recipe, console)
     pairs, projector = _hidden_setup(recipe, student, teacher)
-    refs, unlabelled = {}, set()
-    for cut in train_cuts:
-        refs[cut.id] = data.normalize(transcript(cut))
-        if any((s.custom or {}).get(PSEUDO_KEY) for s in cut.supervisions):
-            unlabelled.add(cut.id)
+    refs, unlabelled = _references(train_cuts, data.normalize)
     model = DistillModel(student, projector).to(info.device)
     trainer = DistillTrainer(model, recipe, info, data.tokenizer, data.normalize, out_dir, console,
                              show_progress, teacher=teacher, cache=cache, pairs=pairs,
@@ -141,6 +137,17 @@ def _distill(recipe: DistillRecipe, data_dir: Path, out_dir: Path, resume: bool,
                               "student_init": config_to_dict(recipe.student)})
     distributed.barrier(info)
     return {**result, "model_dir": str(out_dir)}
+
+
+def _references(train_cuts: Any, normalize: Any) -> tuple[dict[str, str], set[str]]:
+    """Each training cut's normalized transcript by id, and the ids of the unlabelled cuts (their
+    transcript is the teacher's)."""
+    refs, unlabelled = {}, set()
+    for cut in train_cuts:
+        refs[cut.id] = normalize(transcript(cut))
+        if any((s.custom or {}).get(PSEUDO_KEY) for s in cut.supervisions):
+            unlabelled.add(cut.id)
+    return refs, unlabelled
 
 
 def _complete_cache(path: Path) -> bool:
