@@ -441,51 +441,74 @@ def _prune_unstructured(model_dir: Path, data_dir: Path, out_dir: Path, cfg: Pru
     """Zero single weights (step k: ``1 - (1 - sparsity) ** (k / steps)`` of them; with
     ``gradual`` none here, the fine-tuning's schedule does it), fine-tune with the mask kept,
     save compactly; prune.json holds the sparsity per layer, nonzero parameters and bytes."""
-    console = Console(stderr=True, quiet=not show)
     frontend = Frontend.load(model_dir)
     model = load_model(model_dir).eval()
     u = cfg.unstructured
     train, dev = (feature_cuts(data_dir, split, frontend.features, feature_cache_dir(data_dir, frontend.features),
                                show_progress=show) for split in ("train", "dev"))
-    dev_batches = list(_batches(frontend, dev, cfg.sensitivity_cuts, cfg.calibration_seconds))
+    run = _SparseRun(cfg, model_dir, data_dir, frontend, train,
+                     list(_batches(frontend, dev, cfg.sensitivity_cuts, cfg.calibration_seconds)),
+                     Console(stderr=True, quiet=not show), show)
     record: dict[str, Any] = {"source": str(model_dir), "method": "unstructured", "criterion": u.criterion,
                               "config": config_to_dict(cfg), "original": _sparsity_record(model, u, model_dir),
                               "steps": []}
     current_dir = model_dir
     for k in range(1, cfg.steps + 1):
-        step_dir = out_dir / STEPS_DIR / str(k)
-        share = 1.0 - (1.0 - u.sparsity) ** (k / cfg.steps)
-        row: dict[str, Any] = {"step": k, "sparsity_target": u.sparsity if cfg.gradual else share}
-        if not cfg.gradual:
-            calib = (list(_batches(frontend, train, cfg.calibration_cuts, cfg.calibration_seconds))
-                     if u.criterion == "gradient" else None)
-            sparsify_(model, dataclasses.replace(u, sparsity=share), calib)
-            squash_(model)
-        current_dir = step_dir / "pruned"
-        _save(model, frontend, current_dir, {"step": "prune", "source": str(model_dir)}, compact=True)
-        row.update({"pruned": _sparsity_record(model, u, current_dir),
-                    "dev_loss_pruned": _mean_loss(model, dev_batches)})
-        console.print(f"step {k}: {row['pruned']['sparsity']:.1%} of the selected weights are zero, "
-                      f"dev loss {row['dev_loss_pruned']:.3f}", markup=False, highlight=False)
-        if cfg.finetune_epochs > 0:
-            tuned = step_dir / "finetuned"
-            result = _finetune(current_dir, model_dir, data_dir, tuned, cfg, show)
-            current_dir, model = tuned, load_model(tuned).eval()
-            row.update({"dev_wer_finetuned": result["dev_wer"], "finetune_seconds": result["train_seconds"],
-                        "dev_loss_finetuned": _mean_loss(model, dev_batches),
-                        "learned_nothing": result["learned_nothing"],
-                        "finetuned": _sparsity_record(model, u, current_dir)})
+        model, current_dir, row = _sparse_step(run, k, out_dir / STEPS_DIR / str(k), model)
         record["steps"].append(row)
     if u.storage != "fp32":
         last = record["steps"][-1]
         before = last.get("dev_loss_finetuned", last["dev_loss_pruned"])  # the model being stored
         current_dir, model, record["storage"] = _store(model, frontend, current_dir, out_dir, u.storage,
-                                                       dev_batches, before)
+                                                       run.dev_batches, before)
     record["final"] = {**_sparsity_record(model, u, current_dir, layers=True),
                        "learned_nothing": record["steps"][-1].get("learned_nothing")}
     record["final"]["bytes_ratio"] = record["final"]["bytes"] / record["original"]["bytes"]
     _publish(current_dir, out_dir, record)
     return record
+
+
+@dataclass
+class _SparseRun:
+    """What every step of an unstructured prune reads."""
+    cfg: PruneConfig
+    model_dir: Path
+    data_dir: Path
+    frontend: Frontend
+    train: Any  # the training cuts with features (gradient saliency's calibration audio)
+    dev_batches: list[dict]
+    console: Console
+    show: bool
+
+
+def _sparse_step(run: _SparseRun, k: int, step_dir: Path, model: AcousticModel
+                 ) -> tuple[AcousticModel, Path, dict]:
+    """Step ``k`` of an unstructured prune: zero this step's share of the weights (none with
+    ``gradual``: the fine-tuning's schedule does it), save compactly into steps/k/pruned, then
+    fine-tune with the mask kept; returns the model, its folder and the record row."""
+    cfg, u = run.cfg, run.cfg.unstructured
+    share = 1.0 - (1.0 - u.sparsity) ** (k / cfg.steps)
+    row: dict[str, Any] = {"step": k, "sparsity_target": u.sparsity if cfg.gradual else share}
+    if not cfg.gradual:
+        calib = (list(_batches(run.frontend, run.train, cfg.calibration_cuts, cfg.calibration_seconds))
+                 if u.criterion == "gradient" else None)
+        sparsify_(model, dataclasses.replace(u, sparsity=share), calib)
+        squash_(model)
+    current_dir = step_dir / "pruned"
+    _save(model, run.frontend, current_dir, {"step": "prune", "source": str(run.model_dir)}, compact=True)
+    row.update({"pruned": _sparsity_record(model, u, current_dir),
+                "dev_loss_pruned": _mean_loss(model, run.dev_batches)})
+    run.console.print(f"step {k}: {row['pruned']['sparsity']:.1%} of the selected weights are zero, "
+                      f"dev loss {row['dev_loss_pruned']:.3f}", markup=False, highlight=False)
+    if cfg.finetune_epochs > 0:
+        tuned = step_dir / "finetuned"
+        result = _finetune(current_dir, run.model_dir, run.data_dir, tuned, cfg, run.show)
+        current_dir, model = tuned, load_model(tuned).eval()
+        row.update({"dev_wer_finetuned": result["dev_wer"], "finetune_seconds": result["train_seconds"],
+                    "dev_loss_finetuned": _mean_loss(model, run.dev_batches),
+                    "learned_nothing": result["learned_nothing"],
+                    "finetuned": _sparsity_record(model, u, current_dir)})
+    return model, current_dir, row
 
 
 def _store(model: AcousticModel, frontend: Frontend, source: Path, out_dir: Path, precision: str,
