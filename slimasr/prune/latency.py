@@ -130,6 +130,29 @@ class LatencyTable:
         return cls.from_dict(read_json(path), path)
 
 
+def _measure_class(model: AcousticModel, index: int, members: list[Group], widths: Sequence[int],
+                   example: tuple, runs: int, total_macs: float, base_times: list[float],
+                   advance: Any) -> dict[str, Any]:
+    """Class ``index``, groups that are pruned together, at each of ``widths``: the latency and MACs
+    saved per group against the unpruned model (timed alternately; the unpruned times are added
+    to ``base_times``), made monotone in the width."""
+    x, lens = example
+    size = members[0].size
+    entry: dict[str, Any] = {"size": size, "class": index, "widths": [size], "saved_ms": [0.0],
+                             "macs_saved": [0.0]}
+    for width in widths:
+        variant = prune_model(model, {g.name: list(range(width)) for g in members}).eval()
+        _time(variant, x, lens, WARMUP)
+        base, pruned = _alternate(model, variant, x, lens, runs)
+        base_times += base
+        entry["widths"].append(width)
+        entry["saved_ms"].append((statistics.median(base) - statistics.median(pruned)) / len(members))
+        entry["macs_saved"].append(float(total_macs - count_macs(variant, x, lens)) / len(members))
+        advance()
+    entry["saved_ms"] = _monotone(entry["saved_ms"])
+    return entry
+
+
 def measure_latency_table(model: AcousticModel, round_to: int = 8, max_group_fraction: float = 0.9,
                           groups: Sequence[str] | None = None, seconds: float = AUDIO_SECONDS,
                           threads: int = 1, runs: int = DEFAULT_RUNS,
@@ -159,19 +182,8 @@ def measure_latency_table(model: AcousticModel, round_to: int = 8, max_group_fra
         with progress_bar(disable=not show_progress) as bar:
             task = bar.add_task("latency table", total=sum(len(w) for w in plans))
             for ci, (members, widths) in enumerate(zip(classes, plans)):
-                size = members[0].size
-                entry = {"size": size, "class": ci, "widths": [size], "saved_ms": [0.0], "macs_saved": [0.0]}
-                for width in widths:
-                    variant = prune_model(model, {g.name: list(range(width)) for g in members}).eval()
-                    _time(variant, x, lens, WARMUP)
-                    base, pruned = _alternate(model, variant, x, lens, runs)
-                    base_times += base
-                    entry["widths"].append(width)
-                    saved = statistics.median(base) - statistics.median(pruned)
-                    entry["saved_ms"].append(saved / len(members))
-                    entry["macs_saved"].append(float(total_macs - count_macs(variant, x, lens)) / len(members))
-                    bar.advance(task)
-                entry["saved_ms"] = _monotone(entry["saved_ms"])
+                entry = _measure_class(model, ci, members, widths, (x, lens), runs, total_macs,
+                                       base_times, lambda: bar.advance(task))
                 for g in members:
                     table_groups[g.name] = {**entry, "widths": list(entry["widths"])}
         base_ms = statistics.median(base_times) if base_times else _median_time(model, x, lens, runs)
