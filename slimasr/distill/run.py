@@ -232,7 +232,11 @@ def _teacher_cache(recipe: DistillRecipe, teacher: Any, data: Any, data_dir: Pat
         if teacher.kind == "slimasr":
             dataset = AsrDataset(data.tokenizer, data.normalize, recipe.features, data.cmvn, None,
                                  train=False)
-            sampler = SimpleCutSampler(cuts, max_duration=TEACHER_BATCH_SECONDS)
+            # Shortest first: batches of like lengths. Measured on the default corpus's 2,062
+            # training cuts with the shipped teacher: 1.0% padding against 40.4% in corpus order,
+            # the pass 31 s against 53 s on one thread, the posteriors bit-identical.
+            by_length = CutSet.from_cuts(sorted(cuts, key=lambda c: c.duration))
+            sampler = SimpleCutSampler(by_length, max_duration=TEACHER_BATCH_SECONDS)
             batches = map(dataset.__getitem__, sampler)  # cuts with unusable audio: in "bad_audio"
         else:
             batches = hf_batches(cuts, recipe.teacher.batch_size)
