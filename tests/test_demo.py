@@ -11,6 +11,7 @@ import pytest
 from slimasr.cli import main
 from slimasr.pipeline import run_pipeline
 from slimasr.pipeline.deploy import SHERPA_MISSING
+from slimasr.runtime.host import cpu_name
 
 DESIGN_KEYS = {"wer", "cer", "sentence_accuracy", "num_utterances", "params", "nonzero_params",
                "macs_per_second_audio", "latency_ms_p50", "latency_ms_p90", "rtf", "model_bytes"}
@@ -66,6 +67,8 @@ def test_quick_demo_report_has_bundles_sherpa_and_streaming(quick):
     # scored beside training, then timed alone by the latency stage: every model has its latency
     for name in ROWS[:5]:
         assert 0 < rows[name]["latency_ms_p50"] <= rows[name]["latency_ms_p90"] and rows[name]["rtf"] > 0
+        assert rows[name]["latency_cpu"] == cpu_name()
+    assert f"- latency timed on {cpu_name()}" in report
     sherpa = rows["student_sherpa"]
     if importlib.util.find_spec("sherpa_onnx") is None:
         assert sherpa["note"] == SHERPA_MISSING and "wer" not in sherpa

@@ -36,6 +36,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from slimasr.runtime.host import cpu_name
+
 FRAMES_PER_SECOND = 100  # 10 ms feature frames
 FEAT_DIM = 80  # fbank bins the models take
 AUDIO_SECONDS = 3.0  # a typical short command
@@ -116,7 +118,7 @@ def macs_per_second_audio(
 # Latency and memory
 
 
-LATENCY_KEYS = ("latency_ms_p50", "latency_ms_p90", "rtf")  # what measure_latency returns
+LATENCY_KEYS = ("latency_ms_p50", "latency_ms_p90", "rtf", "latency_cpu")  # measure_latency's
 
 
 def measure_latency(
@@ -127,7 +129,7 @@ def measure_latency(
     runs: int = 30,
     feat_dim: int = FEAT_DIM,
 ) -> dict[str, float]:
-    """Batch-1 latency of ``seconds`` of audio: ``{"latency_ms_p50", "latency_ms_p90", "rtf"}``."""
+    """Batch-1 latency of ``seconds`` of audio: ``latency_stats``'s keys."""
     x, x_lens = example_input(model, seconds, feat_dim)
     timings = []
     old_threads = torch.get_num_threads()
@@ -150,9 +152,11 @@ def measure_latency(
 
 
 def latency_stats(timings: Sequence[float], seconds: float) -> dict[str, float]:
-    """``{"latency_ms_p50", "latency_ms_p90", "rtf"}`` of wall times (s) of ``seconds`` of audio."""
+    """``{"latency_ms_p50", "latency_ms_p90", "rtf", "latency_cpu"}`` of wall times (s) of
+    ``seconds`` of audio (``latency_cpu``: the processor they were timed on)."""
     p50, p90 = (1000.0 * float(np.percentile(timings, q)) for q in (50, 90))
-    return {"latency_ms_p50": p50, "latency_ms_p90": p90, "rtf": p50 / 1000.0 / seconds}
+    return {"latency_ms_p50": p50, "latency_ms_p90": p90, "rtf": p50 / 1000.0 / seconds,
+            "latency_cpu": cpu_name()}
 
 
 def interleaved_latency(calls: Sequence[Callable[[], Any]], seconds: float, warmup: int = 5,
@@ -266,9 +270,10 @@ def cost_report(
     timed: bool = True,
 ) -> dict[str, float | int | None]:
     """The cost keys of ``evaluate --json``: params, nonzero_params, macs_per_second_audio,
-    latency_ms_p50, latency_ms_p90, rtf, model_bytes, peak_memory_mb. ``model_bytes`` is the
-    size of ``model_dir``'s model.safetensors, or of the state dict as safetensors. ``timed``
-    False: the latency keys are None (timed later, with nothing running beside: ``LATENCY_KEYS``)."""
+    latency_ms_p50, latency_ms_p90, rtf, latency_cpu, model_bytes, peak_memory_mb.
+    ``model_bytes`` is the size of ``model_dir``'s model.safetensors, or of the state dict as
+    safetensors. ``timed`` False: the latency keys are None (timed later, with nothing running
+    beside: ``LATENCY_KEYS``)."""
     return {
         "params": count_params(model),
         "nonzero_params": count_nonzero_params(model),

@@ -130,6 +130,9 @@ def markdown_table(rows: Sequence[dict]) -> str:
         cells = [_cell(row, c) for c in COLUMNS]
         lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {row.get('data') or '—'} |")
     notes = [f"- {row['model']}: {row['note']}" for row in rows if row.get("note")]
+    cpus = list(dict.fromkeys(row["latency_cpu"] for row in rows if row.get("latency_cpu")))
+    if cpus:  # latency means little without the machine
+        notes.append(f"- latency timed on {', '.join(cpus)}")
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 

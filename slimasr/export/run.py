@@ -390,7 +390,7 @@ def measure_cost(source: Source, bundle_dir: Path, config: ExportConfig) -> dict
                              for label, name in (("fp32", MODEL_FILE), ("int8", INT8_FILE))
                              if (bundle_dir / name).is_file()}}
     torch_latency = measure_latency(source.wrapper, seconds, threads, feat_dim=source.wrapper.num_features)
-    result.update(_suffixed(torch_latency, "pytorch"))
+    result.update({**_suffixed(torch_latency, "pytorch"), "latency_cpu": torch_latency["latency_cpu"]})
     for label, name in (("fp32", MODEL_FILE), ("int8", INT8_FILE)):
         path = bundle_dir / name
         if path.is_file():
@@ -402,5 +402,6 @@ def measure_cost(source: Source, bundle_dir: Path, config: ExportConfig) -> dict
 
 
 def _suffixed(latency: dict, label: str) -> dict:
-    return {f"{key}_{label}": value for key, value in latency.items() if key != "rtf"}
+    return {f"{key}_{label}": value for key, value in latency.items()
+            if key not in ("rtf", "latency_cpu")}
 

@@ -29,6 +29,15 @@ def test_rows_compare_every_model_with_the_first(tmp_path):
     assert "| 2,000,000 | 0.25 | 50.0 | 0.25 | 10.0 | 4.00 |" in table[3]
 
 
+def test_the_table_names_the_processors_latency_was_timed_on(tmp_path):
+    a = write_metrics(tmp_path / "a", wer=5.0, latency_ms_p50=2.0, latency_cpu="CPU X (2 cores)")
+    b = write_metrics(tmp_path / "b", wer=6.0, latency_ms_p50=1.0, latency_cpu="CPU X (2 cores)")
+    c = write_metrics(tmp_path / "c", wer=7.0, latency_ms_p50=1.5, latency_cpu="CPU Y (8 cores)")
+    lines = markdown_table(collect_rows([a, b, c])).splitlines()
+    assert lines[-1] == "- latency timed on CPU X (2 cores), CPU Y (8 cores)"
+    assert "latency timed on" not in markdown_table([{"model": "m", "wer": 1.0}])  # none timed
+
+
 def test_report_files_are_written(tmp_path):
     model = write_metrics(tmp_path / "m", wer=5.0, params=10, macs_per_second_audio=1e6, latency_ms_p50=1.0)
     paths = write_report(collect_rows([model]), tmp_path / "out" / "report")

@@ -163,7 +163,7 @@ def test_latency_left_untimed_is_timed_later_into_the_same_results(model_dir, tm
     evaluate_model(other, manifest, replace(config, latency_seconds=0.3), show_progress=False)
     assert not is_timed(model) and not is_timed(other)
     timed = time_models([model, other], also=[[greedy_file]])
-    assert [set(t) for t in timed] == [{"latency_ms_p50", "latency_ms_p90", "rtf"}] * 2
+    assert [set(t) for t in timed] == [{"latency_ms_p50", "latency_ms_p90", "rtf", "latency_cpu"}] * 2
     for t, seconds in zip(timed, (0.5, 0.3)):  # each with its own recorded input length
         assert 0 < t["latency_ms_p50"] <= t["latency_ms_p90"]
         assert t["rtf"] == pytest.approx(t["latency_ms_p50"] / 1000 / seconds)

@@ -25,7 +25,7 @@ BUNDLE_KEYS = ["format", "format_version", "slimasr_version", "files", "source",
 RESULT_KEYS = ["parity_max_abs_diff", "parity_tolerance", "parity_cases", "parity_transcripts_equal",
                "wer_manifest", "wer_utterances", "wer_fp32", "wer_int8", "wer_streaming_int8", "latency_seconds",
                "latency_threads", "bytes_pytorch", "latency_ms_p50_pytorch", "latency_ms_p90_pytorch",
-               "bytes_fp32", "latency_ms_p50_fp32", "latency_ms_p90_fp32", "bytes_int8",
+               "latency_cpu", "bytes_fp32", "latency_ms_p50_fp32", "latency_ms_p90_fp32", "bytes_int8",
                "latency_ms_p50_int8", "latency_ms_p90_int8"]
 
 
