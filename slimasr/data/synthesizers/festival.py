@@ -33,11 +33,11 @@ class Festival(Synthesizer):
     (``-fm`` was tried and changed nothing).
 
     One ``festival --pipe`` process per instance speaks every utterance (starting Festival took
-    ~0.3 s with its default heap, 0.06 s with ours). Each utterance selects its voice afresh and sets every
-    parameter it uses, so the audio depends on the arguments and the utterances before it in the
-    process (tested against history); it is byte-identical to ``text2wave -scale 0.5``'s. The
-    process runs without address-space randomization (``fixed_addresses``): with it, the diphone
-    voices' output after other utterances varied from run to run.
+    ~0.3 s with its default heap, 0.06 s with ours). Each utterance selects its voice afresh and
+    sets every parameter it uses, so the audio depends on the arguments and the utterances before
+    it in the process (tested against history); it is byte-identical to ``text2wave -scale
+    0.5``'s. The process runs without address-space randomization (``fixed_addresses``): with it,
+    the diphone voices' output after other utterances varied from run to run.
     """
 
     name = "festival"
@@ -81,8 +81,9 @@ class Festival(Synthesizer):
         """Send Scheme ``commands`` and wait until Festival has carried them out."""
         if self._process is None or self._process.poll() is not None:
             self._process = subprocess.Popen(
-                ["festival", "--heap", str(_HEAP_CELLS), "--pipe"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, text=True, preexec_fn=fixed_addresses,
+                ["festival", "--heap", str(_HEAP_CELLS), "--pipe"], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                preexec_fn=fixed_addresses,
             )  # fmt: skip
         # The marker goes to stderr: Festival's stdout is block-buffered in a pipe, its stderr not.
         self._process.stdin.write(f'{commands}\n(format stderr "{_DONE}\\n")\n')
