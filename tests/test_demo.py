@@ -11,7 +11,7 @@ import pytest
 from slimasr.cli import main
 from slimasr.pipeline import run_pipeline
 from slimasr.pipeline.deploy import SHERPA_MISSING
-from slimasr.runtime.host import cpu_name
+from slimasr.runtime.timing import cpu_name
 
 DESIGN_KEYS = {"wer", "cer", "sentence_accuracy", "num_utterances", "params", "nonzero_params",
                "macs_per_second_audio", "latency_ms_p50", "latency_ms_p90", "rtf", "model_bytes"}

@@ -29,14 +29,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from slimasr.runtime.host import cpu_name
+from slimasr.runtime.timing import latency_stats
 
 FRAMES_PER_SECOND = 100  # 10 ms feature frames
 FEAT_DIM = 80  # fbank bins the models take
@@ -149,14 +148,6 @@ def measure_latency(
         torch.set_num_threads(old_threads)
         model.train(was_training)
     return latency_stats(timings, seconds)
-
-
-def latency_stats(timings: Sequence[float], seconds: float) -> dict[str, float]:
-    """``{"latency_ms_p50", "latency_ms_p90", "rtf", "latency_cpu"}`` of wall times (s) of
-    ``seconds`` of audio (``latency_cpu``: the processor they were timed on)."""
-    p50, p90 = (1000.0 * float(np.percentile(timings, q)) for q in (50, 90))
-    return {"latency_ms_p50": p50, "latency_ms_p90": p90, "rtf": p50 / 1000.0 / seconds,
-            "latency_cpu": cpu_name()}
 
 
 def interleaved_latency(calls: Sequence[Callable[[], Any]], seconds: float, warmup: int = 5,

@@ -28,7 +28,7 @@ from slimasr.decode import DecodeConfig, make_decoder
 from slimasr.errors import DataError
 from slimasr.frontend import Frontend
 from slimasr.runtime.bundle import bundle_graph, read_bundle
-from slimasr.runtime.host import cpu_name
+from slimasr.runtime.timing import latency_stats
 
 FRAMES_PER_SECOND = 100  # 10 ms fbank frames (the latency input's length)
 AUDIO_NAME = "audio"  # what a DataError about an array (no file) names
@@ -149,6 +149,4 @@ def measure_session_latency(session, feat_dim: int, seconds: float = 3.0, warmup
         run_session(session, x, x_lens)
         if i >= warmup:
             timings.append(time.perf_counter() - start)
-    p50, p90 = (1000.0 * float(np.percentile(timings, q)) for q in (50, 90))
-    return {"latency_ms_p50": p50, "latency_ms_p90": p90, "rtf": p50 / 1000.0 / seconds,
-            "latency_cpu": cpu_name()}
+    return latency_stats(timings, seconds)

@@ -1,4 +1,5 @@
-"""The machine a measurement ran on, in words: latency means little without it."""
+"""Latency statistics, and the machine they were measured on (latency means little without it).
+Shared by the runtime (onnxruntime sessions) and ``slimasr.evaluate.cost`` (PyTorch models)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,17 @@ import os
 import platform
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def latency_stats(timings: Sequence[float], seconds: float) -> dict[str, float | str]:
+    """``{"latency_ms_p50", "latency_ms_p90", "rtf", "latency_cpu"}`` of wall times (s) of
+    ``seconds`` of audio (``latency_cpu``: the processor they were timed on)."""
+    p50, p90 = (1000.0 * float(np.percentile(timings, q)) for q in (50, 90))
+    return {"latency_ms_p50": p50, "latency_ms_p90": p90, "rtf": p50 / 1000.0 / seconds,
+            "latency_cpu": cpu_name()}
 
 
 @lru_cache(maxsize=1)
