@@ -105,7 +105,7 @@ def table(args: argparse.Namespace) -> None:
         if "lm_weights" in r:
             what += f" (LM weights alpha {r['lm_weights']['alpha']}, beta {r['lm_weights']['beta']})"
         lines.append(f"| {r['name']} | {g['params'] / 1e6:.2f}M | {g['macs_per_second_audio'] / 1e6:.1f} "
-                     f"({ratio:.2f}x) | {r['training'].get('steps', 0)} | {g['wer']:.2f}% | "
+                     f"({ratio:.2f}x) | {r['training'].get('steps', '-')} | {g['wer']:.2f}% | "
                      f"{lm['wer']:.2f}%{gap} | {g['cer']:.2f}% | {first} | {g['latency_ms_p50']:.1f} | {lag} "
                      f"| {what} |")
     write_text_atomic(out / "table.md", "\n".join(lines) + "\n")

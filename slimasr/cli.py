@@ -262,6 +262,12 @@ def _lm(args: argparse.Namespace) -> dict:
     return {"lm": args.out, "order": args.order, **{f"{n + 1}-grams": len(g) for n, g in enumerate(model.ngrams)}}
 
 
+def _average(args: argparse.Namespace) -> dict:
+    from slimasr.train.average import average_models
+
+    return average_models(args.models, args.out, overwrite=args.overwrite)
+
+
 def _transcribe(args: argparse.Namespace) -> dict:
     from slimasr.data.audio import load_audio
     from slimasr.decode import DecodeConfig
@@ -363,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     _lm_parser(verbs)
     _transcribe_parser(verbs)
     _export_parser(verbs)
+    _average_parser(verbs)
     return parser
 
 
@@ -560,6 +567,18 @@ def _lm_parser(verbs: Any) -> None:
     lm.add_argument("--split", default="train", help="split whose transcripts to use (default train)")
     lm.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
     lm.set_defaults(func=_lm)
+
+
+def _average_parser(verbs: Any) -> None:
+    """The average verb."""
+    av = _verb(verbs, "average", "one model whose weights are the mean of several checkpoints of one run",
+               "slimasr average --out exp/student_avg exp/student/checkpoints/epoch-*",
+               "slimasr average --out exp/student_avg2 exp/student exp/student_more")
+    av.add_argument("models", nargs="+", metavar="MODEL",
+                    help="model folders of one shape and front end (train.keep_epochs=N keeps the last N epochs)")
+    av.add_argument("--out", required=True, help="model folder to write")
+    av.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    av.set_defaults(func=_average)
 
 
 def _transcribe_parser(verbs: Any) -> None:

@@ -97,6 +97,9 @@ class TrainConfig:
     # all-blank plateau near 100% WER for a while, and stopping there ends runs that would learn.
     early_stop_below_wer: float = 95.0
     dev_max_cuts: int | None = None  # validate on the first N dev cuts (None: all)
+    # Also keep each of the last N epochs' weights as a model folder OUT/checkpoints/epoch-EEEE
+    # (0: none), for `slimasr average` (docs/usage.md, "Checkpoint averaging").
+    keep_epochs: int = 0
     # Data preparation.
     precompute_features: bool = True  # fbank once per data dir (off anyway under waveform augment)
     feature_dir: str | None = None  # cache of precomputed features (None: DATA_DIR/fbank)
@@ -110,7 +113,7 @@ class TrainConfig:
             "grad_clip", "decay_steps", "num_threads", "checkpoint_every_steps", "log_every_steps",
             "early_stop_patience", "dev_max_cuts", "feature_jobs", "cmvn_max_cuts"),
             non_negative=("seed", "num_workers", "augment_start_epoch", "weight_decay",
-                          "warmup_steps", "early_stop_below_wer"),
+                          "warmup_steps", "early_stop_below_wer", "keep_epochs"),
             fractions=("min_lr_ratio",))
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}")

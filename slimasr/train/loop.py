@@ -24,6 +24,8 @@ Output folder::
     OUT/train_log.csv                 step, epoch, loss, lr, grad_norm, time
     OUT/checkpoints/last/             model, optimizer, RNG, sampler, schedule, counters
     OUT/checkpoints/best/             best weights so far (a model directory)
+    OUT/checkpoints/epoch-EEEE/       with ``keep_epochs: N``: each of the last N epochs' weights
+                                      (model directories, for ``slimasr average``)
     OUT/checkpoints/recipe.json       the resolved recipe (a resume must keep the model's parts)
 
 Resume: checkpoints are written every ``checkpoint_every_steps`` optimizer steps and at each
@@ -87,6 +89,7 @@ from slimasr.train.schedule import LrSchedule
 
 CHECKPOINTS = "checkpoints"  # OUT/checkpoints/{last,best}
 LAST, BEST = "last", "best"
+EPOCH_PREFIX = "epoch-"  # OUT/checkpoints/epoch-0007: the weights after epoch 7 (keep_epochs)
 RECIPE_NAME = "recipe.json"  # OUT/checkpoints/recipe.json
 # Training results. Not metrics.json: that file holds what `evaluate` measured last (DESIGN.md),
 # and the pipeline takes its presence to mean a model was evaluated.
@@ -640,7 +643,23 @@ class Trainer:
             f"train loss {row['train_loss']:.3f}, dev loss {metrics['dev_loss']:.3f}, "
             f"dev WER {metrics['dev_wer']:.2f}% (best {st.best_wer:.2f}%), "
             f"{row['seconds']:.0f} s", markup=False, highlight=False)
+        if cfg.keep_epochs and not partial and self.info.is_main:
+            self.keep_epoch(row["epoch"])
         self.checkpoint(mid_epoch=partial)
+
+    def keep_epoch(self, epoch: int) -> None:
+        """``keep_epochs``: this epoch's weights as a model directory ``checkpoints/epoch-EEEE``
+        (front end included, so ``slimasr average`` or ``evaluate`` reads it as it is); only the
+        last ``keep_epochs`` of them stay."""
+        folder = self.out_dir / CHECKPOINTS / f"{EPOCH_PREFIX}{epoch:04d}"
+        frontend = run_frontend(self.recipe, self.tokenizer, self.out_dir)
+        with atomic_dir(folder) as tmp:
+            save_model(self.export_model(), tmp, {**frontend_extra(frontend), "provenance": {
+                "step": "epoch checkpoint", "run": str(self.out_dir), "epoch": epoch, "steps": self.state.step}})
+            frontend.save(tmp)
+        kept = sorted(p for p in (self.out_dir / CHECKPOINTS).glob(f"{EPOCH_PREFIX}[0-9]*") if p.is_dir())
+        for old in kept[:-self.cfg.keep_epochs]:
+            shutil.rmtree(old)
 
     def checkpoint(self, mid_epoch: bool) -> None:
         """Save ``checkpoints/last`` (rank 0), with the sampler position when mid-epoch."""
@@ -803,11 +822,8 @@ def _finalize(trainer: Trainer, recipe: TrainRecipe, data_dir: Path, out_dir: Pa
               metrics: dict, dev_cuts: Any, step: str = "train", provenance: dict | None = None) -> None:
     """Write the best weights as the model directory with training.json, then reload and check."""
     best = load_model(out_dir / CHECKPOINTS / BEST)
-    frontend = Frontend(trainer.tokenizer, recipe.features,
-                        GlobalCmvn.load(out_dir / CMVN_NAME), recipe.normalizer)
     extra = {
-        **frontend.config_entry(),  # features, normalizer, cmvn: what Frontend.load reads
-        "tokenizer": {"kind": trainer.tokenizer.kind, "vocab_size": trainer.tokenizer.vocab_size},
+        **frontend_extra(run_frontend(recipe, trainer.tokenizer, out_dir)),
         "augment": config_to_dict(recipe.augment),
         "provenance": {
             "step": step, "data_dir": str(data_dir.resolve()), "recipe": config_to_dict(recipe),
@@ -822,6 +838,17 @@ def _finalize(trainer: Trainer, recipe: TrainRecipe, data_dir: Path, out_dir: Pa
     write_json_atomic(out_dir / TRAINING_NAME, metrics)
     warn_if_learned_nothing(trainer, out_dir)
     check_reload(best, out_dir, trainer.dev_set[dev_cuts.subset(first=PARITY_CUTS).to_eager()])
+
+
+def run_frontend(recipe: TrainRecipe, tokenizer: Any, out_dir: Path) -> Frontend:
+    """The front end a run's models are saved with: its tokenizer, features, CMVN, normalizer."""
+    return Frontend(tokenizer, recipe.features, GlobalCmvn.load(out_dir / CMVN_NAME), recipe.normalizer)
+
+
+def frontend_extra(frontend: Frontend) -> dict:
+    """The config.json entries of a model directory that Frontend.load and the tokenizer read."""
+    tokenizer = frontend.tokenizer
+    return {**frontend.config_entry(), "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size}}
 
 
 def check_reload(model: AcousticModel, model_dir: Path, batch: dict) -> None:
