@@ -18,7 +18,7 @@ model folder like any other, its provenance naming the sources.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file
@@ -37,19 +37,21 @@ WRAPPER_PREFIX = "student."  # a distillation checkpoint holds the student under
 PARITY_ATOL = 1e-4  # the written model against the averaged one in memory (max |log-prob| diff)
 
 
-def average_state_dicts(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def average_state_dicts(states: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Element-wise mean of floating-point tensors (summed in float64, cast back); any other
-    tensor (an integer step counter) from the last state. All states must have the same keys."""
-    if not states:
+    tensor (an integer step counter) from the last state. All states must have the same keys.
+    ``states`` may be a generator: one state is held at a time besides the running sums."""
+    sums: dict[str, torch.Tensor] = {}
+    count, last = 0, None
+    for state in states:
+        for key, value in state.items():
+            if value.is_floating_point():
+                sums[key] = sums[key] + value.to(torch.float64) if count else value.to(torch.float64)
+        count, last = count + 1, state
+    if last is None:
         raise ValueError("nothing to average")
-    out: dict[str, torch.Tensor] = {}
-    for key, last in states[-1].items():
-        if last.is_floating_point():
-            total = sum(s[key].to(torch.float64) for s in states)
-            out[key] = (total / len(states)).to(last.dtype)
-        else:
-            out[key] = last.clone()
-    return out
+    return {key: (sums[key] / count).to(value.dtype) if value.is_floating_point() else value.clone()
+            for key, value in last.items()}
 
 
 def average_models(sources: Sequence[str | Path], out_dir: str | Path, overwrite: bool = False) -> dict:
@@ -64,9 +66,9 @@ def average_models(sources: Sequence[str | Path], out_dir: str | Path, overwrite
     check_output_dir(out_dir, overwrite, inputs=sources)
     described = [_described_by(s) for s in sources]
     config, frontend = _check_alike(described)
-    models = [_load_source(s, d) for s, d in zip(sources, described)]
-    averaged = models[0]
-    averaged.load_state_dict(average_state_dicts([plain_state_dict(m) for m in models]))
+    averaged = _load_source(sources[0], described[0])
+    averaged.load_state_dict(average_state_dicts(
+        plain_state_dict(_load_source(s, d)) for s, d in zip(sources, described)))
     extra = {k: v for k, v in config.items() if k not in RESERVED_KEYS}
     extra["provenance"] = {"step": "average", "averaged": [str(s) for s in sources],
                            "slimasr_version": __version__, "first_source": config.get("provenance", {})}
