@@ -571,7 +571,8 @@ def _lm_parser(verbs: Any) -> None:
 
 def _average_parser(verbs: Any) -> None:
     """The average verb."""
-    av = _verb(verbs, "average", "one model whose weights are the mean of several checkpoints of one run",
+    av = _verb(verbs, "average",
+               "one model whose weights are the mean of several checkpoints (one shape, one front end)",
                "slimasr average --out exp/student_avg exp/student/checkpoints/epoch-*",
                "slimasr average --out exp/student_avg2 exp/student exp/student_more")
     av.add_argument("models", nargs="+", metavar="MODEL",

@@ -131,8 +131,8 @@ def _frontend_difference(a: Frontend, b: Frontend) -> str | None:
         return "feature config"
     if a.normalizer != b.normalizer:
         return "text normalizer"
-    if (a.cmvn is None) != (b.cmvn is None) or (
-            a.cmvn is not None and not (torch.equal(a.cmvn.mean, b.cmvn.mean) and torch.equal(a.cmvn.std, b.cmvn.std))):
+    if (a.cmvn is None) != (b.cmvn is None) or (a.cmvn is not None and not (
+            torch.equal(a.cmvn.mean, b.cmvn.mean) and torch.equal(a.cmvn.std, b.cmvn.std))):
         return "CMVN"
     return None
 

@@ -653,9 +653,10 @@ class Trainer:
         last ``keep_epochs`` of them stay."""
         folder = self.out_dir / CHECKPOINTS / f"{EPOCH_PREFIX}{epoch:04d}"
         frontend = run_frontend(self.recipe, self.tokenizer, self.out_dir)
+        provenance = {"step": "epoch checkpoint", "run": str(self.out_dir), "epoch": epoch,
+                      "steps": self.state.step}
         with atomic_dir(folder) as tmp:
-            save_model(self.export_model(), tmp, {**frontend_extra(frontend), "provenance": {
-                "step": "epoch checkpoint", "run": str(self.out_dir), "epoch": epoch, "steps": self.state.step}})
+            save_model(self.export_model(), tmp, {**frontend_extra(frontend), "provenance": provenance})
             frontend.save(tmp)
         kept = sorted(p for p in (self.out_dir / CHECKPOINTS).glob(f"{EPOCH_PREFIX}[0-9]*") if p.is_dir())
         for old in kept[:-self.cfg.keep_epochs]:
