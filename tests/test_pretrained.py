@@ -1,6 +1,7 @@
-"""The shipped teacher: its weights load as float32 and match their recorded hash; utterances of
-the default corpus, synthesized here from their recorded plans, transcribe exactly as recorded;
-a shipped name works wherever a model folder does (Python, CLI, pipeline)."""
+"""The shipped models (the teacher and its causal streaming student): their weights load as float32
+and match their recorded hash; utterances of the default corpus, synthesized here from their
+recorded plans, transcribe exactly as recorded; a shipped name works wherever a model folder does
+(Python, CLI, pipeline)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from slimasr.io import file_sha256
 from slimasr.shipped import SHIPPED_DIR, pretrained, provenance, resolve_model
 
 NAME = "smarthome-crnn"
+NAMES = ("smarthome-crnn", "smarthome-crnn-causal")  # every shipped model
 MAX_BYTES = 16 * 1024 * 1024  # the issue's limit on the shipped folder
 needs_espeak = pytest.mark.skipif(importlib.util.find_spec("espeakng_loader") is None,
                                   reason="espeakng-loader is not installed")
@@ -33,13 +35,6 @@ needs_espeak = pytest.mark.skipif(importlib.util.find_spec("espeakng_loader") is
 @pytest.fixture(scope="module")
 def recorded():
     return provenance(NAME)["recorded_transcripts"]
-
-
-@pytest.fixture(scope="module")
-def recognizer():
-    from slimasr.recognize import Recognizer
-
-    return Recognizer(pretrained(NAME))
 
 
 def render(item: dict, synth_config: dict) -> np.ndarray:
@@ -51,7 +46,8 @@ def render(item: dict, synth_config: dict) -> np.ndarray:
 
 def test_pretrained_is_the_shipped_folder():
     assert slimasr.pretrained(NAME) == SHIPPED_DIR / "smarthome_crnn"
-    assert pretrained(NAME).is_dir()
+    assert slimasr.pretrained("smarthome-crnn-causal") == SHIPPED_DIR / "smarthome_crnn_causal"
+    assert all(pretrained(name).is_dir() for name in NAMES)
 
 
 def test_pretrained_does_not_import_torch():
@@ -61,36 +57,52 @@ def test_pretrained_does_not_import_torch():
     assert out.stdout == "False\n"
 
 
-def test_weights_are_float16_on_disk_and_load_as_float32():
-    folder = pretrained(NAME)
+@pytest.mark.parametrize("name", NAMES)
+def test_weights_are_float16_on_disk_and_load_as_float32(name):
+    folder = pretrained(name)
     with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
         dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
     assert dtypes == {"F16", "I64"}  # I64: BatchNorm's num_batches_tracked
     model = slimasr.load_model(folder)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
-    assert sum(p.numel() for p in model.parameters()) == provenance(NAME)["weights"]["params"]
+    assert sum(p.numel() for p in model.parameters()) == provenance(name)["weights"]["params"]
 
 
-def test_weights_match_their_recorded_sha256():
-    folder = pretrained(NAME)
-    assert file_sha256(folder / "model.safetensors") == provenance(NAME)["weights"]["sha256"]
+@pytest.mark.parametrize("name", NAMES)
+def test_weights_match_their_recorded_sha256(name):
+    folder = pretrained(name)
+    assert file_sha256(folder / "model.safetensors") == provenance(name)["weights"]["sha256"]
 
 
-def test_folder_is_under_16_mb():
-    assert sum(p.stat().st_size for p in pretrained(NAME).iterdir()) < MAX_BYTES
+@pytest.mark.parametrize("name", NAMES)
+def test_folder_is_under_16_mb(name):
+    assert sum(p.stat().st_size for p in pretrained(name).iterdir()) < MAX_BYTES
 
 
-def test_fp16_wer_is_within_0_1_of_fp32():
-    results = provenance(NAME)["results"]
+@pytest.mark.parametrize("name", NAMES)
+def test_fp16_wer_is_within_0_1_of_fp32(name):
+    results = provenance(name)["results"]
     for key in ("wer_greedy", "wer_lm"):
         assert abs(results["fp16"][key] - results["fp32"][key]) <= 0.1
 
 
+def test_the_student_was_trained_on_the_teachers_corpus():
+    """The demo compares the two on one test split: it must be unseen by both."""
+    teacher, student = provenance(NAME), provenance("smarthome-crnn-causal")
+    assert student["corpus"]["fingerprint"] == teacher["corpus"]["fingerprint"]
+    assert student["training"]["steps"] == sum(r["steps"] for r in student["training"]["runs"])
+    assert slimasr.load_model(pretrained("smarthome-crnn-causal")).streaming_problem() is None
+
+
 @needs_espeak
-def test_recorded_utterances_render_and_transcribe_as_recorded(recorded, recognizer):
+@pytest.mark.parametrize("name", NAMES)
+def test_recorded_utterances_render_and_transcribe_as_recorded(name):
     """The samples themselves may differ by float rounding from machine to machine (the resampler
     and filters; measured 1 int16 step in 0.02% of samples between two runs on one machine, and
     silence trimmed a few samples elsewhere), so the check is the transcript, not the samples."""
+    from slimasr.recognize import Recognizer
+
+    recognizer, recorded = Recognizer(pretrained(name)), provenance(name)["recorded_transcripts"]
     assert len(recorded["utterances"]) == 5
     for item in recorded["utterances"]:
         audio = render(item, recorded["synth_config"])
@@ -121,7 +133,8 @@ def test_cli_unknown_model_is_one_line_error(tmp_path, capsys):
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(ConfigError, match=r"^unknown shipped model 'nope' \(known: smarthome-crnn\)$"):
+    with pytest.raises(ConfigError, match=r"^unknown shipped model 'nope' "
+                                           r"\(known: smarthome-crnn, smarthome-crnn-causal\)$"):
         pretrained("nope")
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from slimasr.errors import ConfigError, DataError
 
 SHIPPED_DIR = Path(__file__).resolve().parent  # the folders of the shipped models
-SHIPPED = {"smarthome-crnn": "smarthome_crnn"}  # name -> folder under SHIPPED_DIR
+SHIPPED = {"smarthome-crnn": "smarthome_crnn",  # name -> folder under SHIPPED_DIR
+           "smarthome-crnn-causal": "smarthome_crnn_causal"}  # its causal streaming student
 REQUIRED_FILES = ("config.json", "model.safetensors", "cmvn.json", "tokenizer.json",
                   "provenance.json")  # fmt: skip
 PROVENANCE_NAME = "provenance.json"  # how the model was made and what it scores

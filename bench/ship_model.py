@@ -1,13 +1,16 @@
 """Build a shipped model folder (slimasr/shipped/NAME/) from a trained model directory.
 
     slimasr lm --data data/smarthome_v2 --out exp/lm_v2.arpa
-    python bench/ship_teacher.py --model exp/teacher_v2 --data data/smarthome_v2 \
+    python bench/ship_model.py --model exp/teacher_v2 --data data/smarthome_v2 \
         --lm exp/lm_v2.arpa --name smarthome-crnn [--overwrite]
+    python bench/ship_model.py --model exp/causal/cut75_kdd6_bs10_fw_150ep_ends6 --data data/default \
+        --lm exp/lm3.arpa --name smarthome-crnn-causal --training bench/ship_causal_student.json
 
 Copies config.json, cmvn.json and tokenizer.json, stores every floating tensor of
 model.safetensors as float16 (load_model loads it into the float32 model), and writes
 provenance.json: the training command (rebuilt from config.json's provenance and checked against
-it), the commit, the corpus (seed, size, fingerprint), the weights' sha256 and parameters, test
+it; for a model made by a chain of runs, ``--training``'s JSON: its commands and description, with
+each run's epochs, steps, time and dev WER read from the runs' own folders), the commit, the corpus (seed, size, fingerprint), the weights' sha256 and parameters, test
 WER greedy and with beam + LM for the float32 original and the float16 copy, and the greedy
 transcripts of a few test utterances that tests/test_pretrained.py re-synthesizes and
 transcribes again. The folder is built beside its place and moved there only when complete.
@@ -48,7 +51,8 @@ MAX_BYTES = 16 * 1024 * 1024  # the shipped folder's limit
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        out = ship(args.model, args.data, args.lm, args.name, args.overwrite)
+        chain = read_json(args.training) if args.training else None
+        out = ship(args.model, args.data, args.lm, args.name, args.overwrite, chain)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -63,10 +67,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--lm", type=Path, required=True, help="ARPA LM for beam search (slimasr lm)")
     ap.add_argument("--name", required=True, help=f"shipped name, one of {', '.join(SHIPPED)}")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing shipped folder")
+    ap.add_argument("--training", type=Path, default=None,
+                    help="JSON {description, commands}: how a model made by several runs (e.g. an "
+                         "average) was made, instead of one rebuilt train command")
     return ap.parse_args(argv)
 
 
-def ship(model: Path, data: Path, lm: Path, name: str, overwrite: bool) -> Path:
+def ship(model: Path, data: Path, lm: Path, name: str, overwrite: bool,
+         chain: dict | None = None) -> Path:
     """Build ``slimasr/shipped/<folder of name>/`` and return it."""
     if name not in SHIPPED:
         raise ConfigError(f"--name {name!r}: not a shipped name (known: {', '.join(SHIPPED)}); "
@@ -82,7 +90,7 @@ def ship(model: Path, data: Path, lm: Path, name: str, overwrite: bool) -> Path:
             shutil.copy2(model / fname, tmp / fname)
         save_half(model / WEIGHTS, tmp / WEIGHTS)
         keep_identical(out / WEIGHTS, tmp / WEIGHTS)
-        write_json_atomic(tmp / PROVENANCE_NAME, provenance(model, data, lm, name, tmp))
+        write_json_atomic(tmp / PROVENANCE_NAME, provenance(model, data, lm, name, tmp, chain))
         size = sum(p.stat().st_size for p in tmp.iterdir())
         if size > MAX_BYTES:
             raise DataError(out, f"{size} bytes, over the {MAX_BYTES}-byte limit")
@@ -117,16 +125,19 @@ def save_half(src: Path, dst: Path) -> None:
     dst.chmod(0o644)  # package data: readable by everyone (safetensors writes 0600)
 
 
-def provenance(model: Path, data: Path, lm: Path, name: str, shipped: Path) -> dict:
+def provenance(model: Path, data: Path, lm: Path, name: str, shipped: Path,
+               chain: dict | None = None) -> dict:
     """Everything provenance.json records (see the module docstring)."""
     config = read_json(model / "config.json")
+    training = training_record(model, config) if chain is None else chain_record(model, config, chain)
     corpus = read_json(data / "corpus.json")
     from slimasr.models import load_model
 
     loaded = load_model(shipped)  # float16 on disk, float32 in the model
     return {
         "name": name,
-        "training": training_record(model, config),
+        **({"description": chain["description"]} if chain else {}),
+        "training": training,
         "commit": git_commit(),
         "corpus": corpus_record(data, corpus),
         "weights": {"file": WEIGHTS, "dtype": "float16",
@@ -167,6 +178,30 @@ def training_record(model: Path, config: dict) -> dict:
         "slimasr_version": prov["slimasr_version"],
         "torch_version": prov["torch_version"],
     }
+
+
+def chain_record(model: Path, config: dict, chain: dict) -> dict:
+    """``chain``'s commands, and for each run folder behind an averaged model (config.json's
+    provenance ``averaged``: folders and their ``checkpoints/last``) what its own provenance
+    records; the sum of their epochs, steps and training time."""
+    prov = config["provenance"]
+    if prov.get("step") != "average" or not {"description", "commands"} <= set(chain):
+        raise DataError(model / "config.json", "--training describes an averaged model: its provenance "
+                        "must say step 'average' and the JSON hold 'description' and 'commands'")
+    runs, data_dirs = [], set()
+    for source in dict.fromkeys(s.removesuffix("/checkpoints/last") for s in prov["averaged"]):
+        run = read_json(Path(source) / "config.json")["provenance"]
+        data_dirs.add(run["data_dir"])
+        runs.append({"folder": source, "last_epoch": run["epochs"],  # 0-based: the loop's counter
+                     **{k: run[k] for k in ("step", "steps", "train_seconds", "best_dev_wer",
+                                            "best_epoch", "teacher", "torch_version")},
+                     "threads": run["recipe"]["train"]["num_threads"]})
+    if len(data_dirs) != 1:
+        raise DataError(model / "config.json", f"its runs trained on {len(data_dirs)} corpora")
+    return {"commands": chain["commands"], "averaged": prov["averaged"], "runs": runs,
+            "data_dir": data_dirs.pop(), "steps": sum(r["steps"] for r in runs),
+            "train_seconds": round(sum(r["train_seconds"] for r in runs), 2),
+            "slimasr_version": prov["slimasr_version"]}
 
 
 def recipe_overrides(recipe: dict) -> list[str]:
