@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--name", required=True, help=f"shipped name, one of {', '.join(SHIPPED)}")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing shipped folder")
     ap.add_argument("--training", type=Path, default=None,
-                    help="JSON {description, commands}: how a model made by several runs (e.g. an "
+                    help="JSON {summary, description, commands}: how a model made by several runs (e.g. an "
                          "average) was made, instead of one rebuilt train command")
     return ap.parse_args(argv)
 
@@ -136,7 +136,7 @@ def provenance(model: Path, data: Path, lm: Path, name: str, shipped: Path,
     loaded = load_model(shipped)  # float16 on disk, float32 in the model
     return {
         "name": name,
-        **({"description": chain["description"]} if chain else {}),
+        **({"summary": chain["summary"], "description": chain["description"]} if chain else {}),
         "training": training,
         "commit": git_commit(),
         "corpus": corpus_record(data, corpus),
@@ -185,9 +185,10 @@ def chain_record(model: Path, config: dict, chain: dict) -> dict:
     provenance ``averaged``: folders and their ``checkpoints/last``) what its own provenance
     records; the sum of their epochs, steps and training time."""
     prov = config["provenance"]
-    if prov.get("step") != "average" or not {"description", "commands"} <= set(chain):
+    if prov.get("step") != "average" or not {"summary", "description", "commands"} <= set(chain):
         raise DataError(model / "config.json", "--training describes an averaged model: its provenance "
-                        "must say step 'average' and the JSON hold 'description' and 'commands'")
+                        "must say step 'average' and the JSON hold 'summary', 'description' and "
+                        "'commands'")
     runs, data_dirs = [], set()
     for source in dict.fromkeys(s.removesuffix("/checkpoints/last") for s in prov["averaged"]):
         run = read_json(Path(source) / "config.json")["provenance"]

@@ -15,12 +15,16 @@ from slimasr.runtime.timing import cpu_name
 
 DESIGN_KEYS = {"wer", "cer", "sentence_accuracy", "num_utterances", "params", "nonzero_params",
                "macs_per_second_audio", "latency_ms_p50", "latency_ms_p90", "rtf", "model_bytes"}
-EVALUATED = ["teacher", "student", "pruned", "student_onnx/model.int8.onnx", "pruned_onnx/model.int8.onnx"]
-STAGES = ["corpus:data", "model:teacher", "distill:student", "prune:pruned", "export:student_onnx",
-          "export:pruned_onnx", "lm:lm_3gram.arpa", *(f"evaluate:{m}" for m in EVALUATED), f"latency:{'+'.join(EVALUATED)}",
-          "sherpa:student_sherpa", "stream:student_stream"]
-ROWS = ["teacher", "student", "pruned", "student_onnx (int8)", "pruned_onnx (int8)", "student_sherpa",
-        "student_stream"]
+EVALUATED = ["teacher", "student", "student_250ep", "pruned", "student_onnx/model.int8.onnx",
+             "student_250ep_onnx/model.int8.onnx", "pruned_onnx/model.int8.onnx"]
+STAGES = ["corpus:data", "model:teacher", "distill:student", "prune:pruned", "model:student_250ep",
+          "export:student_onnx", "export:pruned_onnx", "export:student_250ep_onnx", "lm:lm_3gram.arpa",
+          *(f"evaluate:{m}" for m in EVALUATED), f"latency:{'+'.join(EVALUATED)}",
+          "sherpa:student_sherpa", "sherpa:student_250ep_sherpa", "stream:student_stream",
+          "stream:student_250ep_stream"]
+ROWS = ["teacher", "student", "student_250ep", "pruned", "student_onnx (int8)", "student_250ep_onnx (int8)",
+        "pruned_onnx (int8)", "student_sherpa", "student_250ep_sherpa", "student_stream",
+        "student_250ep_stream"]
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +48,13 @@ def test_quick_demo_runs_every_stage_from_the_shipped_teacher(quick):
         small = json.loads((exp / name / "metrics.json").read_text())
         assert DESIGN_KEYS <= set(small) and small["params"] < metrics["params"]
         assert small["macs_per_second_audio"] < metrics["macs_per_second_audio"]
-    student = json.loads((exp / "student" / "config.json").read_text())["model"]
-    assert student["bidirectional"] is False and student["causal"] is True
+    for name in ("student", "student_250ep"):
+        student = json.loads((exp / name / "config.json").read_text())["model"]
+        assert student["bidirectional"] is False and student["causal"] is True
+    assert json.loads((exp / "student_250ep" / "metrics.json").read_text())["params"] == 1_631_093
     pruned = json.loads((exp / "pruned" / "prune.json").read_text())
     assert pruned["final"]["macs_ratio"] <= 0.5
-    for bundle in ("student_onnx", "pruned_onnx"):
+    for bundle in ("student_onnx", "student_250ep_onnx", "pruned_onnx"):
         info = json.loads((exp / bundle / "bundle.json").read_text())
         assert info["files"]["model_int8"] == "model.int8.onnx"
     assert json.loads((exp / "student_onnx" / "bundle.json").read_text())["streaming"]["int8_file"] == \
@@ -62,24 +68,30 @@ def test_quick_demo_report_has_bundles_sherpa_and_streaming(quick):
     report = (exp / "report.md").read_text()
     assert report.startswith("| model | WER % | greedy WER % |")
     assert all(f"| {name} |" in report for name in ROWS)
-    for name in ("student_onnx (int8)", "pruned_onnx (int8)"):
+    for name in ("student_onnx (int8)", "student_250ep_onnx (int8)", "pruned_onnx (int8)"):
         assert DESIGN_KEYS <= set(rows[name]) and rows[name]["wer_greedy"] is not None
+    # the copies of shipped models say which they are
+    assert rows["teacher"]["note"] == "shipped model smarthome-crnn"
+    assert rows["student_250ep"]["note"].startswith("shipped model smarthome-crnn-causal: the demo's student")
+    assert "- student_250ep: shipped model smarthome-crnn-causal: " in report
     # scored beside training, then timed alone by the latency stage: every model has its latency
-    for name in ROWS[:5]:
+    for name in ROWS[:7]:
         assert 0 < rows[name]["latency_ms_p50"] <= rows[name]["latency_ms_p90"] and rows[name]["rtf"] > 0
         assert rows[name]["latency_cpu"] == cpu_name()
     assert f"- latency timed on {cpu_name()}" in report
-    sherpa = rows["student_sherpa"]
-    if importlib.util.find_spec("sherpa_onnx") is None:
-        assert sherpa["note"] == SHERPA_MISSING and "wer" not in sherpa
-    else:
-        assert sherpa["num_utterances"] == 8 and 0 <= sherpa["wer"] == sherpa["wer_greedy"]
-        assert sherpa["note"] == "sherpa-onnx offline CTC, greedy, model.int8.onnx"
-    stream = rows["student_stream"]
-    assert stream["num_utterances"] == 3 and stream["chunk_ms"] == 160.0
-    assert stream["rtf"] > 0 and 0 < stream["final_ms_p50"] <= stream["final_ms_max"]
-    assert [t["id"] for t in stream["transcripts"]] == ["test_000000", "test_000001", "test_000002"]
-    assert f"- student_stream: {stream['note']}" in report
+    for name in ("student_sherpa", "student_250ep_sherpa"):
+        sherpa = rows[name]
+        if importlib.util.find_spec("sherpa_onnx") is None:
+            assert sherpa["note"] == SHERPA_MISSING and "wer" not in sherpa
+        else:
+            assert sherpa["num_utterances"] == 8 and 0 <= sherpa["wer"] == sherpa["wer_greedy"]
+            assert sherpa["note"] == "sherpa-onnx offline CTC, greedy, model.int8.onnx"
+    for name in ("student_stream", "student_250ep_stream"):
+        stream = rows[name]
+        assert stream["num_utterances"] == 3 and stream["chunk_ms"] == 160.0
+        assert stream["rtf"] > 0 and 0 < stream["final_ms_p50"] <= stream["final_ms_max"]
+        assert [t["id"] for t in stream["transcripts"]] == ["test_000000", "test_000001", "test_000002"]
+        assert f"- {name}: {stream['note']}" in report
     assert (exp / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -66,8 +66,9 @@ def test_bad_recipes_are_rejected(recipe, message):
         pipeline.load_pipeline(recipe)
 
 
-DEMO_KINDS = ["corpus", "model", "distill", "prune", "export", "export", "lm", *["evaluate"] * 5, "latency",
-              "sherpa", "stream", "report"]  # evaluate: its LM, one scoring stage per model, their latency
+DEMO_KINDS = ["corpus", "model", "distill", "prune", "model", "export", "export", "export", "lm",
+              *["evaluate"] * 7, "latency", "sherpa", "sherpa", "stream", "stream",
+              "report"]  # evaluate: its LM, one scoring stage per model, their latency
 
 
 def test_bundled_recipes_parse():
@@ -76,6 +77,7 @@ def test_bundled_recipes_parse():
         assert [s.kind for s in stages] == DEMO_KINDS
         assert {s.threads for s in stages} == {1}
         assert stages[1].spec.shipped == "smarthome-crnn"
+        assert stages[4].spec.shipped == "smarthome-crnn-causal"  # the student at 250 epochs
         distill = stages[2].spec.overrides
         # the demo cuts its causal student out of the shipped teacher and trains it with KD delayed
         # by 6 frames, its first 10 frames blank, the first word left to CTC; the quick demo keeps
@@ -118,7 +120,8 @@ def test_train_models_turns_a_model_stage_into_its_train_stage():
     assert teacher.spec == pipeline.TrainStage(
         name="teacher", recipe="train_crnn_teacher.yaml", data="data",
         overrides=["model.config.subsampling_strides=[[2,2],[2,2]]", "train.epochs=36"])
-    assert [s.kind for s in stages][2:] == DEMO_KINDS[2:]
+    assert [s.kind for s in stages][2:] == DEMO_KINDS[2:]  # the shipped student stays a copy
+    assert stages[4].spec.shipped == "smarthome-crnn-causal"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,22 +282,29 @@ def test_the_demo_trains_its_student_and_pruned_model_side_by_side():
         # the teacher and the pruned model are scored while the student trains; not the student
         assert {("distill:student", "evaluate:teacher"), ("distill:student", "evaluate:pruned"),
                 ("distill:student", "evaluate:pruned_onnx/model.int8.onnx")} <= beside
+        # so is the shipped 250-epoch student, copied, exported and scored on the other core
+        assert {("distill:student", "model:student_250ep"), ("distill:student", "export:student_250ep_onnx"),
+                ("distill:student", "evaluate:student_250ep")} <= beside
         assert ("distill:student", "evaluate:student") not in beside
         assert ("export:student_onnx", "evaluate:student_onnx/model.int8.onnx") not in beside
         # what times something or prints live runs alone: latency, stream (RTF), report
         assert not any(a.split(":")[0] in ("latency", "stream", "report") for pair in beside for a in pair)
-        models = ["teacher", "student", "pruned", "student_onnx/model.int8.onnx", "pruned_onnx/model.int8.onnx"]
-        assert names[names.index("evaluate:teacher"):][:6] == [f"evaluate:{m}" for m in models] + [
+        models = ["teacher", "student", "student_250ep", "pruned", "student_onnx/model.int8.onnx",
+                  "student_250ep_onnx/model.int8.onnx", "pruned_onnx/model.int8.onnx"]
+        assert names[names.index("evaluate:teacher"):][:8] == [f"evaluate:{m}" for m in models] + [
             "latency:" + "+".join(models)]
         # while the student trains, with the pruned model exported and the LM built: the teacher
         # and the pruned model (both graphs) may be scored, nothing of the student's
         done = {names.index(k) for k in ("corpus:data", "model:teacher", "prune:pruned", "export:pruned_onnx",
-                                         "lm:lm_3gram.arpa")}
+                                         "lm:lm_3gram.arpa", "model:student_250ep",
+                                         "export:student_250ep_onnx")}
         running = {names.index("distill:student")}
         open_ = set(range(len(stages))) - done - running
         alone = [runs_alone(s) for s in stages]
         startable = [names[i] for i in sorted(open_) if ready(stages, alone, i, open_, running)]
-        assert startable == ["evaluate:teacher", "evaluate:pruned", "evaluate:pruned_onnx/model.int8.onnx"]
+        assert startable == ["evaluate:teacher", "evaluate:student_250ep", "evaluate:pruned",
+                             "evaluate:student_250ep_onnx/model.int8.onnx",
+                             "evaluate:pruned_onnx/model.int8.onnx"]
         assert depends(stages[names.index("evaluate:teacher")], stages[names.index("lm:lm_3gram.arpa")])
 
 

@@ -63,7 +63,7 @@ def collect_rows(model_dirs: Sequence[str | Path]) -> list[dict]:
     for model_dir in model_dirs:
         for outputs in _evaluated(Path(model_dir)):
             name = outputs.folder.name + (f" ({outputs.label})" if outputs.label else "")
-            rows.append({"model": name, "model_dir": str(outputs.folder),
+            rows.append({"model": name, "model_dir": str(outputs.folder), **_shipped(outputs),
                          **read_metrics(outputs.metrics), **_greedy(outputs)})
     if rows:
         base = rows[0]
@@ -72,6 +72,21 @@ def collect_rows(model_dirs: Sequence[str | Path]) -> list[dict]:
             row["macs_ratio"] = _div(row.get("macs_per_second_audio"), base.get("macs_per_second_audio"))
             row["speedup"] = _div(base.get("latency_ms_p50"), row.get("latency_ms_p50"))
     return rows
+
+
+def _shipped(outputs: Outputs) -> dict:
+    """A ``note`` naming the shipped model a model directory is a copy of (its provenance.json,
+    ``slimasr.shipped``), with the provenance's one-line summary where it has one."""
+    from slimasr.shipped import PROVENANCE_NAME
+
+    path = outputs.folder / PROVENANCE_NAME
+    if outputs.label or not path.is_file():
+        return {}
+    prov = read_json(path)
+    if not isinstance(prov, dict) or not isinstance(prov.get("name"), str):
+        return {}
+    summary = prov.get("summary")
+    return {"note": f"shipped model {prov['name']}" + (f": {summary}" if isinstance(summary, str) else "")}
 
 
 def greedy_path(outputs: Outputs) -> Path:

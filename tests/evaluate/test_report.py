@@ -38,6 +38,19 @@ def test_the_table_names_the_processors_latency_was_timed_on(tmp_path):
     assert "latency timed on" not in markdown_table([{"model": "m", "wer": 1.0}])  # none timed
 
 
+def test_a_copy_of_a_shipped_model_is_named_under_the_table(tmp_path):
+    teacher = write_metrics(tmp_path / "teacher", wer=5.0)
+    (teacher / "provenance.json").write_text(json.dumps({"name": "smarthome-crnn"}))
+    student = write_metrics(tmp_path / "student", wer=6.0)
+    (student / "provenance.json").write_text(json.dumps({"name": "x-causal", "summary": "250 epochs"}))
+    own = write_metrics(tmp_path / "own", wer=7.0)
+    rows = collect_rows([teacher, student, own])
+    assert [r.get("note") for r in rows] == ["shipped model smarthome-crnn",
+                                             "shipped model x-causal: 250 epochs", None]
+    assert markdown_table(rows).splitlines()[-2:] == ["- teacher: shipped model smarthome-crnn",
+                                                      "- student: shipped model x-causal: 250 epochs"]
+
+
 def test_report_files_are_written(tmp_path):
     model = write_metrics(tmp_path / "m", wer=5.0, params=10, macs_per_second_audio=1e6, latency_ms_p50=1.0)
     paths = write_report(collect_rows([model]), tmp_path / "out" / "report")
