@@ -7,6 +7,7 @@ place only once it is complete (``os.replace`` is atomic on POSIX and Windows).
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -285,10 +286,13 @@ def _holder(fd: int) -> str:
         return "slimasr, holder unknown"
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+def file_sha256(path: str | Path, decompressed: bool = False) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks. ``decompressed``: of a ``.gz`` file's
+    content instead (gzip stores the time it was written, so the same content written twice has
+    other bytes)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    opener = gzip.open if decompressed and Path(path).suffix == ".gz" else open
+    with opener(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -17,7 +17,7 @@ pass of the network for greedy and beam search). ``EvalConfig(latency=False)`` s
 timing (latency keys null) and ``time_models`` times the models afterwards, in turns, when
 nothing else runs.
 
-Results say what they were measured on: ``data`` (a short label: folder/name@hash),
+Results say what they were measured on: ``data`` (a short label: folder/name@content hash),
 ``data_path`` (the manifest's resolved path), ``data_sha256`` (of its bytes) and ``eval_config``
 (the settings), so nothing that reads metrics.json takes another data set's or another decoder's
 results for its own (``evaluated_on``). The model folder is locked while evaluate writes it; a
@@ -359,12 +359,14 @@ def _quality(stats: ErrorRateStats, excluded: SkipReport, manifest: str | Path, 
 
 
 def data_signature(manifest: str | Path) -> dict:
-    """What identifies the evaluation data: ``data`` (a short label for tables), ``data_path``
-    (resolved) and ``data_sha256`` (of the manifest's bytes)."""
+    """What identifies the evaluation data: ``data`` (a short label for tables: the manifest's
+    folder/name and the start of its content's sha256, decompressed, so a corpus synthesized again
+    with the same cuts gets the same label), ``data_path`` (resolved) and ``data_sha256`` (of the
+    manifest's bytes: results stay valid only for the very file)."""
     path = Path(manifest).resolve()
-    sha = file_sha256(path)
-    return {"data": f"{path.parent.name}/{path.name}@{sha[:8]}", "data_path": str(path),
-            "data_sha256": sha}
+    content = file_sha256(path, decompressed=True)
+    return {"data": f"{path.parent.name}/{path.name}@{content[:8]}", "data_path": str(path),
+            "data_sha256": file_sha256(path)}
 
 
 def evaluated_on(model_dir: str | Path, manifest: str | Path, config: EvalConfig) -> bool:

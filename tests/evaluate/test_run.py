@@ -199,3 +199,26 @@ def test_models_timed_in_turns_keep_their_ratio_when_the_machine_slows_down():
     calls = 0
     first, second = (interleaved_latency([model(ms)], seconds=1.0, warmup=1, runs=20)[0] for ms in (20.0, 40.0))
     assert ratio(first, second) > 4  # one after the other
+
+
+def test_the_data_label_names_the_content_and_the_hash_the_very_file(tmp_path):
+    """gzip stores when it wrote a file: the same cuts written twice differ in bytes. The table's
+    label stays the same (a corpus synthesized again is the same data); the validity hash does
+    not (results belong to the very file)."""
+    import gzip
+    import hashlib
+
+    from slimasr.evaluate.run import data_signature
+
+    content = b'{"id": "a"}\n'
+    signatures = []
+    for mtime, folder in ((1, "one"), (2, "two")):
+        (tmp_path / folder).mkdir()
+        path = tmp_path / folder / "test_cuts.jsonl.gz"
+        with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=mtime) as f:
+            f.write(content)
+        signatures.append(data_signature(path))
+    one, two = signatures
+    assert one["data"].split("@")[1] == two["data"].split("@")[1]
+    assert one["data"] == "one/test_cuts.jsonl.gz@" + hashlib.sha256(content).hexdigest()[:8]
+    assert one["data_sha256"] != two["data_sha256"]
