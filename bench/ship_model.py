@@ -9,9 +9,10 @@
 Copies config.json, cmvn.json and tokenizer.json, stores every floating tensor of
 model.safetensors as float16 (load_model loads it into the float32 model), and writes
 provenance.json: the training command (rebuilt from config.json's provenance and checked against
-it; for a model made by a chain of runs, ``--training``'s JSON: its commands and description, with
-each run's epochs, steps, time and dev WER read from the runs' own folders), the commit, the corpus (seed, size, fingerprint), the weights' sha256 and parameters, test
-WER greedy and with beam + LM for the float32 original and the float16 copy, and the greedy
+it; for an averaged model made by a chain of runs, ``--training``'s JSON: its summary, description
+and commands, with each run's steps, time and dev WER read from the runs' own folders), the
+commit, the corpus (seed, size, fingerprint), the weights' sha256 and parameters, test WER
+greedy and with beam + LM for the float32 original and the float16 copy, and the greedy
 transcripts of a few test utterances that tests/test_pretrained.py re-synthesizes and
 transcribes again. The folder is built beside its place and moved there only when complete.
 """
@@ -68,8 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--name", required=True, help=f"shipped name, one of {', '.join(SHIPPED)}")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing shipped folder")
     ap.add_argument("--training", type=Path, default=None,
-                    help="JSON {summary, description, commands}: how a model made by several runs (e.g. an "
-                         "average) was made, instead of one rebuilt train command")
+                    help="JSON {summary, description, commands}: how an averaged model made by "
+                         "several runs was made, instead of one rebuilt train command")
     return ap.parse_args(argv)
 
 
@@ -183,7 +184,7 @@ def training_record(model: Path, config: dict) -> dict:
 def chain_record(model: Path, config: dict, chain: dict) -> dict:
     """``chain``'s commands, and for each run folder behind an averaged model (config.json's
     provenance ``averaged``: folders and their ``checkpoints/last``) what its own provenance
-    records; the sum of their epochs, steps and training time."""
+    records; the sum of their steps and training time."""
     prov = config["provenance"]
     if prov.get("step") != "average" or not {"summary", "description", "commands"} <= set(chain):
         raise DataError(model / "config.json", "--training describes an averaged model: its provenance "
