@@ -363,10 +363,20 @@ def data_signature(manifest: str | Path) -> dict:
     folder/name and the start of its content's sha256, decompressed, so a corpus synthesized again
     with the same cuts gets the same label), ``data_path`` (resolved) and ``data_sha256`` (of the
     manifest's bytes: results stay valid only for the very file)."""
+    identity = data_identity(manifest)
+    path = Path(identity["data_path"])
+    try:
+        content = file_sha256(path, decompressed=True)
+    except (OSError, EOFError):  # not gzip after all: its reader says so; the label takes the bytes
+        content = identity["data_sha256"]
+    return {"data": f"{path.parent.name}/{path.name}@{content[:8]}", **identity}
+
+
+def data_identity(manifest: str | Path) -> dict:
+    """What stored results must match to be this manifest's: its resolved ``data_path`` and the
+    ``data_sha256`` of its bytes."""
     path = Path(manifest).resolve()
-    content = file_sha256(path, decompressed=True)
-    return {"data": f"{path.parent.name}/{path.name}@{content[:8]}", "data_path": str(path),
-            "data_sha256": file_sha256(path)}
+    return {"data_path": str(path), "data_sha256": file_sha256(path)}
 
 
 def evaluated_on(model_dir: str | Path, manifest: str | Path, config: EvalConfig) -> bool:
@@ -382,7 +392,7 @@ def evaluated_on(model_dir: str | Path, manifest: str | Path, config: EvalConfig
     except DataError:
         return False
     weights = outputs.model_file
-    signature = {**data_signature(manifest),
+    signature = {**data_identity(manifest),
                  "model_sha256": file_sha256(weights) if weights.is_file() else None}
     return (isinstance(metrics, dict) and metrics.get("eval_config") == _settings(config)
             and all(metrics.get(k) == signature[k] for k in ("data_path", "data_sha256",

@@ -527,14 +527,14 @@ def greedy_path(model: Path) -> Path:
 def _greedy_done(model: Path, manifest: Path, cfg: Any) -> bool:
     """Whether ``greedy_path(model)`` holds results of this manifest, settings and weights."""
     from slimasr.evaluate.outputs import outputs_of
-    from slimasr.evaluate.run import data_signature
+    from slimasr.evaluate.run import data_identity
     from slimasr.io import file_sha256
 
     path = greedy_path(model)
     if not path.is_file() or not manifest.is_file():
         return False
     found, weights = read_json(path), outputs_of(model).model_file
-    wanted = {**data_signature(manifest), "model_sha256": file_sha256(weights) if weights.is_file() else None,
+    wanted = {**data_identity(manifest), "model_sha256": file_sha256(weights) if weights.is_file() else None,
               "eval_config": json.loads(json.dumps(config_to_dict(cfg)))}
     return all(found.get(k) == wanted[k] for k in ("data_sha256", "model_sha256", "eval_config"))
 

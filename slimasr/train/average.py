@@ -93,9 +93,10 @@ def _described_by(source: Path) -> Path:
 
 def _load_source(source: Path, described: Path) -> AcousticModel:
     """The model of ``described`` with ``source``'s weights."""
-    model = load_model(described)
     if described == source:
-        return model
+        return load_model(source)
+    config = read_model_config(described)  # the run's shape; its own weights are not needed
+    model = build_model(config["architecture"], config["model"], vocab_size=config["vocab_size"])
     try:
         weights = load_file(str(source / WEIGHTS_NAME))
     except (OSError, ValueError) as e:
@@ -113,7 +114,7 @@ def _check_alike(sources: Sequence[Path]) -> tuple[dict, Frontend]:
     """The first source's config and front end, after checking every other source matches them."""
     first = read_model_config(sources[0])
     frontend = Frontend.load(sources[0])
-    for source in sources[1:]:
+    for source in dict.fromkeys(s for s in sources[1:] if s != sources[0]):  # a run and its last
         config = read_model_config(source)
         differ = [k for k in SAME_MODEL_KEYS if config.get(k) != first.get(k)]
         if differ:

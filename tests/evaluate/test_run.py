@@ -222,3 +222,9 @@ def test_the_data_label_names_the_content_and_the_hash_the_very_file(tmp_path):
     assert one["data"].split("@")[1] == two["data"].split("@")[1]
     assert one["data"] == "one/test_cuts.jsonl.gz@" + hashlib.sha256(content).hexdigest()[:8]
     assert one["data_sha256"] != two["data_sha256"]
+    # a .gz that is not gzip: the label falls back to its bytes (its reader reports the file)
+    bad = tmp_path / "one" / "bad_cuts.jsonl.gz"
+    bad.write_bytes(b"not gzip")
+    signature = data_signature(bad)
+    assert signature["data"] == "one/bad_cuts.jsonl.gz@" + signature["data_sha256"][:8]
+    assert signature["data_sha256"] == hashlib.sha256(b"not gzip").hexdigest()
