@@ -13,7 +13,9 @@ many extra fine-tuning epochs as those steps hold audio (steps x 60 s batches, o
 one training epoch), so every point sees the same audio in training.
 Writes ``--results/<model>/learned.json``, ``learned.md`` (table) and ``learned.png``. Nothing is
 hard-coded: every number is measured. The peers of issue 20 (NVIDIA ModelOpt FastNAS, torchao's
-structured pruner) are not run here: they need their own environment.
+structured pruner) are not run here: they need their own environment (``bench/peers.py``). A model
+they made and fine-tuned joins the table with ``--extra NAME=DIR``: scored on the same test split and
+timed in the same round-robin as the points.
 """
 
 from __future__ import annotations
@@ -72,6 +74,15 @@ def prune_point(args: argparse.Namespace, criterion: str, target: float, out: Pa
     return {**row, **test_wer(out, args.data, args.lm)}
 
 
+def extra_row(name: str, folder: Path, args: argparse.Namespace, ref_macs: float) -> dict:
+    """A table row for a model pruned elsewhere: its test WER and MACs here, its KD epochs from
+    its own training record."""
+    scores = test_wer(folder, args.data, args.lm)
+    epochs = json.loads((folder / "training.json").read_text())["epochs"]
+    return {"criterion": name, "target": None, "macs_ratio": scores["macs"] / ref_macs,
+            "finetune_epochs": epochs, "model_dir": str(folder), **scores}
+
+
 def round_robin(models: dict[str, Path]) -> dict[str, float]:
     loaded = {k: load_model(v).eval() for k, v in models.items()}
     times: dict[str, list[float]] = {k: [] for k in loaded}
@@ -91,7 +102,8 @@ def table(rows: list[dict], ref: dict) -> str:
     for r in rows:
         training = (f"{r['mask_steps']} mask steps + " if r.get("mask_steps") else "") + \
             f"{r['finetune_epochs']} KD epochs"
-        line += (f"| {r['criterion']} | {r['target']:.0%} | {r['macs_ratio']:.3f} | {training} | {r['wer_greedy']:.2f} |"
+        target = "-" if r["target"] is None else f"{r['target']:.0%}"
+        line += (f"| {r['criterion']} | {target} | {r['macs_ratio']:.3f} | {training} | {r['wer_greedy']:.2f} |"
                  + (f" {r['wer_lm']:.2f} |" if lm else "") + f" {r['speedup']:.2f}x |\n")
     return head + line
 
@@ -137,6 +149,9 @@ def main() -> None:
                         "run one criterion per process, then all of them with --reuse for the table and timing")
     p.add_argument("--points-only", action="store_true", help="prune and evaluate the points, no table or timing")
     p.add_argument("--seed", type=int, default=0, help="prune's seed (fine-tuning order, gates' noise)")
+    p.add_argument("--extra", nargs="*", default=[], metavar="NAME=DIR",
+                   help="other pruned model directories in the table and the timing (e.g. a peer's, "
+                        "fine-tuned by bench/peers.py); their training is read from DIR/training.json")
     p.add_argument("--learned", nargs="*", default=[], metavar="KEY=VALUE",
                    help="LearnedConfig settings, e.g. lambda_lr=0.01 (the point's folder gets them as a suffix)")
     args = p.parse_args()
@@ -160,6 +175,9 @@ def main() -> None:
     if args.points_only:
         return
     ref = test_wer(args.model, args.data, args.lm)
+    for name, _, folder in (item.partition("=") for item in args.extra):
+        rows.append(extra_row(name, Path(folder), args, ref["macs"]))
+        models[f"{name}_None"] = Path(folder)
     times = round_robin(models)
     ref["latency_ms"] = times["unpruned"]
     for r in rows:
