@@ -9,8 +9,10 @@ from the unpruned model), evaluated on the test split (greedy, and beam + LM wit
 timed at batch 1 (3 s of audio, one thread) in round-robin with the unpruned model, so that
 speed-ups compare timings taken under the same conditions. Learned masks also train for
 ``--mask-steps`` steps before pruning (recorded); with ``--match-steps`` the other criteria get as
-many extra fine-tuning epochs as those steps hold audio (steps x 60 s batches, over the audio of
-one training epoch), so every point sees the same audio in training.
+many extra fine-tuning epochs as those steps hold audio (steps x ``learned.batch_seconds``, 30 s by
+default, over the audio of one training epoch), so every point sees the same audio in training.
+(Before stop 44 this assumed 60 s batches while the masks trained on 30 s ones: the learned points
+of earlier tables saw half the mask-training audio their rows claim; bench/README.md says where.)
 Writes ``--results/<model>/learned.json``, ``learned.md`` (table) and ``learned.png``. Nothing is
 hard-coded: every number is measured. The peers of issue 20 (NVIDIA ModelOpt FastNAS, torchao's
 structured pruner) are not run here: they need their own environment (``bench/peers.py``). A model
@@ -50,11 +52,11 @@ def epoch_seconds(data: Path) -> float:
 
 def finetune_epochs(args: argparse.Namespace, criterion: str) -> int:
     """``--finetune-epochs``; with ``--match-steps`` the other criteria also get the epochs of
-    audio that the learned masks' training sees (steps x LearnedConfig.batch_seconds, rounded), so
+    audio that the learned masks' training sees (steps x ``learned.batch_seconds``, rounded), so
     every point has the same total training."""
     if criterion == "learned" or not args.match_steps:
         return args.finetune_epochs
-    seen = args.mask_steps * LearnedConfig().batch_seconds
+    seen = args.mask_steps * LearnedConfig(**args.learned).batch_seconds
     return args.finetune_epochs + round(seen / epoch_seconds(args.data))
 
 

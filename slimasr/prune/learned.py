@@ -80,7 +80,7 @@ class LearnedConfig:
     ctc_weight: float = 0.5  # CTC on the transcripts
     kd_weight: float = 0.5  # frame KD from the unpruned model
     temperature: float = 1.0  # KD softmax temperature
-    batch_seconds: float = 60.0  # audio per mask-training batch
+    batch_seconds: float = 30.0  # audio per mask-training batch (of the calibration cuts)
     binarize: Literal["rank", "threshold"] = "rank"  # rank: meet the target exactly; threshold: z > 0.5
     checkpoint_every: int = 100  # steps between mask-training checkpoints (resumable)
     depth: bool = False  # also one gate per residual block (Conformer), removed when it closes

@@ -291,7 +291,9 @@ def _prune(model_dir: Path, data_dir: Path, out_dir: Path, cfg: PruneConfig, sho
     cache = feature_cache_dir(data_dir, frontend.features)
     train = feature_cuts(data_dir, "train", frontend.features, cache, show_progress=show)
     dev = feature_cuts(data_dir, "dev", frontend.features, cache, show_progress=show)
-    calib = list(_batches(frontend, train, cfg.calibration_cuts, cfg.calibration_seconds))
+    # learned masks train on the calibration cuts in batches of their own size
+    seconds = cfg.learned.batch_seconds if cfg.criterion == "learned" else cfg.calibration_seconds
+    calib = list(_batches(frontend, train, cfg.calibration_cuts, seconds))
     sens_batches = list(_batches(frontend, dev, cfg.sensitivity_cuts, cfg.calibration_seconds))
     cost0 = {k: model_cost(original, k) for k in ("macs", "params")}
     record: dict[str, Any] = {
@@ -539,8 +541,9 @@ def _sparsity_record(model: AcousticModel, u: UnstructuredConfig, folder: Path, 
 
 def _learned(model: AcousticModel, cfg: PruneConfig, target: PruneTarget, calib: list[dict], step_dir: Path,
              console: Console, table: LatencyTable | None, row: dict) -> AcousticModel:
-    """Criterion learned: gates trained with KD on the calibration (training) batches, binarized;
-    the mask-trained student with the other units removed (``slimasr.prune.learned``)."""
+    """Criterion learned: gates trained with KD on the calibration (training) cuts in batches of
+    ``learned.batch_seconds``, binarized; the mask-trained student with the other units removed
+    (``slimasr.prune.learned``)."""
     def log(state: Any) -> None:
         console.print(f"mask step {state.step}: expected {state.curves['expected_ratio'][-1]:.1%} "
                       f"of the {target.kind} (target {state.curves['target_ratio'][-1]:.1%})",

@@ -216,6 +216,36 @@ def test_cli_prunes_with_learned_masks_into_a_model_directory_that_reloads(tmp_p
     torch.testing.assert_close(pruned(x, torch.tensor([100]))[0], load_model(out)(x, torch.tensor([100]))[0])
 
 
+def test_masks_train_on_batches_of_learned_batch_seconds(tmp_path, monkeypatch):
+    """learned.batch_seconds sizes the mask-training batches (drawn from the calibration cuts)."""
+    import slimasr.prune.run as prune_run
+    from slimasr.config import from_dict
+    from slimasr.train import train_model
+
+    data = make_corpus(tmp_path / "data", n_train=12)
+    train_model(tiny_recipe(epochs=1), data, tmp_path / "teacher", show_progress=False)
+    seen: dict[float, list[float]] = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(model, cfg, kind, fraction, batches, *args, **kwargs):
+        seen[cfg.batch_seconds] = [float(b["feature_lens"].sum()) * 0.01 for b in batches]
+        raise Stop
+
+    monkeypatch.setattr(prune_run, "learned_prune", capture)
+    for seconds in (2.0, 5.0):
+        cfg = from_dict(prune_run.PruneConfig, {
+            "criterion": "learned", "target": {"kind": "macs", "fraction": 0.5}, "calibration_cuts": 12,
+            "calibration_seconds": 30.0, "learned": {"batch_seconds": seconds}})
+        with pytest.raises(Stop):
+            prune_run.prune_model_dir(tmp_path / "teacher", data, tmp_path / f"out{seconds}", cfg,
+                                      show_progress=False)
+    assert seen[2.0] and all(s <= 2.0 + 0.02 for s in seen[2.0])  # 10 ms frames: one frame of slack
+    assert len(seen[2.0]) > len(seen[5.0]) and all(s <= 5.0 + 0.02 for s in seen[5.0])
+    assert abs(sum(seen[2.0]) - sum(seen[5.0])) < 0.5  # the same 12 cuts either way
+
+
 def test_learned_refuses_what_it_cannot_do(tmp_path, capsys):
     assert main(["prune", "--model", str(tmp_path / "m"), "--data", str(tmp_path), "--out", str(tmp_path / "o"),
                  "--criterion", "learned", "--steps", "2"]) == 1
