@@ -77,9 +77,15 @@ def prune_point(args: argparse.Namespace, criterion: str, target: float, out: Pa
 
 
 def extra_row(name: str, folder: Path, args: argparse.Namespace, ref_macs: float) -> dict:
-    """A table row for a model pruned elsewhere: its test WER and MACs here, its KD epochs from
+    """A table row for a model pruned elsewhere: its test WER and MACs here (with ``--reuse``, from
+    the ``DIR.row.json`` of an earlier run of this script when there is one), its KD epochs from
     its own training record."""
-    scores = test_wer(folder, args.data, args.lm)
+    saved = folder.with_name(folder.name + ".row.json")
+    if args.reuse and saved.is_file():
+        scores = {k: v for k, v in json.loads(saved.read_text()).items() if k in ("wer_greedy", "wer_lm", "macs",
+                                                                                  "params", "mask_steps")}
+    else:
+        scores = test_wer(folder, args.data, args.lm)
     epochs = json.loads((folder / "training.json").read_text())["epochs"]
     return {"criterion": name, "target": None, "macs_ratio": scores["macs"] / ref_macs,
             "finetune_epochs": epochs, "model_dir": str(folder), **scores}
