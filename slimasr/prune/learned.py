@@ -17,7 +17,9 @@ q_g (E w_g^2 - n_g^2) + sum_(g,h) b_gh (E w_g - n_g)(E w_h - n_h)``, are exactly
 when every gate is 0 or 1, and differentiable in the keep-probabilities otherwise.
 
 Objective (``train_masks``): CTC + frame KD from the unpruned model (``slimasr.distill.losses``)
-+ ``l1 (r - t) + l2 (r - t)^2``, r = E[c] / C(n) the expected cost ratio, t the target ratio
+[+ hidden-layer matching: each layer/block output of the gated student, through a linear
+projection that starts as the identity, against the same layer of the unpruned model, DPHuBERT's
+distillation term] + ``l1 (r - t) + l2 (r - t)^2``, r = E[c] / C(n) the expected cost ratio, t the target ratio
 warmed up from 1 to ``1 - fraction``; the multipliers l1, l2 are learned by gradient *ascent*
 (Adam with ``maximize``), the weights and gates by descent. With a latency target beside it
 (``LatencyCost``: the measured table's prediction) each constraint has its own pair, and both
@@ -80,6 +82,11 @@ class LearnedConfig:
     ctc_weight: float = 0.5  # CTC on the transcripts
     kd_weight: float = 0.5  # frame KD from the unpruned model
     temperature: float = 1.0  # KD softmax temperature
+    # hidden-layer matching (DPHuBERT's distillation term): every layer/block output of the gated
+    # student against the same layer of the unpruned model, through a linear projection per layer
+    # (identity at the start, trained with the weights, not kept in the model)
+    hidden_weight: float = 0.0
+    hidden_kind: Literal["l1_cos", "mse"] = "l1_cos"  # DistilHuBERT's L1 - log sigmoid(cos), or MSE
     batch_seconds: float = 30.0  # audio per mask-training batch (of the calibration cuts)
     binarize: Literal["rank", "threshold"] = "rank"  # rank: meet the target exactly; threshold: z > 0.5
     checkpoint_every: int = 100  # steps between mask-training checkpoints (resumable)
@@ -88,7 +95,12 @@ class LearnedConfig:
     def __post_init__(self) -> None:
         check_numbers("learned", self, positive=("steps", "lr", "gate_lr", "lambda_lr", "batch_seconds",
                                                  "checkpoint_every", "temperature"),
-                      non_negative=("warmup_steps", "ctc_weight", "kd_weight"))
+                      non_negative=("warmup_steps", "ctc_weight", "kd_weight", "hidden_weight"))
+        if self.hidden_kind not in losses.HIDDEN_KINDS:
+            raise ConfigError(f"learned.hidden_kind must be one of {losses.HIDDEN_KINDS}, "
+                              f"got {self.hidden_kind!r}")
+        if self.ctc_weight + self.kd_weight + self.hidden_weight == 0:
+            raise ConfigError("learned: ctc_weight, kd_weight and hidden_weight are all 0 (nothing to train on)")
         if not 0.0 < self.init_keep < 1.0:
             raise ConfigError(f"learned.init_keep must be in (0, 1), got {self.init_keep}")
         if self.binarize not in ("rank", "threshold"):
@@ -389,6 +401,7 @@ class MaskState:
     opt_l: torch.optim.Optimizer
     step: int
     curves: dict[str, list[float]]
+    projector: torch.nn.Module | None = None  # hidden-layer matching's projections (hidden_weight > 0)
 
     def save(self, folder: Path) -> None:
         """Write the state as ``folder/{tensors.safetensors,state.json}`` atomically (no pickle:
@@ -396,6 +409,8 @@ class MaskState:
         tensors = {**_prefixed("student", self.student.state_dict()),
                    **_prefixed("gates", self.gates.state_dict()),
                    "lambdas": self.lambdas.detach().clone()}
+        if self.projector is not None:
+            tensors.update(_prefixed("projector", self.projector.state_dict()))
         meta: dict = {"step": self.step, "curves": self.curves, "optimizers": {}}
         for key, opt in self._optimizers().items():
             flat, opt_meta = optimizer_to_flat(opt.state_dict())
@@ -413,6 +428,8 @@ class MaskState:
         tensors, meta = load_file(str(folder / "tensors.safetensors")), read_json(folder / "state.json")
         self.student.load_state_dict(_unprefixed("student", tensors))
         self.gates.load_state_dict(_unprefixed("gates", tensors))
+        if self.projector is not None:
+            self.projector.load_state_dict(_unprefixed("projector", tensors))
         with torch.no_grad():
             self.lambdas.copy_(tensors["lambdas"])
         for key, opt in self._optimizers().items():
@@ -440,11 +457,32 @@ def new_state(model: AcousticModel, cfg: LearnedConfig, groups: list[Group], con
     curves = ["step", "expected_ratio", "target_ratio", "lambda1", "lambda2", "loss", "task_loss"]
     if constraints > 1:
         curves += ["expected_latency_ratio", "latency_target_ratio", "lambda3", "lambda4"]
+    projector = hidden_projector(model) if cfg.hidden_weight > 0 else None
+    if projector is not None:
+        curves.append("hidden_loss")
+    weights = list(student.parameters()) + (list(projector.parameters()) if projector is not None else [])
     return MaskState(student, gates, lambdas,
-                     torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0),
+                     torch.optim.AdamW(weights, lr=cfg.lr, weight_decay=0.0),
                      torch.optim.Adam(gates.parameters(), lr=cfg.gate_lr),
                      torch.optim.Adam([lambdas], lr=cfg.lambda_lr, maximize=True), 0,
-                     {k: [] for k in curves})
+                     {k: [] for k in curves}, projector)
+
+
+def hidden_projector(model: AcousticModel) -> losses.HiddenProjector:
+    """One ``Linear(D_i -> D_i)`` per layer/block output of ``model`` (``forward_hidden``'s states
+    1..L), initialised to the identity: the gated student starts with zero hidden loss."""
+    frames = 64
+    x, lens = torch.zeros(1, frames, model.config.num_features), torch.tensor([frames])
+    was_training = model.training
+    with torch.no_grad():
+        hidden = model.eval().forward_hidden(x, lens)[2][1:]
+    model.train(was_training)
+    projector = losses.HiddenProjector([(h.shape[-1], h.shape[-1]) for h in hidden])
+    with torch.no_grad():
+        for proj in projector.proj:
+            proj.weight.copy_(torch.eye(proj.in_features))
+            proj.bias.zero_()
+    return projector
 
 
 def train_masks(model: AcousticModel, batches: Iterable[dict], cfg: LearnedConfig, fraction: float,
@@ -500,14 +538,22 @@ def _train_step(state: MaskState, teacher: AcousticModel, batch: dict, cfg: Lear
     state.student.train()
     state.gates.mode = "sample"
     x, x_lens = batch["features"], batch["feature_lens"]
+    hidden = state.projector is not None
     with torch.no_grad():
-        t_logp, t_lens = teacher(x, x_lens)
-    logp, lens = state.student(x, x_lens)
+        t_out = teacher.forward_hidden(x, x_lens) if hidden else teacher(x, x_lens)
+    s_out = state.student.forward_hidden(x, x_lens) if hidden else state.student(x, x_lens)
+    t_logp, logp, lens = t_out[0], s_out[0], s_out[1]
     task = torch.zeros(())
     if cfg.ctc_weight > 0:
         task = task + cfg.ctc_weight * losses.ctc_term(logp, lens, batch["targets"], batch["target_lens"])
     if cfg.kd_weight > 0:
         task = task + cfg.kd_weight * losses.kd_kl(logp, t_logp, lens, cfg.temperature)
+    hidden_term = None
+    if hidden:
+        projected = state.projector(s_out[2][1:])
+        hidden_term = sum(losses.hidden_loss(s, t, lens, cfg.hidden_kind)
+                          for s, t in zip(projected, t_out[2][1:])) / len(projected)
+        task = task + cfg.hidden_weight * hidden_term
     probs = state.gates.keep_probs()
     ratios, targets, lagrangian = [], [], torch.zeros((), dtype=torch.float64)
     for i, (cost, fraction) in enumerate(constraints):
@@ -524,13 +570,17 @@ def _train_step(state: MaskState, teacher: AcousticModel, batch: dict, cfg: Lear
     for opt in (state.opt_w, state.opt_g, state.opt_l):
         opt.step()
     state.step += 1
-    _record(state, ratios, targets, float(loss.detach()), float(task.detach()))
+    _record(state, ratios, targets, float(loss.detach()), float(task.detach()),
+            None if hidden_term is None else float(hidden_term.detach()))
 
 
-def _record(state: MaskState, ratios: list[Tensor], targets: list[float], loss: float, task: float) -> None:
+def _record(state: MaskState, ratios: list[Tensor], targets: list[float], loss: float, task: float,
+            hidden: float | None = None) -> None:
     lam = state.lambdas.detach().tolist()
     values = {"step": state.step, "expected_ratio": float(ratios[0].detach()), "target_ratio": targets[0],
               "lambda1": lam[0], "lambda2": lam[1], "loss": loss, "task_loss": task}
+    if hidden is not None:
+        values["hidden_loss"] = hidden
     if len(ratios) > 1:
         values.update({"expected_latency_ratio": float(ratios[1].detach()), "latency_target_ratio": targets[1],
                        "lambda3": lam[2], "lambda4": lam[3]})
@@ -556,7 +606,9 @@ def plot_curves(curves: Mapping[str, list[float]], path: Path) -> Path:
         if name in curves:
             axes[1].plot(s, curves[name], label=name)
     axes[2].plot(s, curves["loss"], label="total loss")
-    axes[2].plot(s, curves["task_loss"], label="CTC + KD")
+    axes[2].plot(s, curves["task_loss"], label="CTC + KD" + (" + hidden" if "hidden_loss" in curves else ""))
+    if "hidden_loss" in curves:
+        axes[2].plot(s, curves["hidden_loss"], label="hidden-layer matching (unweighted)")
     axes[2].set_xlabel("step")
     for ax in axes:
         ax.legend()

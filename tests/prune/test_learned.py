@@ -144,9 +144,11 @@ def batches(n: int = 4, seed: int = 0) -> list[dict]:
     return out
 
 
-def test_lagrangian_brings_expected_macs_within_2_percent_of_the_target():
+@pytest.mark.parametrize("hidden_weight", [0.0, 1.0])  # with hidden-layer matching in the objective too
+def test_lagrangian_brings_expected_macs_within_2_percent_of_the_target(hidden_weight):
     model = family("crnn-lstm-bi")
-    cfg = LearnedConfig(steps=300, warmup_steps=100, lr=1e-3, gate_lr=0.05, lambda_lr=0.05)
+    cfg = LearnedConfig(steps=300, warmup_steps=100, lr=1e-3, gate_lr=0.05, lambda_lr=0.05,
+                        hidden_weight=hidden_weight)
     state, cost = train_masks(model, batches(), cfg, fraction=0.5)
     with torch.no_grad():
         ratio = float(cost.expected(state.gates.keep_probs())) / cost.full
@@ -189,6 +191,66 @@ def test_mask_training_sigkilled_resumes_to_bitwise_the_same_gates(tmp_path):
     assert torch.equal(resumed.lambdas, reference.lambdas)
 
 
+def _hidden_gap(state, model, batch) -> float:
+    """Mean hidden-layer loss of the student under its deterministic gates against ``model``."""
+    from slimasr.distill.losses import hidden_loss
+    from slimasr.prune.learned import hidden_projector
+
+    projector = state.projector or hidden_projector(model)
+    state.gates.mode = "deterministic"
+    handles = state.gates.attach(state.student)
+    try:
+        with torch.no_grad():
+            _, lens, s_h = state.student.eval().forward_hidden(batch["features"], batch["feature_lens"])
+            t_h = model.eval().forward_hidden(batch["features"], batch["feature_lens"])[2]
+            return sum(float(hidden_loss(s, t, lens)) for s, t in zip(projector(s_h[1:]), t_h[1:])) / (len(t_h) - 1)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("name", ["crnn-lstm-bi", "conformer"])
+def test_hidden_matching_starts_at_zero_and_keeps_the_gated_layers_nearer_the_teacher(name):
+    from slimasr.prune.learned import hidden_projector
+
+    model, data = family(name), batches()
+    projector = hidden_projector(model)  # identity: the unpruned model matches itself exactly
+    with torch.no_grad():
+        _, lens, h = model.eval().forward_hidden(data[0]["features"], data[0]["feature_lens"])
+        for a, b in zip(projector(h[1:]), h[1:]):
+            assert torch.allclose(a, b, atol=1e-6)
+    runs = {}
+    for weight in (0.0, 1.0):
+        cfg = LearnedConfig(steps=60, warmup_steps=20, lr=1e-3, hidden_weight=weight)
+        state, _ = train_masks(model, data, cfg, fraction=0.4)
+        runs[weight] = (state, _hidden_gap(state, model, data[0]))
+    assert "hidden_loss" in runs[1.0][0].curves and "hidden_loss" not in runs[0.0][0].curves
+    assert runs[1.0][1] < 0.8 * runs[0.0][1], (runs[1.0][1], runs[0.0][1])
+
+
+def test_mask_training_with_hidden_matching_resumes_to_bitwise_the_same_state(tmp_path):
+    model, data = family("crnn-lstm-bi"), batches()
+    cfg = dict(warmup_steps=5, checkpoint_every=4, hidden_weight=0.5, hidden_kind="mse")
+    train_masks(model, data, LearnedConfig(steps=4, **cfg), 0.5, checkpoint=tmp_path / "masks")
+    resumed, _ = train_masks(model, data, LearnedConfig(steps=9, **cfg), 0.5, checkpoint=tmp_path / "masks")
+    reference, _ = train_masks(model, data, LearnedConfig(steps=9, **cfg), 0.5)
+    assert resumed.curves == reference.curves and len(reference.curves["hidden_loss"]) == 9
+    for a, b in ((resumed.projector, reference.projector), (resumed.student, reference.student)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sb)
+
+
+def test_learned_config_refuses_a_bad_hidden_loss():
+    from slimasr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hidden_kind"):
+        LearnedConfig(hidden_kind="cosine")
+    with pytest.raises(ConfigError, match="hidden_weight"):
+        LearnedConfig(hidden_weight=-1.0)
+    with pytest.raises(ConfigError, match="nothing to train on"):
+        LearnedConfig(ctc_weight=0.0, kd_weight=0.0)
+
+
 def test_cli_prunes_with_learned_masks_into_a_model_directory_that_reloads(tmp_path):
     from slimasr.train import train_model
 
@@ -198,9 +260,11 @@ def test_cli_prunes_with_learned_masks_into_a_model_directory_that_reloads(tmp_p
     assert main(["prune", "--model", str(tmp_path / "teacher"), "--data", str(data), "--out", str(out),
                  "--criterion", "learned", "--target-macs", "0.5", "--finetune-epochs", "1", "--distill",
                  "--round-to", "1", "--quiet", "calibration_cuts=8", "num_threads=1",
-                 "learned.steps=60", "learned.warmup_steps=20", "learned.checkpoint_every=20"]) == 0
+                 "learned.steps=60", "learned.warmup_steps=20", "learned.checkpoint_every=20",
+                 "learned.hidden_weight=0.5"]) == 0
     record = json.loads((out / "prune.json").read_text())
     learned = record["steps"][0]["learned"]
+    assert len(learned["curves"]["hidden_loss"]) == 60
     teacher, pruned = load_model(tmp_path / "teacher"), load_model(out)
     assert learned["actual"] == model_cost(prune_model(teacher, {
         k: list(range(w)) for k, w in learned["widths"].items()}), "macs")
