@@ -65,7 +65,8 @@ def prune_point(args: argparse.Namespace, criterion: str, target: float, out: Pa
     cfg = {"criterion": criterion, "target": {"kind": "macs", "fraction": target, "round_to": args.round_to},
            "finetune_epochs": epochs, "distill": True, "calibration_cuts": args.calibration_cuts,
            "num_threads": args.threads, "seed": args.seed,
-           "learned": {"steps": args.mask_steps, "warmup_steps": max(1, args.mask_steps // 4), **args.learned}}
+           "learned": {"steps": args.mask_steps, "warmup_steps": max(1, args.mask_steps // 4), **args.learned},
+           **(args.prune if criterion != "learned" else {})}
     record = prune_model_dir(args.model, args.data, out, from_dict(PruneConfig, cfg), show_progress=False,
                              overwrite=True)
     row = {"criterion": criterion, "target": target, "macs_ratio": record["final"]["macs_ratio"],
@@ -162,14 +163,20 @@ def main() -> None:
                         "fine-tuned by bench/peers.py); their training is read from DIR/training.json")
     p.add_argument("--learned", nargs="*", default=[], metavar="KEY=VALUE",
                    help="LearnedConfig settings, e.g. lambda_lr=0.01 (the point's folder gets them as a suffix)")
+    p.add_argument("--prune", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="PruneConfig settings for the other criteria, e.g. sensitivity_ratios=[0.25,0.5,0.75,0.9] "
+                        "(the point's folder gets them as a suffix)")
     args = p.parse_args()
     args.learned = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.learned)}
+    args.prune = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.prune)}
     torch.set_num_threads(args.threads)
     tag = args.model.name
     rows, models = [], {"unpruned": args.model}
     for target in args.targets:
         for criterion in args.criteria:
-            suffix = "".join(f"_{k}{v}" for k, v in args.learned.items()) if criterion == "learned" else ""
+            settings = args.learned if criterion == "learned" else args.prune
+            suffix = "".join(f"_{k}{','.join(map(str, v)) if isinstance(v, list) else v}"
+                             for k, v in settings.items())
             suffix += f"_seed{args.seed}" if args.seed else ""
             out = args.out / tag / f"{criterion}_{round(target * 100)}{suffix}"
             saved = out.with_name(out.name + ".row.json")

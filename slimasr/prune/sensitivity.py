@@ -129,8 +129,9 @@ def ratios_from_scan(model: AcousticModel, scan: Mapping[str, Any], target: Prun
         if not movable:
             wanted = " and ".join(f"{f:.1%} of the {k}" for k, f in target.constraints())
             raise ConfigError(f"prune target: cannot remove {wanted} within the scanned ratios "
-                              f"and the constraints (lower the target, or check protect, "
-                              f"round_to, max_group_fraction)")
+                              f"and the constraints (lower the target, scan larger ratios with "
+                              f"sensitivity_ratios=[0.25,0.5,0.75,0.9], or check protect, round_to, "
+                              f"max_group_fraction)")
         best = min(movable, key=lambda c: c.step_price())
         estimated += best.step()
 
