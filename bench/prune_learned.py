@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -117,21 +118,34 @@ def table(rows: list[dict], ref: dict) -> str:
     return head + line
 
 
+def method(criterion: str) -> str:
+    """A row's method, without the target, seed or fine-tuning tags of its name (learned_78_seed1 ->
+    learned): rows of one method share a colour and marker in the plot."""
+    return re.sub(r"_(\d+|seed\d+|kd\d+)(?=_|$)", "", criterion)
+
+
 def plot(rows: list[dict], ref: dict, path: Path) -> None:
+    """WER greedy (and beam + LM when measured) against the MACs kept, one colour per method,
+    every run a point."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for c in sorted({r["criterion"] for r in rows}):
-        pts = sorted((r["macs_ratio"], r["wer_greedy"]) for r in rows if r["criterion"] == c)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=c)
-    ax.axhline(ref["wer_greedy"], color="k", ls="--", label="unpruned")
-    ax.set_xlabel("MACs / unpruned")
-    ax.set_ylabel("WER greedy (%)")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    metrics = [("wer_greedy", "WER greedy (%)")] + ([("wer_lm", "WER beam + LM (%)")] if "wer_lm" in ref else [])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics) + 2.5, 4), squeeze=False)
+    methods = sorted({method(r["criterion"]) for r in rows})
+    markers = "osD^vP*Xph<>"
+    for ax, (key, label) in zip(axes[0], metrics):
+        for k, m in enumerate(methods):
+            pts = [(r["macs_ratio"], r[key]) for r in rows if method(r["criterion"]) == m]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=markers[k % len(markers)],
+                       color=f"C{k % 10}", label=m, alpha=0.8)
+        ax.axhline(ref[key], color="k", ls="--", label="unpruned")
+        ax.set_xlabel("MACs / unpruned")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
