@@ -19,8 +19,8 @@ when every gate is 0 or 1, and differentiable in the keep-probabilities otherwis
 Objective (``train_masks``): CTC + frame KD from the unpruned model (``slimasr.distill.losses``)
 [+ hidden-layer matching: each layer/block output of the gated student, through a linear
 projection that starts as the identity, against the same layer of the unpruned model, DPHuBERT's
-distillation term] + ``l1 (r - t) + l2 (r - t)^2``, r = E[c] / C(n) the expected cost ratio, t the target ratio
-warmed up from 1 to ``1 - fraction``; the multipliers l1, l2 are learned by gradient *ascent*
+distillation term] + ``l1 (r - t) + l2 (r - t)^2``, r = E[c] / C(n) the expected cost ratio, t
+the target ratio warmed up from 1 to ``1 - fraction``; the multipliers l1, l2 are learned by gradient *ascent*
 (Adam with ``maximize``), the weights and gates by descent. With a latency target beside it
 (``LatencyCost``: the measured table's prediction) each constraint has its own pair, and both
 become inequalities (``r - t`` clipped at 0): two equalities can contradict each other.
@@ -470,7 +470,8 @@ def new_state(model: AcousticModel, cfg: LearnedConfig, groups: list[Group], con
 
 def hidden_projector(model: AcousticModel) -> losses.HiddenProjector:
     """One ``Linear(D_i -> D_i)`` per layer/block output of ``model`` (``forward_hidden``'s states
-    1..L), initialised to the identity: the gated student starts with zero hidden loss."""
+    1..L), initialised to the identity: before any gate closes, the student's states are the
+    unpruned model's and the hidden loss is 0."""
     frames = 64
     x, lens = torch.zeros(1, frames, model.config.num_features), torch.tensor([frames])
     was_training = model.training
