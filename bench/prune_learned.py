@@ -71,7 +71,7 @@ def prune_point(args: argparse.Namespace, criterion: str, target: float, out: Pa
     record = prune_model_dir(args.model, args.data, out, from_dict(PruneConfig, cfg), show_progress=False,
                              overwrite=True)
     row = {"criterion": criterion, "target": target, "macs_ratio": record["final"]["macs_ratio"],
-           "finetune_epochs": epochs, "widths": record["final"]["widths"]}
+           "finetune_epochs": epochs, "seed": args.seed, "widths": record["final"]["widths"]}
     learned = record["steps"][0].get("learned")
     if learned:
         row.update({"mask_steps": learned["steps"], "expected_ratio": learned["expected"] / learned["original"]})

@@ -1,0 +1,118 @@
+"""Means over seeds: one table of several runs per method, from the rows the benchmarks wrote.
+
+    python bench/seed_summary.py --ref sensitivity \
+        --group sensitivity=shipped_m1000/learned.json#sensitivity_0.78,shipped_m1000_rows/sensitivity_78_seed1.row.json \
+        --group learned=shipped_m300_rows/learned_78_..._kd22.row.json,shipped_m300_rows/learned_78_..._kd22_seed1.row.json \
+        --root bench/results/prune_learned --out bench/results/prune_learned/shipped_seeds.json
+
+A run is a ``*.row.json`` file (one row of ``bench/prune_learned.py``) or a point of a table's JSON,
+``learned.json#CRITERION_TARGET``. The runs of a group are listed in seed order; against ``--ref``
+each group gets the difference of the means and, where both have the same number of runs, the
+paired differences seed by seed (the spread says whether a gap is more than the seeds move). Writes
+the table (Markdown, printed and beside ``--out``) and the numbers (``--out``, JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+METRICS = (("wer_greedy", "WER greedy"), ("wer_lm", "WER +LM"))
+
+
+def load_run(spec: str, root: Path) -> dict:
+    """One run's row: ``FILE.row.json``, or ``TABLE.json#criterion_target`` (a point of a table)."""
+    path, _, point = spec.partition("#")
+    if not (root / path).is_file():
+        raise SystemExit(f"{root / path}: no such file")
+    data = json.loads((root / path).read_text())
+    if not point:
+        return data
+    criterion, _, target = point.rpartition("_")
+    for row in data["points"]:
+        if row["criterion"] == criterion and row["target"] == float(target):
+            return row
+    raise SystemExit(f"{root / path}: no point {point!r} (criterion_target, e.g. sensitivity_0.78)")
+
+
+def summarize(groups: dict[str, list[dict]], ref: str | None) -> dict:
+    """Per group: each run's WERs, their mean, min and max; against ``ref``, the difference of the
+    means and the paired per-seed differences (when the run counts match)."""
+    out = {}
+    for name, runs in groups.items():
+        entry = {"runs": len(runs), "finetune_epochs": sorted({r.get("finetune_epochs") for r in runs}),
+                 "macs_ratio": statistics.mean(r["macs_ratio"] for r in runs)}
+        for key, _ in METRICS:
+            values = [r[key] for r in runs if key in r]
+            if values:
+                entry[key] = {"values": values, "mean": statistics.mean(values), "min": min(values),
+                              "max": max(values)}
+        out[name] = entry
+    if ref is not None:
+        for name, entry in out.items():
+            for key, _ in METRICS:
+                if key not in entry or key not in out[ref]:
+                    continue
+                mine, theirs = entry[key]["values"], out[ref][key]["values"]
+                entry[key]["minus_ref"] = entry[key]["mean"] - out[ref][key]["mean"]
+                if len(mine) == len(theirs):
+                    entry[key]["paired_minus_ref"] = [a - b for a, b in zip(mine, theirs)]
+    return out
+
+
+def table(summary: dict, ref: str | None) -> str:
+    cols = [label for _, label in METRICS]
+    head = "| method | runs | MACs kept | " + " | ".join(f"{c} (each) | {c} mean" for c in cols)
+    head += (" | " + " | ".join(f"{c} − {ref}" for c in cols) if ref else "") + " |\n"
+    head += "|---" * (3 + 2 * len(cols) + (len(cols) if ref else 0)) + "|\n"
+    lines = []
+    for name, e in summary.items():
+        cells = [name, str(e["runs"]), f"{e['macs_ratio']:.3f}"]
+        for key, _ in METRICS:
+            m = e.get(key)
+            cells += [" / ".join(f"{v:.2f}" for v in m["values"]), f"{m['mean']:.2f}"] if m else ["–", "–"]
+        if ref:
+            for key, _ in METRICS:
+                m = e.get(key)
+                if not m or "minus_ref" not in m:
+                    cells.append("–")
+                    continue
+                paired = m.get("paired_minus_ref")
+                cells.append(f"{m['minus_ref']:+.2f}" + (f" ({' / '.join(f'{d:+.2f}' for d in paired)})"
+                                                         if paired and name != ref else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--group", action="append", required=True, metavar="NAME=RUN,RUN,...",
+                   help="a method's runs in seed order (RUN: FILE.row.json or TABLE.json#criterion_target)")
+    p.add_argument("--ref", default=None, help="the group the others are compared with")
+    p.add_argument("--root", type=Path, default=Path("."), help="the runs' paths are relative to this")
+    p.add_argument("--out", type=Path, default=None, help="JSON of the summary (the table beside it, .md)")
+    args = p.parse_args(argv)
+    groups = {}
+    for item in args.group:
+        name, sep, runs = item.partition("=")
+        if not sep or not runs:
+            raise SystemExit(f"--group {item!r}: expected NAME=RUN,RUN,...")
+        groups[name] = [load_run(spec, args.root) for spec in runs.split(",")]
+    if args.ref is not None and args.ref not in groups:
+        raise SystemExit(f"--ref {args.ref!r}: no such group ({', '.join(groups)})")
+    summary = summarize(groups, args.ref)
+    text = table(summary, args.ref)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"ref": args.ref, "groups": summary,
+                                        "runs": {n: [s for s in item.partition("=")[2].split(",")]
+                                                 for n, item in zip(groups, args.group)}}, indent=1))
+        args.out.with_suffix(".md").write_text(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
