@@ -9,7 +9,8 @@ A run is a ``*.row.json`` file (one row of ``bench/prune_learned.py``) or a poin
 ``learned.json#CRITERION_TARGET``. The runs of a group are listed in seed order; against ``--ref``
 each group gets the difference of the means and, where both have the same number of runs, the
 paired differences seed by seed (the spread says whether a gap is more than the seeds move). Writes
-the table (Markdown, printed and beside ``--out``) and the numbers (``--out``, JSON).
+the table (Markdown, printed and beside ``--out``), the numbers (``--out``, JSON) and a plot of every
+run and each group's mean (beside ``--out``, .png).
 """
 
 from __future__ import annotations
@@ -87,6 +88,32 @@ def table(summary: dict, ref: str | None) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def plot(summary: dict, path: Path) -> None:
+    """Every run as a dot and each group's mean as a bar, greedy and beam + LM side by side."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    metrics = [(k, label) for k, label in METRICS if any(k in e for e in summary.values())]
+    names = list(summary)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 + 1.2 * len(names) * len(metrics), 4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], metrics):
+        for x, name in enumerate(names):
+            m = summary[name].get(key)
+            if not m:
+                continue
+            ax.scatter([x] * len(m["values"]), m["values"], color=f"C{x % 10}", alpha=0.7, zorder=3)
+            ax.hlines(m["mean"], x - 0.3, x + 0.3, color=f"C{x % 10}", lw=2)
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(f"{label} (%)")
+        ax.set_title(f"{label}: runs (dots) and mean (bar)", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--group", action="append", required=True, metavar="NAME=RUN,RUN,...",
@@ -111,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
                                         "runs": {n: [s for s in item.partition("=")[2].split(",")]
                                                  for n, item in zip(groups, args.group)}}, indent=1))
         args.out.with_suffix(".md").write_text(text)
+        plot(summary, args.out.with_suffix(".png"))
     sys.stdout.write(text)
 
 

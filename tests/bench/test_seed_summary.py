@@ -40,6 +40,7 @@ def test_means_and_paired_differences(tmp_path: Path, capsys: pytest.CaptureFixt
     printed = capsys.readouterr().out
     assert "| learned | 2 | 0.220 | 50.00 / 48.00 | 49.00 | 30.00 / 29.00 | 29.50 | +1.00 (+3.00 / -1.00) |" in printed
     assert out.with_suffix(".md").read_text() == printed
+    assert out.with_suffix(".png").stat().st_size > 0
 
 
 def test_unequal_runs_give_no_pairs(tmp_path: Path) -> None:
