@@ -8,7 +8,8 @@
 A run is a ``*.row.json`` file (one row of ``bench/prune_learned.py``) or a point of a table's JSON,
 ``learned.json#CRITERION_TARGET``. The runs of a group are listed in seed order; against ``--ref``
 each group gets the difference of the means and, where both have the same number of runs, the
-paired differences seed by seed (the spread says whether a gap is more than the seeds move). Writes
+paired differences seed by seed with the standard error of their mean (± in the table: a gap
+within about two of them is within what the seeds move). Writes
 the table (Markdown, printed and beside ``--out``), the numbers (``--out``, JSON) and a plot of every
 run and each group's mean (beside ``--out``, .png).
 """
@@ -50,7 +51,7 @@ def summarize(groups: dict[str, list[dict]], ref: str | None) -> dict:
             values = [r[key] for r in runs if key in r]
             if values:
                 entry[key] = {"values": values, "mean": statistics.mean(values), "min": min(values),
-                              "max": max(values)}
+                              "max": max(values), "sd": statistics.stdev(values) if len(values) > 1 else None}
         out[name] = entry
     if ref is not None:
         for name, entry in out.items():
@@ -60,7 +61,11 @@ def summarize(groups: dict[str, list[dict]], ref: str | None) -> dict:
                 mine, theirs = entry[key]["values"], out[ref][key]["values"]
                 entry[key]["minus_ref"] = entry[key]["mean"] - out[ref][key]["mean"]
                 if len(mine) == len(theirs):
-                    entry[key]["paired_minus_ref"] = [a - b for a, b in zip(mine, theirs)]
+                    paired = [a - b for a, b in zip(mine, theirs)]
+                    entry[key]["paired_minus_ref"] = paired
+                    # the standard error of the mean paired difference: a gap within ~2 of it is noise
+                    entry[key]["paired_se"] = (statistics.stdev(paired) / len(paired) ** 0.5
+                                               if len(paired) > 1 else None)
     return out
 
 
@@ -81,9 +86,10 @@ def table(summary: dict, ref: str | None) -> str:
                 if not m or "minus_ref" not in m:
                     cells.append("–")
                     continue
-                paired = m.get("paired_minus_ref")
-                cells.append(f"{m['minus_ref']:+.2f}" + (f" ({' / '.join(f'{d:+.2f}' for d in paired)})"
-                                                         if paired and name != ref else ""))
+                paired = m.get("paired_minus_ref") if name != ref else None
+                se = f" ± {m['paired_se']:.2f}" if paired and m.get("paired_se") is not None else ""
+                cells.append(f"{m['minus_ref']:+.2f}{se}"
+                             + (f" ({' / '.join(f'{d:+.2f}' for d in paired)})" if paired else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
 

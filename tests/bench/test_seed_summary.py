@@ -37,8 +37,10 @@ def test_means_and_paired_differences(tmp_path: Path, capsys: pytest.CaptureFixt
     assert groups["learned"]["wer_lm"]["minus_ref"] == pytest.approx(29.5 - 29.0)
     assert groups["learned"]["wer_greedy"]["paired_minus_ref"] == pytest.approx([3.0, -1.0])
     assert (groups["learned"]["wer_greedy"]["min"], groups["learned"]["wer_greedy"]["max"]) == (48.0, 50.0)
+    assert groups["learned"]["wer_greedy"]["sd"] == pytest.approx(2 ** 0.5)
+    assert groups["learned"]["wer_greedy"]["paired_se"] == pytest.approx(2.0)  # sd of (3, -1) / sqrt(2)
     printed = capsys.readouterr().out
-    assert "| learned | 2 | 0.220 | 50.00 / 48.00 | 49.00 | 30.00 / 29.00 | 29.50 | +1.00 (+3.00 / -1.00) |" in printed
+    assert "| learned | 2 | 0.220 | 50.00 / 48.00 | 49.00 | 30.00 / 29.00 | 29.50 | +1.00 ± 2.00 (+3.00 / -1.00) |" in printed
     assert out.with_suffix(".md").read_text() == printed
     assert out.with_suffix(".png").stat().st_size > 0
 
