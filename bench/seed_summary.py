@@ -34,8 +34,8 @@ def load_run(spec: str, root: Path) -> dict:
     if not point:
         return data
     criterion, _, target = point.rpartition("_")
-    for row in data["points"]:
-        if row["criterion"] == criterion and row["target"] == float(target):
+    for row in data.get("points", []):
+        if row["criterion"] == criterion and f"{row['target']}" == target:
             return row
     raise SystemExit(f"{root / path}: no point {point!r} (criterion_target, e.g. sensitivity_0.78)")
 
@@ -128,21 +128,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--root", type=Path, default=Path("."), help="the runs' paths are relative to this")
     p.add_argument("--out", type=Path, default=None, help="JSON of the summary (the table beside it, .md)")
     args = p.parse_args(argv)
-    groups = {}
+    specs: dict[str, list[str]] = {}
     for item in args.group:
         name, sep, runs = item.partition("=")
         if not sep or not runs:
             raise SystemExit(f"--group {item!r}: expected NAME=RUN,RUN,...")
-        groups[name] = [load_run(spec, args.root) for spec in runs.split(",")]
+        if name in specs:
+            raise SystemExit(f"--group {name!r} given twice")
+        specs[name] = runs.split(",")
+    groups = {name: [load_run(spec, args.root) for spec in runs] for name, runs in specs.items()}
     if args.ref is not None and args.ref not in groups:
         raise SystemExit(f"--ref {args.ref!r}: no such group ({', '.join(groups)})")
     summary = summarize(groups, args.ref)
     text = table(summary, args.ref)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"ref": args.ref, "groups": summary,
-                                        "runs": {n: [s for s in item.partition("=")[2].split(",")]
-                                                 for n, item in zip(groups, args.group)}}, indent=1))
+        args.out.write_text(json.dumps({"ref": args.ref, "groups": summary, "runs": specs}, indent=1))
         args.out.with_suffix(".md").write_text(text)
         plot(summary, args.out.with_suffix(".png"))
     sys.stdout.write(text)

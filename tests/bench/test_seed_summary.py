@@ -30,7 +30,10 @@ def test_means_and_paired_differences(tmp_path: Path, capsys: pytest.CaptureFixt
     seed_summary.main(["--root", str(tmp_path), "--ref", "sens", "--out", str(out),
                        "--group", "sens=learned.json#sensitivity_0.78,s1.row.json",
                        "--group", "learned=a.row.json,b.row.json"])
-    groups = json.loads(out.read_text())["groups"]
+    written = json.loads(out.read_text())
+    assert written["runs"] == {"sens": ["learned.json#sensitivity_0.78", "s1.row.json"],
+                               "learned": ["a.row.json", "b.row.json"]}
+    groups = written["groups"]
     assert groups["sens"]["wer_greedy"]["values"] == [47.0, 49.0]  # the 0.78 point, not the 0.5 one
     assert groups["learned"]["wer_greedy"]["mean"] == pytest.approx(49.0)
     assert groups["learned"]["wer_lm"]["mean"] == pytest.approx(29.5)
@@ -57,6 +60,11 @@ def test_bad_specs_are_one_line(tmp_path: Path) -> None:
         seed_summary.main(["--root", str(tmp_path), "--group", "t=learned.json#taylor_0.78"])
     with pytest.raises(SystemExit, match="missing.row.json: no such file"):
         seed_summary.main(["--root", str(tmp_path), "--group", "m=missing.row.json"])
+    with pytest.raises(SystemExit, match="no point 'learned_x'"):
+        seed_summary.main(["--root", str(tmp_path), "--group", "t=learned.json#learned_x"])
+    with pytest.raises(SystemExit, match="given twice"):
+        seed_summary.main(["--root", str(tmp_path), "--group", "a=learned.json#learned_0.78",
+                           "--group", "a=learned.json#learned_0.78"])
     with pytest.raises(SystemExit, match="expected NAME=RUN"):
         seed_summary.main(["--group", "nameonly"])
     with pytest.raises(SystemExit, match="no such group"):
