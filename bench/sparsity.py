@@ -93,22 +93,26 @@ def wer(args: argparse.Namespace) -> None:
         for sparsity in args.sparsities:
             lr = f"_lr{args.finetune_lr:g}" if args.finetune_lr else ""
             scope = "_global" if args.scope == "global" else ""
+            hid = f"_hid{args.hidden_weight:g}" if args.hidden_weight else ""
+            seed = f"_seed{args.seed}" if args.seed else ""
             name = (f"{method}{scope}_{int(round(sparsity * 100))}_ft{args.finetune_epochs}"
-                    f"{'kd' if args.distill else ''}{lr}")
+                    f"{'kd' if args.distill else ''}{lr}{hid}{seed}")
             out = args.out / tag / name
             cfg = from_dict(PruneConfig, {
                 "method": "unstructured", "gradual": method == "gradual", "finetune_epochs": args.finetune_epochs,
                 "distill": args.distill, "num_threads": args.threads, "seed": args.seed,
                 **({"finetune_overrides": [*PruneConfig().finetune_overrides, f"train.lr={args.finetune_lr}"]}
                    if args.finetune_lr else {}),
+                **({"distill_overrides": [f"loss.hidden_weight={args.hidden_weight}", "loss.hidden_init=identity"]}
+                   if args.hidden_weight else {}),
                 "unstructured": {"criterion": "gradient" if method == "gradient" else "magnitude",
                                  "sparsity": sparsity, "scope": args.scope, "exclude": args.exclude}})
             start = time.perf_counter()
             record = prune_model_dir(args.model, args.data, out, cfg, show_progress=False, overwrite=True)
             row = {"point": name, "method": method, "scope": args.scope, "sparsity": sparsity,
                    "finetune_epochs": args.finetune_epochs,
-                   "finetune_lr": args.finetune_lr or 1e-3,
-                   "distill": args.distill, "seconds": round(time.perf_counter() - start, 1),
+                   "finetune_lr": args.finetune_lr or 1e-3, "hidden_weight": args.hidden_weight,
+                   "distill": args.distill, "seed": args.seed, "seconds": round(time.perf_counter() - start, 1),
                    "reached": record["final"]["sparsity"], "bytes": record["final"]["bytes"],
                    "dense_bytes": record["original"]["bytes"], "bytes_ratio": record["final"]["bytes_ratio"],
                    **evaluate(out, args.data, args.lm), "latency_ms": _latency(load_model(out))}
@@ -466,7 +470,8 @@ def _curves(points: list[dict]) -> dict[str, list[dict]]:
         if p["sparsity"] > 0:
             lr = f", lr {p['finetune_lr']:g}" if p.get("finetune_lr", 1e-3) != 1e-3 else ""
             scope = ", global" if p.get("scope") == "global" else ""
-            curves.setdefault(f"{p['method']}{scope} ({p['finetune_epochs']} KD epochs{lr})", []).append(p)
+            hid = f", hidden {p['hidden_weight']:g}" if p.get("hidden_weight") else ""
+            curves.setdefault(f"{p['method']}{scope} ({p['finetune_epochs']} KD epochs{lr}{hid})", []).append(p)
     return curves
 
 
@@ -488,6 +493,9 @@ def main() -> None:
     ap.add_argument("--distill", action="store_true", help="fine-tune with KD from the dense model")
     ap.add_argument("--finetune-lr", type=float, default=None,
                     help="peak learning rate of the fine-tuning (default: prune's, 1e-3)")
+    ap.add_argument("--hidden-weight", type=float, default=0.0,
+                    help="wer with --distill: hidden-layer matching to the dense model at this weight "
+                         "(identity projections; runs the dense model online)")
     ap.add_argument("--reg-epochs", type=int, default=2, help="group-lasso: epochs with the penalty")
     ap.add_argument("--strength", type=float, default=0.2, help="group-lasso: lambda")
     ap.add_argument("--metric", choices=["euclidean", "adam"], default="euclidean",
@@ -501,6 +509,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--points", nargs="*", default=[], help="storage: points of wer (folders in --out/<model>)")
     args = ap.parse_args()
+    if args.hidden_weight and not args.distill:
+        ap.error("--hidden-weight matches the dense model's hidden states: it needs --distill")
     {"wer": wer, "kernels": kernels, "group-lasso": group_lasso, "storage": storage,
      "table": table}[args.command](args)
 

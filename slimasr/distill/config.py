@@ -94,6 +94,9 @@ class LossConfig:
     # empty: every student layer to the teacher layer at the same relative depth.
     hidden_pairs: list[list[int]] = field(default_factory=list)
     hidden_kind: Literal["l1_cos", "mse"] = "l1_cos"  # DistilHuBERT's L1 - log sigmoid(cos), or MSE
+    # the projections' start: random (nn.Linear's init), or the identity where every matched pair
+    # has equal dims (a student with the teacher's architecture: a sparse or fine-tuned copy)
+    hidden_init: Literal["random", "identity"] = "random"
     cos_weight: float = 1.0  # weight of the cosine part of l1_cos
     pseudo_weight: float = 0.0  # CTC on the teacher's transcript (sequence-level KD)
     pseudo_decode: Literal["greedy", "beam"] = "greedy"  # how the teacher transcribes

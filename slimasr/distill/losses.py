@@ -311,6 +311,18 @@ class HiddenProjector(nn.Module):
         self.pairs = [(int(s), int(t)) for s, t in pairs]
         self.proj = nn.ModuleList(nn.Linear(s, t) for s, t in self.pairs)
 
+    def identity_(self) -> "HiddenProjector":
+        """Every projection set to the identity (each pair's dims must be equal): a student with the
+        teacher's architecture starts matched, its hidden loss 0 when its states are the teacher's."""
+        uneven = [pair for pair in self.pairs if pair[0] != pair[1]]
+        if uneven:
+            raise ValueError(f"an identity projection needs equal dims, got (student, teacher) {uneven}")
+        with torch.no_grad():
+            for proj in self.proj:
+                proj.weight.copy_(torch.eye(proj.in_features))
+                proj.bias.zero_()
+        return self
+
     def forward(self, hs: Sequence[Tensor]) -> list[Tensor]:
         if len(hs) != len(self.proj):
             raise ValueError(f"expected {len(self.proj)} hidden states, got {len(hs)}")

@@ -306,7 +306,13 @@ def _hidden_setup(recipe: DistillRecipe, student: AcousticModel, teacher: Any
             raise ConfigError(f"loss.hidden_pairs: ({s}, {t}) out of range (student has "
                               f"{len(s_hidden)} hidden states, teacher {len(t_hidden)})")
     dims = [(s_hidden[s].shape[-1], t_hidden[t].shape[-1]) for s, t in pairs]
-    return pairs, losses.HiddenProjector(dims)
+    projector = losses.HiddenProjector(dims)
+    if recipe.loss.hidden_init == "identity":
+        try:
+            projector.identity_()
+        except ValueError as e:
+            raise ConfigError(f"loss.hidden_init=identity: {e}") from None
+    return pairs, projector
 
 
 # ---------------------------------------------------------------------------------------------

@@ -478,12 +478,7 @@ def hidden_projector(model: AcousticModel) -> losses.HiddenProjector:
     with torch.no_grad():
         hidden = model.eval().forward_hidden(x, lens)[2][1:]
     model.train(was_training)
-    projector = losses.HiddenProjector([(h.shape[-1], h.shape[-1]) for h in hidden])
-    with torch.no_grad():
-        for proj in projector.proj:
-            proj.weight.copy_(torch.eye(proj.in_features))
-            proj.bias.zero_()
-    return projector
+    return losses.HiddenProjector([(h.shape[-1], h.shape[-1]) for h in hidden]).identity_()
 
 
 def train_masks(model: AcousticModel, batches: Iterable[dict], cfg: LearnedConfig, fraction: float,

@@ -216,6 +216,18 @@ def test_projector_shapes_and_grads() -> None:
         hidden_loss(out[0], teachers[0], lens, "cosine")
 
 
+def test_identity_projector_passes_states_through_and_refuses_uneven_dims() -> None:
+    proj = HiddenProjector([(4, 4), (3, 3)]).identity_()
+    gen = torch.Generator().manual_seed(3)
+    hs = [torch.randn(2, 5, 4, generator=gen), torch.randn(2, 5, 3, generator=gen)]
+    assert all(torch.equal(out, h) for out, h in zip(proj(hs), hs))
+    lens = torch.tensor([5, 2])
+    assert all(hidden_loss(out, h, lens).item() == pytest.approx(0.0, abs=1e-6) for out, h in zip(proj(hs), hs))
+    assert all(p.requires_grad for p in proj.parameters())  # still learned
+    with pytest.raises(ValueError, match=r"equal dims.*\(4, 6\)"):
+        HiddenProjector([(4, 4), (4, 6)]).identity_()
+
+
 # ---------------------------------------------------------------------------------------------
 # Pseudo-label filter
 

@@ -138,6 +138,36 @@ def test_online_teacher_at_another_frame_rate(teacher, tmp_path) -> None:
     assert losses[-1] < losses[0]
 
 
+def test_identity_projections_start_a_same_architecture_student_matched(teacher) -> None:
+    """loss.hidden_init=identity: a student with the teacher's architecture and weights (a sparse
+    or fine-tuned copy) starts with hidden loss 0; a narrower student is refused in one line."""
+    from slimasr.distill.config import load_distill_recipe
+    from slimasr.distill.losses import hidden_loss
+    from slimasr.distill.run import _hidden_setup
+    from slimasr.errors import ConfigError
+    from slimasr.models import build_model
+
+    data, teacher_dir = teacher
+    t = SlimasrTeacher(teacher_dir)
+    same = {**tiny_recipe(), "teacher": {"path": str(teacher_dir)}}  # the teacher's architecture
+    recipe = load_distill_recipe({**same, "loss": {"hidden_weight": 1.0, "hidden_init": "identity"}})
+    student = load_model(teacher_dir)
+    pairs, projector = _hidden_setup(recipe, student, t)
+    x, lens = torch.randn(2, 40, recipe.features.num_mel_bins), torch.tensor([40, 31])
+    with torch.no_grad():
+        _, out_lens, s_hidden = student.eval().forward_hidden(x, lens)
+        t_hidden = t.forward_features(x, lens, hidden=True)[2]
+        projected = projector([s_hidden[s] for s, _ in pairs])
+    assert pairs and all(hidden_loss(h, t_hidden[j], out_lens).item() == pytest.approx(0.0, abs=1e-6)
+                         for h, (_, j) in zip(projected, pairs))
+    random = load_distill_recipe({**same, "loss": {"hidden_weight": 1.0}})
+    assert not torch.equal(_hidden_setup(random, student, t)[1].proj[0].weight, projector.proj[0].weight)
+    narrow = student_recipe(teacher_dir, hidden_weight=1.0, hidden_init="identity")
+    small = build_model("crnn", narrow["model"]["config"], vocab_size=student.head.out_features)
+    with pytest.raises(ConfigError, match="loss.hidden_init=identity: .*equal dims"):
+        _hidden_setup(load_distill_recipe(narrow), small, t)
+
+
 @pytest.mark.parametrize("loss, cache, warp", [({"kd_weight": 0.5}, True, 0), ({"kd_weight": 0.5}, False, 40),
                                                ({"hidden_weight": 0.5}, True, 40),
                                                ({"pseudo_weight": 0.5}, True, 40), ({}, True, 40)])

@@ -303,6 +303,23 @@ def test_gradient_saliency_global_and_gradual_unstructured_pruning(trained, tmp_
         assert int(_zeros(model, name).sum()) == round(0.6 * model.get_parameter(name).numel()), name
 
 
+def test_gradual_sparsity_with_hidden_matching_to_the_dense_model(trained, tmp_path):
+    """The sparse fine-tune can match the dense model's hidden states (identity projections, the
+    dense model run online) and still ends at its sparsity with the masks kept."""
+    data, model_dir = trained
+    record = prune_model_dir(model_dir, data, tmp_path / "h", config(
+        method="unstructured", gradual=True, finetune_epochs=1, distill=True, unstructured={"sparsity": 0.6},
+        distill_overrides=["loss.hidden_weight=1.0", "loss.hidden_init=identity"],
+        finetune_overrides=[*PruneConfig().finetune_overrides, "train.warmup_steps=2",
+                            "sparsity.gradual.every_steps=2", "sparsity.gradual.span_steps=4"]), show_progress=False)
+    tuned = json.loads((tmp_path / "h" / "training.json").read_text())
+    assert tuned["loss"]["hidden_weight"] == 1.0 and tuned["loss"]["hidden_init"] == "identity"
+    assert tuned["gradual"]["last_target"] == 0.6
+    model = load_model(tmp_path / "h")
+    for name in record["final"]["layers"]:
+        assert int(_zeros(model, name).sum()) == round(0.6 * model.get_parameter(name).numel()), name
+
+
 def test_units_a_penalty_emptied_are_removed_exactly_by_threshold(trained, tmp_path):
     data, model_dir = trained
     emptied = tmp_path / "emptied"
