@@ -61,6 +61,13 @@ def finetune_epochs(args: argparse.Namespace, criterion: str) -> int:
     return args.finetune_epochs + round(seen / epoch_seconds(args.data))
 
 
+def _tag(value: object) -> str:
+    """A setting's value in a folder name: a list's or a dict's values joined by commas."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def prune_point(args: argparse.Namespace, criterion: str, target: float, out: Path) -> dict:
     epochs = finetune_epochs(args, criterion)
     cfg = {"criterion": criterion, "target": {"kind": "macs", "fraction": target, "round_to": args.round_to},
@@ -189,8 +196,7 @@ def main() -> None:
     for target in args.targets:
         for criterion in args.criteria:
             settings = args.learned if criterion == "learned" else args.prune
-            suffix = "".join(f"_{k}{','.join(map(str, v)) if isinstance(v, list) else v}"
-                             for k, v in settings.items())
+            suffix = "".join(f"_{k}{_tag(v)}" for k, v in settings.items())
             suffix += f"_seed{args.seed}" if args.seed else ""
             out = args.out / tag / f"{criterion}_{round(target * 100)}{suffix}"
             saved = out.with_name(out.name + ".row.json")

@@ -95,14 +95,16 @@ def wer(args: argparse.Namespace) -> None:
             scope = "_global" if args.scope == "global" else ""
             hid = f"_hid{args.hidden_weight:g}" if args.hidden_weight else ""
             seed = f"_seed{args.seed}" if args.seed else ""
+            end = f"_end{args.end_share:g}" if method == "gradual" and args.end_share is not None else ""
             name = (f"{method}{scope}_{int(round(sparsity * 100))}_ft{args.finetune_epochs}"
-                    f"{'kd' if args.distill else ''}{lr}{hid}{seed}")
+                    f"{'kd' if args.distill else ''}{lr}{hid}{end}{seed}")
+            tune = [f"train.lr={args.finetune_lr}"] if args.finetune_lr else []
+            tune += [f"sparsity.gradual.end_share={args.end_share}"] if end else []
             out = args.out / tag / name
             cfg = from_dict(PruneConfig, {
                 "method": "unstructured", "gradual": method == "gradual", "finetune_epochs": args.finetune_epochs,
                 "distill": args.distill, "num_threads": args.threads, "seed": args.seed,
-                **({"finetune_overrides": [*PruneConfig().finetune_overrides, f"train.lr={args.finetune_lr}"]}
-                   if args.finetune_lr else {}),
+                **({"finetune_overrides": [*PruneConfig().finetune_overrides, *tune]} if tune else {}),
                 **({"distill_overrides": [f"loss.hidden_weight={args.hidden_weight}", "loss.hidden_init=identity"]}
                    if args.hidden_weight else {}),
                 "unstructured": {"criterion": "gradient" if method == "gradient" else "magnitude",
@@ -112,6 +114,7 @@ def wer(args: argparse.Namespace) -> None:
             row = {"point": name, "method": method, "scope": args.scope, "sparsity": sparsity,
                    "finetune_epochs": args.finetune_epochs,
                    "finetune_lr": args.finetune_lr or 1e-3, "hidden_weight": args.hidden_weight,
+                   **({"end_share": args.end_share} if end else {}),
                    "distill": args.distill, "seed": args.seed, "seconds": round(time.perf_counter() - start, 1),
                    "reached": record["final"]["sparsity"], "bytes": record["final"]["bytes"],
                    "dense_bytes": record["original"]["bytes"], "bytes_ratio": record["final"]["bytes_ratio"],
@@ -328,8 +331,9 @@ def _store(source: Path, folder: Path, precision: str) -> None:
 
 def table(args: argparse.Namespace) -> None:
     tag, results = args.model.name, args.results / args.model.name
-    points = [read_json(p) for p in sorted(results.glob("*.json"))
-              if p.stem not in ("kernels", "storage") and not p.stem.startswith("group_lasso")]
+    # the points of `wer` (the kernels, storage and group-lasso files, and group lasso's sensitivity
+    # baselines, have their own tables)
+    points = [row for row in map(read_json, sorted(results.glob("*.json"))) if "method" in row and "sparsity" in row]
     lines = [f"# Unstructured sparsity: {tag}", "",
              "| point | sparsity | WER greedy | WER +LM | nonzero params | MB on disk | x fewer bytes | latency ms |",
              "|---|---|---|---|---|---|---|---|"]
@@ -471,6 +475,7 @@ def _curves(points: list[dict]) -> dict[str, list[dict]]:
             lr = f", lr {p['finetune_lr']:g}" if p.get("finetune_lr", 1e-3) != 1e-3 else ""
             scope = ", global" if p.get("scope") == "global" else ""
             hid = f", hidden {p['hidden_weight']:g}" if p.get("hidden_weight") else ""
+            hid += f", pruned by {p['end_share']:.0%} of the steps" if "end_share" in p else ""
             curves.setdefault(f"{p['method']}{scope} ({p['finetune_epochs']} KD epochs{lr}{hid})", []).append(p)
     return curves
 
@@ -496,6 +501,9 @@ def main() -> None:
     ap.add_argument("--hidden-weight", type=float, default=0.0,
                     help="wer with --distill: hidden-layer matching to the dense model at this weight "
                          "(identity projections; runs the dense model online)")
+    ap.add_argument("--end-share", type=float, default=None,
+                    help="wer, gradual: share of the fine-tuning's steps by which the final sparsity is "
+                         "reached (default: the schedule's, 0.75)")
     ap.add_argument("--reg-epochs", type=int, default=2, help="group-lasso: epochs with the penalty")
     ap.add_argument("--strength", type=float, default=0.2, help="group-lasso: lambda")
     ap.add_argument("--metric", choices=["euclidean", "adam"], default="euclidean",
