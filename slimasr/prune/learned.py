@@ -91,6 +91,11 @@ class LearnedConfig:
     binarize: Literal["rank", "threshold"] = "rank"  # rank: meet the target exactly; threshold: z > 0.5
     checkpoint_every: int = 100  # steps between mask-training checkpoints (resumable)
     depth: bool = False  # also one gate per residual block (Conformer), removed when it closes
+    # group -> kept width: learn which units (and their weights) at widths chosen elsewhere, e.g.
+    # the sensitivity scan's plan. Replaces the cost target: each named group's expected width is
+    # pulled to its width (its own multipliers, the same warm-up) and binarized to exactly it;
+    # groups not named keep every unit. Not with a latency target or depth gates.
+    widths: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_numbers("learned", self, positive=("steps", "lr", "gate_lr", "lambda_lr", "batch_seconds",
@@ -103,6 +108,8 @@ class LearnedConfig:
             raise ConfigError("learned: ctc_weight, kd_weight and hidden_weight are all 0 (nothing to train on)")
         if not 0.0 < self.init_keep < 1.0:
             raise ConfigError(f"learned.init_keep must be in (0, 1), got {self.init_keep}")
+        if any(not isinstance(w, int) or isinstance(w, bool) for w in self.widths.values()):
+            raise ConfigError(f"learned.widths: whole numbers of units per group, got {self.widths}")
         if self.binarize not in ("rank", "threshold"):
             raise ConfigError(f"learned.binarize must be 'rank' or 'threshold', got {self.binarize!r}")
 
@@ -277,7 +284,49 @@ def _coupled(groups: list[Group]) -> list[tuple[Group, Group]]:
             if tensors[i] & tensors[j]]
 
 
+@dataclass
+class WidthCost:
+    """One group's kept units as a cost (``learned.widths``' constraints): expected = the sum of
+    its keep-probabilities, ``at`` = its width."""
+
+    group: str
+    full: float  # the group's full width
+
+    def expected(self, probs: Mapping[str, Tensor]) -> Tensor:
+        return probs[self.group].sum()
+
+    def at(self, widths: Mapping[str, int]) -> float:
+        return float(widths[self.group])
+
+
+def width_constraints(groups: list[Group], widths: Mapping[str, int]) -> list[tuple[WidthCost, float]]:
+    """``learned.widths`` as (cost, share removed) constraints, one per named group; a one-line
+    ConfigError names an unknown group or a width outside [min_size, size]."""
+    by_name = {g.name: g for g in groups}
+    out = []
+    for name, width in widths.items():
+        if name not in by_name:
+            raise ConfigError(f"learned.widths: unknown group {name!r} (groups: {', '.join(by_name)})")
+        g = by_name[name]
+        if not g.min_size <= int(width) <= g.size:
+            raise ConfigError(f"learned.widths: {name} must keep {g.min_size}..{g.size} units, got {width}")
+        out.append((WidthCost(name, float(g.size)), 1.0 - int(width) / g.size))
+    return out
+
+
 # ---- binarization -------------------------------------------------------------------------------
+
+def binarize_widths(gates: ModelGates, widths: Mapping[str, int]) -> dict[str, list[int]]:
+    """Keep-lists with exactly ``widths[g]`` units of each named group (its most probable) and
+    every unit of the others."""
+    with torch.no_grad():
+        probs = {k: v.detach() for k, v in gates.keep_probs().items()}
+    out = {}
+    for k, p in probs.items():
+        w = int(widths.get(k, len(p)))
+        out[k] = sorted(torch.argsort(p, descending=True, stable=True)[:w].tolist())
+    return out
+
 
 def binarize(gates: ModelGates, cost: CostModel, fraction: float, how: str = "rank",
              latency: tuple[LatencyCost, float] | None = None) -> dict[str, list[int]]:
@@ -451,11 +500,13 @@ def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torc
 
 def new_state(model: AcousticModel, cfg: LearnedConfig, groups: list[Group], constraints: int = 1
               ) -> MaskState:
+    """A fresh state; ``constraints``: 1 (the cost target), 2 (cost and latency) or, with
+    ``cfg.widths``, one per named group."""
     student = copy.deepcopy(model).train()
     gates = ModelGates(groups, cfg.init_keep, depth_layers(model) if cfg.depth else None)
     lambdas = torch.zeros(2 * constraints, requires_grad=True)
     curves = ["step", "expected_ratio", "target_ratio", "lambda1", "lambda2", "loss", "task_loss"]
-    if constraints > 1:
+    if constraints == 2 and not cfg.widths:
         curves += ["expected_latency_ratio", "latency_target_ratio", "lambda3", "lambda4"]
     projector = hidden_projector(model) if cfg.hidden_weight > 0 else None
     if projector is not None:
@@ -499,7 +550,10 @@ def train_masks(model: AcousticModel, batches: Iterable[dict], cfg: LearnedConfi
         raise ConfigError("learned.depth: not with a latency target (the latency table has no "
                           "block removal); use a macs or params target")
     torch.manual_seed(seed)
-    constraints = [(cost, fraction)] + ([latency] if latency is not None else [])
+    if cfg.widths and (latency is not None or depth is not None):
+        raise ConfigError("learned.widths: not with a latency target or depth gates")
+    constraints = (width_constraints(groups, cfg.widths) if cfg.widths
+                   else [(cost, fraction)] + ([latency] if latency is not None else []))
     state = new_state(model, cfg, groups, len(constraints))
     if checkpoint is not None and (checkpoint / "state.json").is_file():
         state.load(checkpoint)
@@ -509,7 +563,7 @@ def train_masks(model: AcousticModel, batches: Iterable[dict], cfg: LearnedConfi
         for batch in _cycle(batches, state.step):
             if state.step >= cfg.steps:
                 break
-            _train_step(state, teacher, batch, cfg, constraints)
+            _train_step(state, teacher, batch, cfg, constraints, cost)
             if checkpoint is not None and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
                 state.save(checkpoint)
             if log is not None and state.step % max(1, cfg.steps // 10) == 0:
@@ -530,7 +584,7 @@ def _cycle(batches: Iterable[dict], start: int) -> Iterator[dict]:
 
 
 def _train_step(state: MaskState, teacher: AcousticModel, batch: dict, cfg: LearnedConfig,
-                constraints: list[tuple[Any, float]]) -> None:
+                constraints: list[tuple[Any, float]], cost: CostModel | None = None) -> None:
     state.student.train()
     state.gates.mode = "sample"
     x, x_lens = batch["features"], batch["feature_lens"]
@@ -552,12 +606,12 @@ def _train_step(state: MaskState, teacher: AcousticModel, batch: dict, cfg: Lear
         task = task + cfg.hidden_weight * hidden_term
     probs = state.gates.keep_probs()
     ratios, targets, lagrangian = [], [], torch.zeros((), dtype=torch.float64)
-    for i, (cost, fraction) in enumerate(constraints):
-        ratios.append(cost.expected(probs) / cost.full)
+    for i, (limit, fraction) in enumerate(constraints):
+        ratios.append(limit.expected(probs) / limit.full)
         targets.append(target_ratio(state.step + 1, fraction, cfg.warmup_steps))
         gap = ratios[-1] - targets[-1]
-        if len(constraints) > 1:  # both must be met: inequalities (two equalities may conflict)
-            gap = gap.clamp(min=0.0)
+        if len(constraints) == 2 and not cfg.widths:  # cost and latency: inequalities (two
+            gap = gap.clamp(min=0.0)  # equalities may conflict); one per group's width cannot
         lagrangian = lagrangian + state.lambdas[2 * i] * gap + state.lambdas[2 * i + 1] * gap ** 2
     loss = task + lagrangian.float()
     for opt in (state.opt_w, state.opt_g, state.opt_l):
@@ -566,6 +620,10 @@ def _train_step(state: MaskState, teacher: AcousticModel, batch: dict, cfg: Lear
     for opt in (state.opt_w, state.opt_g, state.opt_l):
         opt.step()
     state.step += 1
+    if cfg.widths and cost is not None:  # the curves show the MACs the widths' constraints lead to
+        with torch.no_grad():
+            ratios, targets = [cost.expected(probs) / cost.full], [target_ratio(
+                state.step, 1.0 - cost.at(cfg.widths) / cost.full, cfg.warmup_steps)]
     _record(state, ratios, targets, float(loss.detach()), float(task.detach()),
             None if hidden_term is None else float(hidden_term.detach()))
 
@@ -577,7 +635,7 @@ def _record(state: MaskState, ratios: list[Tensor], targets: list[float], loss: 
               "lambda1": lam[0], "lambda2": lam[1], "loss": loss, "task_loss": task}
     if hidden is not None:
         values["hidden_loss"] = hidden
-    if len(ratios) > 1:
+    if "expected_latency_ratio" in state.curves:
         values.update({"expected_latency_ratio": float(ratios[1].detach()), "latency_target_ratio": targets[1],
                        "lambda3": lam[2], "lambda4": lam[3]})
     for key, v in values.items():
@@ -646,7 +704,8 @@ def learned_prune(model: AcousticModel, cfg: LearnedConfig, kind: str, fraction:
     if table is not None and latency_share is not None:
         latency = (LatencyCost(table, cost.sizes), latency_share)
     state, cost = train_masks(model, batches, cfg, fraction, cost, step_dir / MASKS_FILE, log, seed, latency)
-    keep = binarize(state.gates, cost, fraction, cfg.binarize, latency)
+    keep = (binarize_widths(state.gates, cfg.widths) if cfg.widths
+            else binarize(state.gates, cost, fraction, cfg.binarize, latency))
     small = pruned_student(state, keep)
     row["learned"] = learned_record(state, cost, keep, model_cost(small, kind), kind)
     if latency is not None:

@@ -159,6 +159,35 @@ def test_lagrangian_brings_expected_macs_within_2_percent_of_the_target(hidden_w
     assert abs(cost.at({g: len(v) for g, v in keep.items()}) - model_cost(small, "macs")) < 0.5
 
 
+def test_given_widths_pull_each_groups_expected_width_and_binarize_to_exactly_them():
+    """learned.widths: the gates learn which units at widths chosen elsewhere (one constraint per
+    named group; the others keep every unit); a bad group or width is a one-line ConfigError."""
+    from slimasr.errors import ConfigError
+    from slimasr.prune.learned import binarize_widths
+
+    model = family("crnn-lstm-bi")
+    widths = {"rnns.0": 2, "subsample.convs.1": 3}
+    cfg = LearnedConfig(steps=300, warmup_steps=100, lr=1e-3, gate_lr=0.05, lambda_lr=0.05, widths=widths)
+    state, cost = train_masks(model, batches(), cfg, fraction=0.5)  # the fraction is not the target here
+    with torch.no_grad():
+        probs = state.gates.keep_probs()
+    for name, width in widths.items():
+        assert abs(float(probs[name].sum()) - width) <= 0.05 * width, (name, probs[name])
+    keep = binarize_widths(state.gates, widths)
+    sizes = {g.name: g.size for g in gateable_groups(model)}
+    assert {k: len(v) for k, v in keep.items()} == {**sizes, **widths}
+    assert keep["rnns.0"] == sorted(torch.argsort(probs["rnns.0"], descending=True)[:2].tolist())
+    assert len(state.lambdas) == 2 * len(widths) and len(state.curves["expected_ratio"]) == 300
+    assert state.curves["target_ratio"][-1] == pytest.approx(cost.at(widths) / cost.full)
+    small = prune_model(model, {k: v for k, v in keep.items() if len(v) < sizes[k]})
+    assert model_cost(small, "macs") == pytest.approx(cost.at(widths), abs=0.5)
+    for bad, message in (({"rnns.9": 2}, "unknown group 'rnns.9'"), ({"rnns.0": 7}, r"rnns.0 must keep 1..6 units")):
+        with pytest.raises(ConfigError, match=message):
+            train_masks(model, batches(1), LearnedConfig(steps=1, widths=bad), fraction=0.5)
+    with pytest.raises(ConfigError, match="whole numbers"):
+        LearnedConfig(widths={"rnns.0": 2.5})
+
+
 RESUME_CFG = dict(steps=20, warmup_steps=10, checkpoint_every=5)
 
 
