@@ -346,6 +346,10 @@ def test_learned_refuses_what_it_cannot_do(tmp_path, capsys):
     assert main(["prune", "--model", str(tmp_path / "m"), "--data", str(tmp_path), "--out", str(tmp_path / "o"),
                  "--criterion", "learned", "learned.init_keep=1.5"]) == 1
     assert "learned.init_keep must be in (0, 1)" in capsys.readouterr().err
+    assert main(["prune", "--model", str(tmp_path / "m"), "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--criterion", "learned", "--target-macs", "0.5", "--target-latency", "0.4",
+                 'learned.widths={"rnns.0": 2}']) == 1
+    assert "learned.widths: not with a latency target or depth gates" in capsys.readouterr().err
 
 
 def test_latency_cost_is_the_tables_prediction_and_a_second_constraint_is_met():
