@@ -23,6 +23,7 @@ from pathlib import Path
 from slimasr.config import from_dict
 from slimasr.decode import DecodeConfig
 from slimasr.distill.delay import spike_lag
+from slimasr.errors import run_script
 from slimasr.evaluate.run import EvalConfig, evaluate_model
 from slimasr.frontend import Frontend
 from slimasr.io import atomic_path, read_json, write_json_atomic, write_text_atomic
@@ -156,4 +157,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

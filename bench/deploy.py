@@ -29,6 +29,7 @@ import torch
 
 from slimasr.config import from_dict
 from slimasr.data.manifests import read_split
+from slimasr.errors import run_script
 from slimasr.evaluate.cost import measure_latency
 from slimasr.evaluate.run import EvalConfig, evaluate_model
 from slimasr.export.run import ExportConfig, export_model
@@ -189,4 +190,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -39,6 +39,7 @@ from slimasr.data.manifests import load_cuts, read_split
 from slimasr.decode import DecodeConfig, build_ngram_lm
 from slimasr.distill import distill_model
 from slimasr.distill.delay import dev_kd_delay
+from slimasr.errors import run_script
 from slimasr.evaluate.run import EvalConfig, evaluate_model
 from slimasr.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from slimasr.text import normalize_text
@@ -235,4 +236,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

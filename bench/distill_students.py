@@ -23,6 +23,7 @@ from slimasr.config import from_dict
 from slimasr.decode import build_ngram_lm
 from slimasr.data.manifests import read_split
 from slimasr.distill import distill_model
+from slimasr.errors import run_script
 from slimasr.evaluate.run import EvalConfig, evaluate_model
 from slimasr.io import read_json, write_json_atomic, write_text_atomic
 from slimasr.text import normalize_text
@@ -211,4 +212,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -55,6 +55,7 @@ from lhotse.dataset import SimpleCutSampler  # noqa: E402
 
 from slimasr.data.cache import feature_cache_dir, feature_cuts  # noqa: E402
 from slimasr.data.dataset import AsrDataset  # noqa: E402
+from slimasr.errors import run_script  # noqa: E402
 from slimasr.evaluate.cost import example_input, measure_latency  # noqa: E402
 from slimasr.frontend import Frontend  # noqa: E402
 from slimasr.models import (  # noqa: E402
@@ -397,4 +398,4 @@ def finetune(pruned: Path, teacher: Path, data_dir: Path, out: Path, args: argpa
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

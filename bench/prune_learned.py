@@ -35,6 +35,7 @@ from lhotse import CutSet
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from slimasr.config import from_dict  # noqa: E402
+from slimasr.errors import run_script  # noqa: E402
 from slimasr.evaluate.cost import measure_latency  # noqa: E402
 from slimasr.models import load_model  # noqa: E402
 from slimasr.prune.learned import LearnedConfig  # noqa: E402
@@ -227,4 +228,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from slimasr.config import from_dict
+from slimasr.errors import run_script
 from slimasr.evaluate.cost import count_macs, count_nonzero_params, example_input, measure_latency
 from slimasr.evaluate.run import EvalConfig, evaluate_model
 from slimasr.io import read_json, write_json_atomic, write_text_atomic
@@ -399,4 +400,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from slimasr.config import config_to_dict, from_dict
 from slimasr.data.fingerprint import corpus_fingerprint, samples_sha256
 from slimasr.data.manifests import read_split
-from slimasr.errors import ConfigError, DataError
+from slimasr.errors import ConfigError, DataError, run_script
 from slimasr.evaluate.run import EvalConfig, evaluate_model
 from slimasr.io import atomic_dir, file_sha256, read_json, write_json_atomic
 from slimasr.shipped import PROVENANCE_NAME, SHIPPED, SHIPPED_DIR
@@ -328,4 +328,4 @@ def data_of(cut) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -47,6 +47,7 @@ import torch
 
 from slimasr.config import from_dict
 from slimasr.distill import distill_model
+from slimasr.errors import run_script
 from slimasr.evaluate.cost import example_input, measure_latency
 from slimasr.evaluate.run import EvalConfig, evaluate_model
 from slimasr.io import read_json, write_json_atomic, write_text_atomic
@@ -524,4 +525,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -43,6 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from slimasr.errors import run_script  # noqa: E402
 from slimasr.io import write_json_atomic  # noqa: E402
 from slimasr.runtime.bundle import STREAMING_INT8_FILE  # noqa: E402
 from slimasr.runtime.streaming import OnnxStreamingRecognizer  # noqa: E402
@@ -200,4 +201,4 @@ def print_row(row: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

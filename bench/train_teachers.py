@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from slimasr.decode import build_ngram_lm
+from slimasr.errors import run_script
 from slimasr.evaluate.run import EvalConfig, evaluate_model
 from slimasr.config import from_dict
 from slimasr.data.manifests import read_split
@@ -162,4 +163,4 @@ def write_table() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

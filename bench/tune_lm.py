@@ -16,6 +16,7 @@ import torch
 
 from slimasr.data.manifests import read_split
 from slimasr.decode import BeamConfig, DecodeConfig, corpus_vocabulary, make_decoder
+from slimasr.errors import run_script
 from slimasr.evaluate.metrics import ErrorRateStats
 from slimasr.evaluate.run import recognize
 from slimasr.frontend import Frontend
@@ -74,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

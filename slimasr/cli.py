@@ -10,7 +10,7 @@ import sys
 from typing import Any, Sequence
 
 from slimasr import __version__
-from slimasr.errors import SlimasrError
+from slimasr.errors import SlimasrError, error_line
 
 # Each verb with a config has a ``resolve`` function: the config its arguments make, built and
 # checked without running anything (the doc-example test resolves every documented command).
@@ -624,12 +624,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _resolve_shipped(args)
         result = args.func(args)
-    except SlimasrError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # a read-only or full disk, a name too long, ...: the file and the reason
-        reason = f"{e.filename}: {e.strerror}" if e.filename else " ".join(str(e).split())
-        print(f"error: {reason}", file=sys.stderr)
+    except (SlimasrError, OSError) as e:  # OSError: a read-only or full disk, a name too long, ...
+        print(error_line(e), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

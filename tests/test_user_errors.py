@@ -21,6 +21,7 @@ import soundfile as sf
 import torch
 
 from slimasr.cli import main
+from slimasr.errors import DataError, run_script
 from slimasr.models import io as model_io
 from tests.train.helpers import SR, make_corpus, synth, tiny_recipe
 
@@ -233,3 +234,21 @@ def test_evaluate_names_the_first_missing_audio_file_and_how_many_are_missing(se
         f"error: {data / 'audio' / 'dev-000.wav'}: audio file not found (2 of 2 listed in {manifest} "
         f"are missing). A manifest holds absolute audio paths (or paths relative to its own "
         f"folder): if the corpus or its audio moved, recreate or re-import it where it now is")
+
+
+@pytest.mark.parametrize("error, line", [
+    (DataError("a.json", "not JSON\n(line 3)"), "error: a.json: not JSON (line 3)"),
+    (OSError(errno.ENOSPC, "No space left on device", "out/model.safetensors"),
+     "error: out/model.safetensors: No space left on device"),
+])
+def test_a_benchmark_script_reports_user_errors_in_one_line(error, line, capsys):
+    """``run_script`` (the bench scripts' entry point) as the CLI does: one line, exit status 1."""
+    def failing():
+        raise error
+
+    with pytest.raises(SystemExit) as exit_:
+        run_script(failing)
+    assert exit_.value.code == 1 and capsys.readouterr().err == line + "\n"
+    with pytest.raises(SystemExit) as exit_:
+        run_script(lambda: 3)
+    assert exit_.value.code == 3
