@@ -60,20 +60,6 @@ class GroupGate(nn.Module):
         """P(z != 0), differentiable in log_alpha."""
         return torch.sigmoid(self.log_alpha - BETA * math.log(-GAMMA / ZETA))
 
-    @torch.no_grad()
-    def hold_expected_(self, width: float) -> None:
-        """Shift every ``log_alpha`` by one constant so that the keep-probabilities sum to
-        ``width`` (in (0, size)): the units' order, and the gaps between their log-odds, stay.
-        The sum is monotone in the shift, so bisection finds it (to ~1e-12 in the shift)."""
-        lo, hi = -80.0, 80.0
-        for _ in range(56):
-            mid = 0.5 * (lo + hi)
-            if float(torch.sigmoid(self.log_alpha + mid - BETA * math.log(-GAMMA / ZETA)).sum()) > width:
-                hi = mid
-            else:
-                lo = mid
-        self.log_alpha.add_(0.5 * (lo + hi))
-
 
 class ModelGates(nn.Module):
     """One ``GroupGate`` per group (keyed by group name), and with ``depth = (prefix, layers)``

@@ -92,10 +92,9 @@ class LearnedConfig:
     checkpoint_every: int = 100  # steps between mask-training checkpoints (resumable)
     depth: bool = False  # also one gate per residual block (Conformer), removed when it closes
     # group -> kept width: learn which units (and their weights) at widths chosen elsewhere, e.g.
-    # the sensitivity scan's plan. Replaces the cost target: after every step each named group's
-    # expected width is set to its warm-up target by shifting its gates (no multipliers), and it
-    # is binarized to exactly its width; groups not named keep every unit. Not with a latency
-    # target or depth gates.
+    # the sensitivity scan's plan. Replaces the cost target: each named group's expected width is
+    # pulled to its width (its own multipliers, the same warm-up) and binarized to exactly it;
+    # groups not named keep every unit. Not with a latency target or depth gates.
     widths: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -286,18 +285,23 @@ def _coupled(groups: list[Group]) -> list[tuple[Group, Group]]:
 
 
 @dataclass
-class WidthHold:
-    """One group named in ``learned.widths``: its expected width (the sum of its
-    keep-probabilities) is held by ``hold_widths_``."""
+class WidthCost:
+    """One group's kept units as a cost (``learned.widths``' constraints): expected = the sum of
+    its keep-probabilities, ``at`` = its width."""
 
     group: str
     full: float  # the group's full width
 
+    def expected(self, probs: Mapping[str, Tensor]) -> Tensor:
+        return probs[self.group].sum()
 
-def width_holds(groups: list[Group], widths: Mapping[str, int]) -> list[tuple[WidthHold, float]]:
-    """``learned.widths`` as (hold, share removed) pairs, one per named group (held by
-    ``hold_widths_``); a one-line ConfigError names an unknown group or a width outside
-    [min_size, size]."""
+    def at(self, widths: Mapping[str, int]) -> float:
+        return float(widths[self.group])
+
+
+def width_constraints(groups: list[Group], widths: Mapping[str, int]) -> list[tuple[WidthCost, float]]:
+    """``learned.widths`` as (cost, share removed) constraints, one per named group; a one-line
+    ConfigError names an unknown group or a width outside [min_size, size]."""
     by_name = {g.name: g for g in groups}
     out = []
     for name, width in widths.items():
@@ -306,27 +310,11 @@ def width_holds(groups: list[Group], widths: Mapping[str, int]) -> list[tuple[Wi
         g = by_name[name]
         if not g.min_size <= int(width) <= g.size:
             raise ConfigError(f"learned.widths: {name} must keep {g.min_size}..{g.size} units, got {width}")
-        out.append((WidthHold(name, float(g.size)), 1.0 - int(width) / g.size))
+        out.append((WidthCost(name, float(g.size)), 1.0 - int(width) / g.size))
     return out
 
 
 # ---- binarization -------------------------------------------------------------------------------
-
-def hold_widths_(gates: ModelGates, holds: list[tuple[WidthHold, float]], step: int, warmup: int
-                 ) -> dict[str, float]:
-    """Width mode: set each named group's expected width (the sum of its keep-probabilities) to its
-    target after ``step`` steps (its full width falling linearly to the given one over ``warmup``),
-    by shifting the group's log-alphas by one constant (``GroupGate.hold_expected_``). A projection
-    instead of multipliers: the Lagrangian's Adam-driven multipliers are under-damped for a
-    per-group equality (on the CRNN, 300 steps left the first LSTM's expected width at 56.5 of its
-    80), and every kept unit beyond the expected width is folded in with a gate near 0. Returns
-    the held widths."""
-    widths = {}
-    for limit, fraction in holds:
-        widths[limit.group] = limit.full * target_ratio(step, fraction, warmup)
-        gates.gate(limit.group).hold_expected_(widths[limit.group])
-    return widths
-
 
 def binarize_widths(gates: ModelGates, widths: Mapping[str, int]) -> dict[str, list[int]]:
     """Keep-lists with exactly ``widths[g]`` units of each named group (its most probable) and
@@ -512,14 +500,13 @@ def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torc
 
 def new_state(model: AcousticModel, cfg: LearnedConfig, groups: list[Group], constraints: int = 1
               ) -> MaskState:
-    """A fresh state; ``constraints``: 1 (the cost target), 2 (cost and latency) or 0
-    (``cfg.widths``: held by projection, no multipliers)."""
+    """A fresh state; ``constraints``: 1 (the cost target), 2 (cost and latency) or, with
+    ``cfg.widths``, one per named group."""
     student = copy.deepcopy(model).train()
     gates = ModelGates(groups, cfg.init_keep, depth_layers(model) if cfg.depth else None)
     lambdas = torch.zeros(2 * constraints, requires_grad=True)
-    curves = ["step", "expected_ratio", "target_ratio"] + (["lambda1", "lambda2"] if constraints else [])
-    curves += ["loss", "task_loss"]
-    if constraints == 2:
+    curves = ["step", "expected_ratio", "target_ratio", "lambda1", "lambda2", "loss", "task_loss"]
+    if constraints == 2 and not cfg.widths:
         curves += ["expected_latency_ratio", "latency_target_ratio", "lambda3", "lambda4"]
     projector = hidden_projector(model) if cfg.hidden_weight > 0 else None
     if projector is not None:
@@ -565,8 +552,8 @@ def train_masks(model: AcousticModel, batches: Iterable[dict], cfg: LearnedConfi
     torch.manual_seed(seed)
     if cfg.widths and (latency is not None or depth is not None):
         raise ConfigError("learned.widths: not with a latency target or depth gates")
-    holds = width_holds(groups, cfg.widths) if cfg.widths else []
-    constraints = [] if holds else [(cost, fraction)] + ([latency] if latency is not None else [])
+    constraints = (width_constraints(groups, cfg.widths) if cfg.widths
+                   else [(cost, fraction)] + ([latency] if latency is not None else []))
     state = new_state(model, cfg, groups, len(constraints))
     if checkpoint is not None and (checkpoint / "state.json").is_file():
         state.load(checkpoint)
@@ -576,7 +563,7 @@ def train_masks(model: AcousticModel, batches: Iterable[dict], cfg: LearnedConfi
         for batch in _cycle(batches, state.step):
             if state.step >= cfg.steps:
                 break
-            _train_step(state, teacher, batch, cfg, constraints, cost, holds)
+            _train_step(state, teacher, batch, cfg, constraints, cost)
             if checkpoint is not None and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
                 state.save(checkpoint)
             if log is not None and state.step % max(1, cfg.steps // 10) == 0:
@@ -597,8 +584,7 @@ def _cycle(batches: Iterable[dict], start: int) -> Iterator[dict]:
 
 
 def _train_step(state: MaskState, teacher: AcousticModel, batch: dict, cfg: LearnedConfig,
-                constraints: list[tuple[Any, float]], cost: CostModel | None = None,
-                holds: list[tuple[WidthHold, float]] = ()) -> None:
+                constraints: list[tuple[Any, float]], cost: CostModel | None = None) -> None:
     state.student.train()
     state.gates.mode = "sample"
     x, x_lens = batch["features"], batch["feature_lens"]
@@ -624,8 +610,8 @@ def _train_step(state: MaskState, teacher: AcousticModel, batch: dict, cfg: Lear
         ratios.append(limit.expected(probs) / limit.full)
         targets.append(target_ratio(state.step + 1, fraction, cfg.warmup_steps))
         gap = ratios[-1] - targets[-1]
-        if len(constraints) == 2:  # cost and latency: inequalities (two equalities may conflict)
-            gap = gap.clamp(min=0.0)
+        if len(constraints) == 2 and not cfg.widths:  # cost and latency: inequalities (two
+            gap = gap.clamp(min=0.0)  # equalities may conflict); one per group's width cannot
         lagrangian = lagrangian + state.lambdas[2 * i] * gap + state.lambdas[2 * i + 1] * gap ** 2
     loss = task + lagrangian.float()
     for opt in (state.opt_w, state.opt_g, state.opt_l):
@@ -634,11 +620,10 @@ def _train_step(state: MaskState, teacher: AcousticModel, batch: dict, cfg: Lear
     for opt in (state.opt_w, state.opt_g, state.opt_l):
         opt.step()
     state.step += 1
-    if holds:
-        widths = hold_widths_(state.gates, holds, state.step, cfg.warmup_steps)
-        if cost is not None:  # the curves: expected MACs, and the MACs at the held widths
-            with torch.no_grad():
-                ratios, targets = [cost.expected(state.gates.keep_probs()) / cost.full], [cost.at(widths) / cost.full]
+    if cfg.widths and cost is not None:  # the curves show the MACs the widths' constraints lead to
+        with torch.no_grad():
+            ratios, targets = [cost.expected(probs) / cost.full], [target_ratio(
+                state.step, 1.0 - cost.at(cfg.widths) / cost.full, cfg.warmup_steps)]
     _record(state, ratios, targets, float(loss.detach()), float(task.detach()),
             None if hidden_term is None else float(hidden_term.detach()))
 
@@ -647,9 +632,7 @@ def _record(state: MaskState, ratios: list[Tensor], targets: list[float], loss: 
             hidden: float | None = None) -> None:
     lam = state.lambdas.detach().tolist()
     values = {"step": state.step, "expected_ratio": float(ratios[0].detach()), "target_ratio": targets[0],
-              "loss": loss, "task_loss": task}
-    if lam:
-        values.update({"lambda1": lam[0], "lambda2": lam[1]})
+              "lambda1": lam[0], "lambda2": lam[1], "loss": loss, "task_loss": task}
     if hidden is not None:
         values["hidden_loss"] = hidden
     if "expected_latency_ratio" in state.curves:
@@ -666,22 +649,21 @@ def plot_curves(curves: Mapping[str, list[float]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    multipliers = [name for name in ("lambda1", "lambda2", "lambda3", "lambda4") if name in curves]
-    fig, axes = plt.subplots(3 if multipliers else 2, 1, figsize=(7, 8 if multipliers else 5.5), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
     s = curves["step"]
     axes[0].plot(s, curves["expected_ratio"], label="expected cost / original")
     axes[0].plot(s, curves["target_ratio"], "--", label="target")
     if "expected_latency_ratio" in curves:
         axes[0].plot(s, curves["expected_latency_ratio"], label="predicted latency / original")
         axes[0].plot(s, curves["latency_target_ratio"], ":", label="latency target")
-    for name in multipliers:  # none when given widths are held (no multipliers)
-        axes[1].plot(s, curves[name], label=name)
-    losses_ax = axes[-1]
-    losses_ax.plot(s, curves["loss"], label="total loss")
-    losses_ax.plot(s, curves["task_loss"], label="CTC + KD" + (" + hidden" if "hidden_loss" in curves else ""))
+    for name in ("lambda1", "lambda2", "lambda3", "lambda4"):
+        if name in curves:
+            axes[1].plot(s, curves[name], label=name)
+    axes[2].plot(s, curves["loss"], label="total loss")
+    axes[2].plot(s, curves["task_loss"], label="CTC + KD" + (" + hidden" if "hidden_loss" in curves else ""))
     if "hidden_loss" in curves:
-        losses_ax.plot(s, curves["hidden_loss"], label="hidden-layer matching (unweighted)")
-    losses_ax.set_xlabel("step")
+        axes[2].plot(s, curves["hidden_loss"], label="hidden-layer matching (unweighted)")
+    axes[2].set_xlabel("step")
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)

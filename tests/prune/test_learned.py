@@ -4,7 +4,6 @@ the result saves and reloads, mask training resumes from its checkpoint."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -160,46 +159,26 @@ def test_lagrangian_brings_expected_macs_within_2_percent_of_the_target(hidden_w
     assert abs(cost.at({g: len(v) for g, v in keep.items()}) - model_cost(small, "macs")) < 0.5
 
 
-def test_holding_a_gates_expected_width_shifts_every_log_alpha_by_one_constant():
-    from slimasr.prune.gates import GroupGate
-
-    gate = GroupGate(6, 0.0)
-    with torch.no_grad():
-        gate.log_alpha.copy_(torch.tensor([3.0, -1.0, 0.5, 8.0, -6.0, 1.5]))
-    before = gate.log_alpha.detach().clone()
-    for width in (4.2, 0.5, 5.9):
-        gate.hold_expected_(width)
-        assert float(gate.keep_prob().detach().sum()) == pytest.approx(width, abs=1e-6)
-        shift = gate.log_alpha.detach() - before
-        assert torch.allclose(shift, shift[0].expand(6), atol=1e-9)  # the order and gaps stay
-
-
-def test_given_widths_hold_each_groups_expected_width_and_binarize_to_exactly_them():
-    """learned.widths: the gates learn which units at widths chosen elsewhere (each named group's
-    expected width held on its warm-up schedule after every step; the others keep every unit); a
-    bad group or width is a one-line ConfigError."""
+def test_given_widths_pull_each_groups_expected_width_and_binarize_to_exactly_them():
+    """learned.widths: the gates learn which units at widths chosen elsewhere (one constraint per
+    named group; the others keep every unit); a bad group or width is a one-line ConfigError."""
     from slimasr.errors import ConfigError
     from slimasr.prune.learned import binarize_widths
 
     model = family("crnn-lstm-bi")
     widths = {"rnns.0": 2, "subsample.convs.1": 3}
-    sizes = {g.name: g.size for g in gateable_groups(model)}
-    cfg = LearnedConfig(steps=40, warmup_steps=20, lr=1e-3, widths=widths)
-    half, _ = train_masks(model, batches(), dataclasses.replace(cfg, steps=10), fraction=0.5)
+    cfg = LearnedConfig(steps=300, warmup_steps=100, lr=1e-3, gate_lr=0.05, lambda_lr=0.05, widths=widths)
     state, cost = train_masks(model, batches(), cfg, fraction=0.5)  # the fraction is not the target here
     with torch.no_grad():
-        mid, probs = half.gates.keep_probs(), state.gates.keep_probs()
-    for name, width in widths.items():  # halfway through the warm-up, then at the end: exactly
-        assert float(mid[name].sum()) == pytest.approx((sizes[name] + width) / 2, abs=1e-4)
-        assert float(probs[name].sum()) == pytest.approx(width, abs=1e-4)
-    assert float(probs["rnns.1"].sum()) > 0.9 * sizes["rnns.1"]  # not named: no pressure on it
+        probs = state.gates.keep_probs()
+    for name, width in widths.items():
+        assert abs(float(probs[name].sum()) - width) <= 0.05 * width, (name, probs[name])
     keep = binarize_widths(state.gates, widths)
+    sizes = {g.name: g.size for g in gateable_groups(model)}
     assert {k: len(v) for k, v in keep.items()} == {**sizes, **widths}
     assert keep["rnns.0"] == sorted(torch.argsort(probs["rnns.0"], descending=True)[:2].tolist())
-    assert len(state.lambdas) == 0 and "lambda1" not in state.curves  # no multipliers
-    assert len(state.curves["expected_ratio"]) == 40
+    assert len(state.lambdas) == 2 * len(widths) and len(state.curves["expected_ratio"]) == 300
     assert state.curves["target_ratio"][-1] == pytest.approx(cost.at(widths) / cost.full)
-    assert state.curves["expected_ratio"][-1] < state.curves["expected_ratio"][0]
     small = prune_model(model, {k: v for k, v in keep.items() if len(v) < sizes[k]})
     assert model_cost(small, "macs") == pytest.approx(cost.at(widths), abs=0.5)
     for bad, message in (({"rnns.9": 2}, "unknown group 'rnns.9'"), ({"rnns.0": 7}, r"rnns.0 must keep 1..6 units")):
@@ -278,31 +257,16 @@ def test_hidden_matching_starts_at_zero_and_keeps_the_gated_layers_nearer_the_te
     assert runs[1.0][1] < 0.8 * runs[0.0][1], (runs[1.0][1], runs[0.0][1])
 
 
-def _stopped_and_resumed(tmp_path, **cfg):
-    """Mask training stopped after 4 of 9 steps and resumed from its checkpoint, and the same 9
-    steps uninterrupted; the two states must be bitwise equal (the caller checks what it adds)."""
+def test_mask_training_with_hidden_matching_resumes_to_bitwise_the_same_state(tmp_path):
     model, data = family("crnn-lstm-bi"), batches()
-    train_masks(model, data, LearnedConfig(steps=4, checkpoint_every=4, **cfg), 0.5, checkpoint=tmp_path / "masks")
-    resumed, _ = train_masks(model, data, LearnedConfig(steps=9, checkpoint_every=4, **cfg), 0.5,
-                             checkpoint=tmp_path / "masks")
-    reference, _ = train_masks(model, data, LearnedConfig(steps=9, checkpoint_every=4, **cfg), 0.5)
-    assert resumed.curves == reference.curves and len(reference.curves["loss"]) == 9
-    for a, b in ((resumed.gates, reference.gates), (resumed.student, reference.student)):
+    cfg = dict(warmup_steps=5, checkpoint_every=4, hidden_weight=0.5, hidden_kind="mse")
+    train_masks(model, data, LearnedConfig(steps=4, **cfg), 0.5, checkpoint=tmp_path / "masks")
+    resumed, _ = train_masks(model, data, LearnedConfig(steps=9, **cfg), 0.5, checkpoint=tmp_path / "masks")
+    reference, _ = train_masks(model, data, LearnedConfig(steps=9, **cfg), 0.5)
+    assert resumed.curves == reference.curves and len(reference.curves["hidden_loss"]) == 9
+    for a, b in ((resumed.projector, reference.projector), (resumed.student, reference.student)):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sb)
-    return resumed, reference
-
-
-def test_mask_training_with_hidden_matching_resumes_to_bitwise_the_same_state(tmp_path):
-    resumed, reference = _stopped_and_resumed(tmp_path, warmup_steps=5, hidden_weight=0.5, hidden_kind="mse")
-    assert len(reference.curves["hidden_loss"]) == 9
-    sa, sb = resumed.projector.state_dict(), reference.projector.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sb)
-
-
-def test_mask_training_at_given_widths_resumes_to_bitwise_the_same_state(tmp_path):
-    resumed, _ = _stopped_and_resumed(tmp_path, warmup_steps=6, widths={"rnns.0": 3, "rnns.1": 2})
-    assert float(resumed.gates.keep_probs()["rnns.1"].detach().sum()) == pytest.approx(2.0, abs=1e-4)
 
 
 def test_learned_config_refuses_a_bad_hidden_loss():
