@@ -257,16 +257,32 @@ def test_hidden_matching_starts_at_zero_and_keeps_the_gated_layers_nearer_the_te
     assert runs[1.0][1] < 0.8 * runs[0.0][1], (runs[1.0][1], runs[0.0][1])
 
 
-def test_mask_training_with_hidden_matching_resumes_to_bitwise_the_same_state(tmp_path):
+def _stopped_and_resumed(tmp_path, **cfg):
+    """Mask training stopped after 4 of 9 steps and resumed from its checkpoint, and the same 9
+    steps uninterrupted; the two states must be bitwise equal (the caller checks what it adds)."""
     model, data = family("crnn-lstm-bi"), batches()
-    cfg = dict(warmup_steps=5, checkpoint_every=4, hidden_weight=0.5, hidden_kind="mse")
-    train_masks(model, data, LearnedConfig(steps=4, **cfg), 0.5, checkpoint=tmp_path / "masks")
-    resumed, _ = train_masks(model, data, LearnedConfig(steps=9, **cfg), 0.5, checkpoint=tmp_path / "masks")
-    reference, _ = train_masks(model, data, LearnedConfig(steps=9, **cfg), 0.5)
-    assert resumed.curves == reference.curves and len(reference.curves["hidden_loss"]) == 9
-    for a, b in ((resumed.projector, reference.projector), (resumed.student, reference.student)):
+    train_masks(model, data, LearnedConfig(steps=4, checkpoint_every=4, **cfg), 0.5, checkpoint=tmp_path / "masks")
+    resumed, _ = train_masks(model, data, LearnedConfig(steps=9, checkpoint_every=4, **cfg), 0.5,
+                             checkpoint=tmp_path / "masks")
+    reference, _ = train_masks(model, data, LearnedConfig(steps=9, checkpoint_every=4, **cfg), 0.5)
+    assert resumed.curves == reference.curves and len(reference.curves["loss"]) == 9
+    for a, b in ((resumed.gates, reference.gates), (resumed.student, reference.student)):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sb)
+    assert torch.equal(resumed.lambdas, reference.lambdas)
+    return resumed, reference
+
+
+def test_mask_training_with_hidden_matching_resumes_to_bitwise_the_same_state(tmp_path):
+    resumed, reference = _stopped_and_resumed(tmp_path, warmup_steps=5, hidden_weight=0.5, hidden_kind="mse")
+    assert len(reference.curves["hidden_loss"]) == 9
+    sa, sb = resumed.projector.state_dict(), reference.projector.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sb)
+
+
+def test_mask_training_at_given_widths_resumes_to_bitwise_the_same_state(tmp_path):
+    resumed, _ = _stopped_and_resumed(tmp_path, warmup_steps=6, widths={"rnns.0": 3, "rnns.1": 2})
+    assert len(resumed.lambdas) == 4 and bool((resumed.lambdas != 0).all())  # one pair per group, moved
 
 
 def test_learned_config_refuses_a_bad_hidden_loss():
