@@ -113,6 +113,15 @@ class LearnedConfig:
         if self.binarize not in ("rank", "threshold"):
             raise ConfigError(f"learned.binarize must be 'rank' or 'threshold', got {self.binarize!r}")
 
+    def refuse_with(self, latency: bool) -> None:
+        """The combinations mask training cannot run, as a one-line ConfigError: ``PruneConfig``
+        asks before any work, ``train_masks`` for library callers."""
+        if self.depth and latency:
+            raise ConfigError("learned.depth: not with a latency target (the latency table has no "
+                              "block removal to predict); use a macs or params target")
+        if self.widths and (self.depth or latency):
+            raise ConfigError("learned.widths: not with a latency target or depth gates")
+
 
 # ---- expected cost ------------------------------------------------------------------------------
 
@@ -308,9 +317,9 @@ def width_constraints(groups: list[Group], widths: Mapping[str, int]) -> list[tu
         if name not in by_name:
             raise ConfigError(f"learned.widths: unknown group {name!r} (groups: {', '.join(by_name)})")
         g = by_name[name]
-        if not g.min_size <= int(width) <= g.size:
+        if not g.min_size <= width <= g.size:
             raise ConfigError(f"learned.widths: {name} must keep {g.min_size}..{g.size} units, got {width}")
-        out.append((WidthCost(name, float(g.size)), 1.0 - int(width) / g.size))
+        out.append((WidthCost(name, float(g.size)), 1.0 - width / g.size))
     return out
 
 
@@ -543,15 +552,11 @@ def train_masks(model: AcousticModel, batches: Iterable[dict], cfg: LearnedConfi
     (its own multipliers): the predicted time at most ``1 - share`` of the unpruned one."""
     groups = gateable_groups(model)
     depth = depth_layers(model) if cfg.depth else None
+    cfg.refuse_with(latency=latency is not None)
     cost = cost or CostModel.fit(model, "macs", groups, depth)
     if depth is not None and not cost.blocks:
         raise ValueError("learned.depth: the cost model has no block costs (CostModel.fit(..., depth=...))")
-    if depth is not None and latency is not None:
-        raise ConfigError("learned.depth: not with a latency target (the latency table has no "
-                          "block removal); use a macs or params target")
     torch.manual_seed(seed)
-    if cfg.widths and (latency is not None or depth is not None):
-        raise ConfigError("learned.widths: not with a latency target or depth gates")
     constraints = (width_constraints(groups, cfg.widths) if cfg.widths
                    else [(cost, fraction)] + ([latency] if latency is not None else []))
     state = new_state(model, cfg, groups, len(constraints))

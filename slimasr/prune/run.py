@@ -164,12 +164,8 @@ class PruneConfig:
                                             or self.target.kind == "latency"):
             raise ConfigError("criterion learned: structured, one step, a macs or params target "
                               "(a latency target only beside it; no ratios or remove_below)")
-        if self.criterion == "learned" and self.learned.depth and self.target.latency_share is not None:
-            raise ConfigError("learned.depth: not with a latency target (the latency table has no "
-                              "block removal to predict)")
-        if self.criterion == "learned" and self.learned.widths and (self.learned.depth
-                                                                    or self.target.latency_share is not None):
-            raise ConfigError("learned.widths: not with a latency target or depth gates")
+        if self.criterion == "learned":
+            self.learned.refuse_with(latency=self.target.latency_share is not None)
         check_numbers("prune", self, non_negative=("remove_below",))
         if self.gradual and (self.method != "unstructured" or self.finetune_epochs == 0 or self.steps != 1):
             raise ConfigError("gradual: needs method unstructured, finetune_epochs > 0 and steps: 1 "

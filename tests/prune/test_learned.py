@@ -186,6 +186,9 @@ def test_given_widths_pull_each_groups_expected_width_and_binarize_to_exactly_th
             train_masks(model, batches(1), LearnedConfig(steps=1, widths=bad), fraction=0.5)
     with pytest.raises(ConfigError, match="whole numbers"):
         LearnedConfig(widths={"rnns.0": 2.5})
+    for cfg, latency in ((LearnedConfig(widths=widths), True), (LearnedConfig(widths=widths, depth=True), False)):
+        with pytest.raises(ConfigError, match="learned.widths: not with a latency target or depth gates"):
+            cfg.refuse_with(latency=latency)  # what train_masks and PruneConfig both ask
 
 
 RESUME_CFG = dict(steps=20, warmup_steps=10, checkpoint_every=5)
