@@ -28,6 +28,15 @@ each group's units really cost:
 The MACs each group saves at the same widths are recorded too, so a plan can weigh a unit by its
 time per MAC (``time_per_mac``).
 
+Whole blocks (``depth = (prefix, layers)``, the residual blocks learned depth gates may close; see
+``slimasr.prune.learned``): blocks whose groups have the same widths form a class; half of each
+class (at least one block, never all of the model's) is removed at once with ``select_layers`` and
+timed against the unpruned model, and each removed block is credited an equal share, as for the
+groups. A removed block takes its groups with it, so the prediction for kept blocks ``K`` is the
+unpruned time minus the savings of the blocks not in ``K`` and of the groups of the kept blocks
+(and of the groups in no block). At batch 1 a block costs more time than its groups' savings
+add up to: its norms, residual adds and small kernels are time that no width removes.
+
 A table is JSON (``save`` / ``LatencyTable.load``); one measured on the target device can be
 handed to ``slimasr prune`` (``latency_table=FILE``) instead of measuring on the machine that
 prunes. It only fits the model it was measured on: group names and sizes are checked.
@@ -41,7 +50,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -53,7 +62,7 @@ from slimasr.models.common import AcousticModel
 from slimasr.progress import progress_bar
 from slimasr.prune.groups import Group, prunable_groups
 from slimasr.prune.plan import legal_widths
-from slimasr.prune.surgery import prune_model
+from slimasr.prune.surgery import prune_model, select_layers
 
 DEFAULT_POINTS = (0.5, 1.0)  # measured widths: these shares of each group's removable range
 DEFAULT_RUNS = 20  # timed runs of each model per measured width (alternating, so 2x this)
@@ -75,6 +84,9 @@ class LatencyTable:
     #                "saved_ms": [...], "macs_saved": [...]} (first entries 0; per group: the
     #                class's saving divided by its number of groups)
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # whole blocks, when measured: {"prefix": the ModuleList's name, "saved_ms": [per block],
+    # "macs_saved": [per block]} (removing block i at full width saves saved_ms[i])
+    blocks: dict[str, Any] | None = None
     version: int = TABLE_VERSION
 
     def saved_ms(self, name: str, width: int) -> float:
@@ -84,9 +96,23 @@ class LatencyTable:
     def macs_saved(self, name: str, width: int) -> float:
         return _interp(self.groups[name], "macs_saved", width)
 
-    def predict(self, widths: Mapping[str, int]) -> float:
-        """Predicted batch-1 time (ms) with the given kept widths (groups not named: full)."""
-        return self.base_ms - sum(self.saved_ms(n, w) for n, w in widths.items() if n in self.groups)
+    def predict(self, widths: Mapping[str, int], blocks: Iterable[int] | None = None) -> float:
+        """Predicted batch-1 time (ms) with the given kept widths (groups not named: full) and,
+        with measured blocks, only the ``blocks`` kept (None: all; original numbering)."""
+        if blocks is None or self.blocks is None:
+            return self.base_ms - sum(self.saved_ms(n, w) for n, w in widths.items() if n in self.groups)
+        kept = set(blocks)
+        gone = sum(ms for i, ms in enumerate(self.blocks["saved_ms"]) if i not in kept)
+        return self.base_ms - gone - sum(self.saved_ms(n, w) for n, w in widths.items()
+                                         if n in self.groups and self.block_of(n) in kept | {None})
+
+    def block_of(self, name: str) -> int | None:
+        """The measured block group ``name`` belongs to (None: no blocks measured, or in none)."""
+        if self.blocks is None:
+            return None
+        head, _, rest = name.partition(self.blocks["prefix"] + ".")
+        index = rest.split(".", 1)[0]
+        return int(index) if not head and index.isdigit() else None
 
     def time_per_mac(self, name: str) -> float:
         """Group ``name``'s ms saved per MAC saved at its narrowest measured width, relative to
@@ -109,7 +135,7 @@ class LatencyTable:
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "base_ms": self.base_ms, "seconds": self.seconds,
                 "threads": self.threads, "machine": self.machine, "total_macs": self.total_macs,
-                "groups": self.groups}
+                "groups": self.groups, **({"blocks": self.blocks} if self.blocks is not None else {})}
 
     def save(self, path: str | Path) -> Path:
         write_json_atomic(path, self.to_dict())
@@ -123,7 +149,9 @@ class LatencyTable:
         return cls(base_ms=float(data["base_ms"]), seconds=float(data["seconds"]),
                    threads=int(data["threads"]), machine=str(data.get("machine", "")),
                    total_macs=float(data["total_macs"]),
-                   groups={n: dict(e) for n, e in data["groups"].items()}, version=int(data["version"]))
+                   groups={n: dict(e) for n, e in data["groups"].items()},
+                   blocks=dict(data["blocks"]) if data.get("blocks") is not None else None,
+                   version=int(data["version"]))
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
@@ -156,11 +184,12 @@ def _measure_class(model: AcousticModel, index: int, members: list[Group], width
 def measure_latency_table(model: AcousticModel, round_to: int = 8, max_group_fraction: float = 0.9,
                           groups: Sequence[str] | None = None, seconds: float = AUDIO_SECONDS,
                           threads: int = 1, runs: int = DEFAULT_RUNS,
-                          points: Sequence[float] = DEFAULT_POINTS, show_progress: bool = True
-                          ) -> LatencyTable:
+                          points: Sequence[float] = DEFAULT_POINTS, show_progress: bool = True,
+                          depth: tuple[str, int] | None = None) -> LatencyTable:
     """Measure every group's (or the named ``groups``') latency saving at a few legal widths; see
     the module docstring. ``round_to`` and ``max_group_fraction`` give the legal widths, as in
-    ``PruneTarget``; ``points`` are shares of each group's removable range (1.0 = narrowest)."""
+    ``PruneTarget``; ``points`` are shares of each group's removable range (1.0 = narrowest);
+    ``depth = (prefix, layers)`` (``learned.depth_layers``) also times removing whole blocks."""
     if runs < 1 or not points or any(not 0.0 < p <= 1.0 for p in points):
         raise ValueError("runs must be >= 1 and points in (0, 1]")
     by_name = {g.name: g for g in prunable_groups(model)}
@@ -176,23 +205,65 @@ def measure_latency_table(model: AcousticModel, round_to: int = 8, max_group_fra
     torch.set_num_threads(threads)
     base_times: list[float] = []
     table_groups: dict[str, dict[str, Any]] = {}
+    block_classes = _block_classes(depth[0], depth[1], by_name) if depth is not None else []
+    blocks = None
     try:
         total_macs = count_macs(model, x, lens)
         _time(model, x, lens, WARMUP)
         with progress_bar(disable=not show_progress) as bar:
-            task = bar.add_task("latency table", total=sum(len(w) for w in plans))
+            task = bar.add_task("latency table", total=sum(len(w) for w in plans) + len(block_classes))
             for ci, (members, widths) in enumerate(zip(classes, plans)):
                 entry = _measure_class(model, ci, members, widths, (x, lens), runs, total_macs,
                                        base_times, lambda: bar.advance(task))
                 for g in members:
                     table_groups[g.name] = {**entry, "widths": list(entry["widths"])}
+            if depth is not None:
+                blocks = _measure_blocks(model, depth, block_classes, (x, lens), runs, total_macs,
+                                         base_times, lambda: bar.advance(task))
         base_ms = statistics.median(base_times) if base_times else _median_time(model, x, lens, runs)
     finally:
         torch.set_num_threads(old_threads)
     table_groups = {n: table_groups[n] for n in names}  # forward order
     return LatencyTable(base_ms=base_ms, seconds=seconds, threads=threads, total_macs=float(total_macs),
                         machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
-                        groups=table_groups)
+                        groups=table_groups, blocks=blocks)
+
+
+def _block_classes(prefix: str, layers: int, groups: Mapping[str, Group]) -> list[list[int]]:
+    """Blocks ``0..layers-1`` of ``prefix`` whose groups have the same names (past the block
+    index) and sizes, in order of first appearance."""
+    out: dict[tuple, list[int]] = {}
+    for i in range(layers):
+        head = f"{prefix}.{i}."
+        key = tuple(sorted((n[len(head):], g.size) for n, g in groups.items() if n.startswith(head)))
+        out.setdefault(key, []).append(i)
+    return list(out.values())
+
+
+def _measure_blocks(model: AcousticModel, depth: tuple[str, int], classes: list[list[int]],
+                    example: tuple, runs: int, total_macs: float, base_times: list[float],
+                    advance: Any) -> dict[str, Any]:
+    """Per block, the time and MACs saved by removing it whole: half of each class of blocks
+    (at least one; one block of the model always stays) removed at once and timed alternately
+    with the unpruned model, each removed block credited an equal share."""
+    prefix, layers = depth
+    x, lens = example
+    saved, macs = [0.0] * layers, [0.0] * layers
+    for members in classes:
+        gone = members[: max(1, len(members) // 2)] if len(members) < layers else members[: layers // 2]
+        if not gone:  # one block in all: it cannot be removed
+            advance()
+            continue
+        variant = select_layers(model, [i for i in range(layers) if i not in gone]).eval()
+        _time(variant, x, lens, WARMUP)
+        base, pruned = _alternate(model, variant, x, lens, runs)
+        base_times += base
+        share = max(statistics.median(base) - statistics.median(pruned), 0.0) / len(gone)
+        mac_share = float(total_macs - count_macs(variant, x, lens)) / len(gone)
+        for i in members:
+            saved[i], macs[i] = share, mac_share
+        advance()
+    return {"prefix": prefix, "saved_ms": saved, "macs_saved": macs}
 
 
 def relative_latency(base: AcousticModel, other: AcousticModel, seconds: float = AUDIO_SECONDS,
@@ -227,6 +298,11 @@ def plot_latency_table(table: LatencyTable, path: str | Path) -> Path:
         labels.append(members[0] if len(members) == 1 else f"{members[0]} (+{len(members) - 1} alike)")
         time_share.append(100.0 * e["saved_ms"][-1] * len(members) / table.base_ms)
         mac_share.append(100.0 * e["macs_saved"][-1] * len(members) / max(table.total_macs, 1.0))
+    if table.blocks is not None and any(table.blocks["saved_ms"]):
+        n = len(table.blocks["saved_ms"])
+        labels.append(f"one whole {table.blocks['prefix']} block (mean of {n})")
+        time_share.append(100.0 * sum(table.blocks["saved_ms"]) / n / table.base_ms)
+        mac_share.append(100.0 * sum(table.blocks["macs_saved"]) / n / max(table.total_macs, 1.0))
     fig = Figure(figsize=(max(6.0, 1.2 * len(labels) + 2.0), 4.5), layout="constrained")
     ax = fig.subplots()
     pos = np.arange(len(labels))
@@ -335,4 +411,10 @@ def _problem(data: Any) -> str | None:
             return f"group {name}: widths must start at its size"
         if any(b >= a for a, b in zip(e["widths"], e["widths"][1:])):
             return f"group {name}: widths must be descending"
+    blocks = data.get("blocks")
+    if blocks is not None:
+        if (not isinstance(blocks, dict) or not isinstance(blocks.get("prefix"), str)
+                or any(not isinstance(blocks.get(k), list) for k in ("saved_ms", "macs_saved"))
+                or len(blocks["saved_ms"]) != len(blocks["macs_saved"])):
+            return "'blocks' needs a prefix and equally long lists saved_ms, macs_saved"
     return None

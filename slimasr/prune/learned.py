@@ -40,6 +40,9 @@ differentiable, and the counted MACs of the binarized model (blocks removed) whe
 0 or 1. Binarized, the blocks rank with the units (``rank``) or keep a deterministic gate > 0.5
 (``threshold``), at least one block always; kept blocks run whole (their gate value is not
 folded: exact when it is 1), the others are removed by ``select_layers`` after the unit surgery.
+With a latency target the table must have timed whole blocks (``measure_latency_table(...,
+depth=...)``): the predicted time is ``base - sum_i (1 - k_i) S_i - sum_g k_(block of g) s_g(w_g)``,
+S_i block i's measured saving, s_g a group's; its expectation replaces k_i by P(block kept).
 """
 
 from __future__ import annotations
@@ -116,9 +119,6 @@ class LearnedConfig:
     def refuse_with(self, latency: bool) -> None:
         """The combinations mask training cannot run, as a one-line ConfigError: ``PruneConfig``
         asks before any work, ``train_masks`` for library callers."""
-        if self.depth and latency:
-            raise ConfigError("learned.depth: not with a latency target (the latency table has no "
-                              "block removal to predict); use a macs or params target")
         if self.widths and (self.depth or latency):
             raise ConfigError("learned.widths: not with a latency target or depth gates")
 
@@ -219,14 +219,22 @@ class LatencyCost:
     def full(self) -> float:
         return self.table.base_ms
 
-    def at(self, widths: Mapping[str, float]) -> float:
-        return self.table.predict({k: w for k, w in widths.items() if k in self.table.groups})
+    def at(self, widths: Mapping[str, float], blocks: Iterable[int] | None = None) -> float:
+        """Predicted time at deterministic widths; ``blocks``: the kept blocks (depth gates)."""
+        return self.table.predict({k: w for k, w in widths.items() if k in self.table.groups}, blocks)
 
     def expected(self, probs: Mapping[str, Tensor]) -> Tensor:
+        """E[time] for independent gates (``DEPTH`` -> P(block kept), with depth gates: each
+        block's own saving weighted by P(removed), its groups' savings by P(kept))."""
         total = torch.tensor(self.table.base_ms, dtype=torch.float64)
+        kept = probs[DEPTH].double() if DEPTH in probs and self.table.blocks is not None else None
+        if kept is not None:
+            total = total - ((1 - kept) * torch.tensor(self.table.blocks["saved_ms"], dtype=torch.float64)).sum()
         for k, entry in self.table.groups.items():
             if k in probs:
-                total = total - _interp(probs[k].double().sum(), entry["widths"][::-1], entry["saved_ms"][::-1])
+                saved = _interp(probs[k].double().sum(), entry["widths"][::-1], entry["saved_ms"][::-1])
+                block = self.table.block_of(k) if kept is not None else None
+                total = total - (saved if block is None else kept[block] * saved)
         return total
 
 
@@ -367,7 +375,7 @@ def binarize(gates: ModelGates, cost: CostModel, fraction: float, how: str = "ra
 
 def _cost_at(cost: Any, keep: Mapping[str, list[int]]) -> float:
     """``cost.at`` the binarized state ``keep`` (kept blocks under ``DEPTH``, if any)."""
-    if DEPTH in keep and isinstance(cost, CostModel):
+    if DEPTH in keep and isinstance(cost, (CostModel, LatencyCost)):
         return cost.at(_widths(keep), keep[DEPTH])
     return cost.at(_widths(keep))
 
@@ -556,6 +564,9 @@ def train_masks(model: AcousticModel, batches: Iterable[dict], cfg: LearnedConfi
     cost = cost or CostModel.fit(model, "macs", groups, depth)
     if depth is not None and not cost.blocks:
         raise ValueError("learned.depth: the cost model has no block costs (CostModel.fit(..., depth=...))")
+    if depth is not None and latency is not None and latency[0].table.blocks is None:
+        raise ConfigError("learned.depth with a latency target: the latency table has no whole-block "
+                          "timings (measure it with depth, as slimasr prune does for learned.depth)")
     torch.manual_seed(seed)
     constraints = (width_constraints(groups, cfg.widths) if cfg.widths
                    else [(cost, fraction)] + ([latency] if latency is not None else []))
@@ -715,6 +726,7 @@ def learned_prune(model: AcousticModel, cfg: LearnedConfig, kind: str, fraction:
     row["learned"] = learned_record(state, cost, keep, model_cost(small, kind), kind)
     if latency is not None:
         row["learned"]["latency_ms_expected"] = float(latency[0].expected(state.gates.keep_probs()).detach())
+        row["learned"]["latency_ms_predicted"] = _cost_at(latency[0], keep)
     plot_curves(state.curves, step_dir / "learned.png")
     shutil.rmtree(step_dir / MASKS_FILE, ignore_errors=True)  # done: the gates are not part of the result
     return small

@@ -65,7 +65,7 @@ from slimasr.prune.latency import (
     plot_latency_table,
     relative_latency,
 )
-from slimasr.prune.learned import LearnedConfig, learned_prune
+from slimasr.prune.learned import LearnedConfig, depth_layers, learned_prune
 from slimasr.prune.plan import EPS, PruneTarget, model_cost, plan, plan_from_ratios
 from slimasr.prune.regularize import RegularizeConfig, norm_scale_scores, weak_units
 from slimasr.prune.sensitivity import plot_sensitivity, ratios_from_scan, save_scan, sensitivity_scan
@@ -365,8 +365,9 @@ def _prune_step(run: _Run, k: int, step_dir: Path, model: AcousticModel, latency
             keep = _choose(model, cfg, step_target, run.calib, run.sens_batches, step_dir, console,
                            table, row)
             model = prune_model(model, keep).eval()
-        if table is not None:
-            row["latency_ms_predicted"] = table.predict({n: len(v) for n, v in keep.items()})
+        if table is not None:  # learned: predicted before blocks closed by depth gates renumber them
+            row["latency_ms_predicted"] = (row["learned"]["latency_ms_predicted"] if "learned" in row
+                                           else table.predict({n: len(v) for n, v in keep.items()}))
     _save(model, run.frontend, step_dir / "pruned", {"step": "prune", "source": str(run.model_dir)})
     row.update({"macs": model_cost(model, "macs"), "params": model_cost(model, "params"),
                 "widths": _widths(model), "dev_loss_pruned": _mean_loss(model, run.sens_batches)})
@@ -612,13 +613,17 @@ def _latency_table(model: AcousticModel, cfg: PruneConfig, step: int, step_dir: 
                    ) -> LatencyTable:
     """The given table at the first step (checked against the model), else one measured here;
     saved in the step's folder either way."""
+    depth = depth_layers(model) if cfg.criterion == "learned" and cfg.learned.depth else None
     if step == 1 and cfg.latency_table:
         table = LatencyTable.load(cfg.latency_table)
         table.check(model, cfg.latency_table)
+        if depth is not None and table.blocks is None:
+            raise DataError(cfg.latency_table, "no whole-block timings, which learned.depth needs "
+                                               "(a table measured by slimasr prune with learned.depth=true has them)")
     else:
         table = measure_latency_table(model, cfg.target.round_to, cfg.target.max_group_fraction,
                                       threads=cfg.latency_threads, runs=cfg.latency_runs,
-                                      show_progress=show)
+                                      show_progress=show, depth=depth)
     step_dir.mkdir(parents=True, exist_ok=True)
     table.save(step_dir / "latency_table.json")
     plot_latency_table(table, step_dir / "latency_table.png")

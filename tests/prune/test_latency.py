@@ -92,6 +92,37 @@ def test_identical_blocks_share_a_class_and_the_mac_savings_are_exact(conformer_
             assert per_group > 0
 
 
+def test_whole_blocks_are_timed_with_exact_mac_savings_and_predicted_with_their_groups(tmp_path):
+    from slimasr.prune.surgery import select_layers
+
+    model = uniform_conformer()
+    table = measure_latency_table(model, round_to=1, seconds=SECONDS, runs=2, show_progress=False,
+                                  depth=("blocks", 2))
+    x, lens = example_input(model, SECONDS, model.config.num_features)
+    total = count_macs(model, x, lens)
+    blocks = table.blocks
+    assert blocks["prefix"] == "blocks" and len(blocks["saved_ms"]) == 2 and min(blocks["saved_ms"]) >= 0
+    for i in range(2):  # identical blocks: one class, one of the two removed, each credited the same
+        assert blocks["macs_saved"][i] == pytest.approx(total - count_macs(select_layers(model, [1 - i]), x, lens))
+    assert blocks["saved_ms"][0] == blocks["saved_ms"][1]
+    assert table.block_of("blocks.1.attn") == 1 and table.block_of("subsample.convs.0") is None
+    narrow = {"blocks.0.ffn1": 4, "blocks.1.conv": 4, "subsample.convs.0": 2}
+    assert table.predict(narrow, [0, 1]) == table.predict(narrow)  # every block kept: the width prediction
+    # block 0 removed: its saving replaces its groups' (they go with it); the others still count
+    assert table.predict(narrow, [1]) == pytest.approx(
+        table.base_ms - blocks["saved_ms"][0] - table.saved_ms("blocks.1.conv", 4)
+        - table.saved_ms("subsample.convs.0", 2))
+    again = LatencyTable.load(table.save(tmp_path / "t.json"))
+    assert again == table
+    broken = json.loads((tmp_path / "t.json").read_text())
+    broken["blocks"]["saved_ms"] = [1.0]
+    (tmp_path / "bad.json").write_text(json.dumps(broken))
+    with pytest.raises(DataError, match="bad.json.*'blocks'"):
+        LatencyTable.load(tmp_path / "bad.json")
+    plot_latency_table(table, tmp_path / "t.png")
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_prediction_interpolates_and_sums_single_group_savings():
     model = build("dnn", hidden_sizes=SIZES)
     table = hand_table(model, factor=1.0)

@@ -547,6 +547,55 @@ def test_lagrangian_with_depth_gates_brings_expected_macs_within_2_percent_of_th
     assert abs(cost.at({g: len(keep[g]) for g in cost.sizes}, keep[DEPTH]) - model_cost(small, "macs")) < 0.5
 
 
+def deep_table(with_blocks: bool = True):
+    """A hand-made latency table for ``deep()``: each group saves 0.1 ms per unit removed, each
+    block 2 ms more than its groups at full width."""
+    from slimasr.prune.latency import LatencyTable
+
+    groups = {g.name: {"size": g.size, "class": i, "widths": [g.size, 1], "saved_ms": [0.0, 0.1 * (g.size - 1)],
+                       "macs_saved": [0.0, 1.0]} for i, g in enumerate(gateable_groups(deep()))}
+    own = {i: sum(0.1 * e["size"] for k, e in groups.items() if k.startswith(f"blocks.{i}.")) for i in range(3)}
+    blocks = {"prefix": "blocks", "saved_ms": [own[i] + 2.0 for i in range(3)], "macs_saved": [1.0] * 3}
+    return LatencyTable(base_ms=20.0, seconds=1.0, threads=1, machine="test", total_macs=1.0, groups=groups,
+                        blocks=blocks if with_blocks else None)
+
+
+def test_depth_latency_cost_is_the_tables_prediction_and_training_meets_both_targets():
+    from slimasr.errors import ConfigError
+    from slimasr.prune.gates import DEPTH
+    from slimasr.prune.learned import LatencyCost, apply_keep, depth_layers
+
+    model, table = deep(), deep_table()
+    cost = CostModel.fit(model, depth=depth_layers(model))
+    lat = LatencyCost(table, cost.sizes)
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(8):  # random 0/1 states of units and blocks: expectation = the prediction
+        keep = random_keep(model, gen)
+        keep[DEPTH] = (torch.rand(3, generator=gen) < 0.5).nonzero().flatten().tolist() or [trial % 3]
+        probs = {g: torch.zeros(n).index_fill(0, torch.tensor(keep[g], dtype=torch.long), 1.0)
+                 for g, n in cost.sizes.items()}
+        probs[DEPTH] = torch.zeros(3).index_fill(0, torch.tensor(keep[DEPTH]), 1.0)
+        widths = {g: len(keep[g]) for g in cost.sizes}
+        predicted = table.predict(widths, keep[DEPTH])
+        assert float(lat.expected(probs)) == pytest.approx(predicted, abs=1e-9)
+        assert lat.at(widths, keep[DEPTH]) == pytest.approx(predicted, abs=1e-12)
+        if len(keep[DEPTH]) < 3:  # a closed block saves its own time, more than its groups' alone
+            assert predicted < table.predict(widths)
+    cfg = LearnedConfig(steps=200, warmup_steps=60, lr=1e-3, gate_lr=0.05, lambda_lr=0.05, depth=True)
+    state, cost = train_masks(model, batches(), cfg, 0.2, cost, latency=(lat, 0.5))
+    with torch.no_grad():
+        probs = state.gates.keep_probs()
+        ratio = float(lat.expected(probs)) / table.base_ms
+    assert ratio <= 0.5 * 1.02, ratio
+    keep = binarize(state.gates, cost, 0.2, latency=(lat, 0.5))
+    widths = {g: len(keep[g]) for g in cost.sizes}
+    assert lat.at(widths, keep[DEPTH]) <= 0.5 * table.base_ms
+    assert model_cost(apply_keep(model, keep), "macs") <= 0.8 * cost.full
+    with pytest.raises(ConfigError, match="no whole-block timings"):  # a table without blocks
+        train_masks(model, batches(), LearnedConfig(steps=1, depth=True), 0.2, cost,
+                    latency=(LatencyCost(deep_table(with_blocks=False), cost.sizes), 0.5))
+
+
 def test_depth_gates_refuse_families_without_residual_blocks():
     from slimasr.errors import ConfigError
 
@@ -554,7 +603,9 @@ def test_depth_gates_refuse_families_without_residual_blocks():
         train_masks(family("crnn-lstm-bi"), batches(), LearnedConfig(steps=1, depth=True), 0.5)
 
 
-def test_cli_prunes_a_conformer_with_depth_gates_into_a_model_directory_that_reloads(tmp_path):
+@pytest.mark.parametrize("latency", [None, "0.3"])
+def test_cli_prunes_a_conformer_with_depth_gates_into_a_model_directory_that_reloads(tmp_path, latency):
+    from slimasr.prune.latency import LatencyTable
     from slimasr.prune.learned import DEPTH, apply_keep
     from slimasr.train import train_model
 
@@ -569,8 +620,16 @@ def test_cli_prunes_a_conformer_with_depth_gates_into_a_model_directory_that_rel
     assert main(["prune", "--model", str(tmp_path / "teacher"), "--data", str(data), "--out", str(out),
                  "--criterion", "learned", "--target-macs", "0.8", "--finetune-epochs", "0",
                  "--round-to", "1", "--quiet", "calibration_cuts=4", "num_threads=1",
-                 "learned.steps=40", "learned.warmup_steps=10", "learned.depth=true"]) == 0
-    learned = json.loads((out / "prune.json").read_text())["steps"][0]["learned"]
+                 "learned.steps=40", "learned.warmup_steps=10", "learned.depth=true",
+                 *(["--target-latency", latency] if latency else [])]) == 0
+    step = json.loads((out / "prune.json").read_text())["steps"][0]
+    learned = step["learned"]
+    if latency:  # the table timed whole blocks; the binarized plan meets its prediction
+        table = LatencyTable.load(next(out.rglob("latency_table.json")))
+        assert table.blocks is not None and len(table.blocks["saved_ms"]) == 3
+        assert step["latency_ms_predicted"] == learned["latency_ms_predicted"] <= 0.7 * table.base_ms
+        assert learned["latency_ms_predicted"] == pytest.approx(table.predict(
+            learned["widths"], learned["blocks"]))
     teacher, pruned = load_model(tmp_path / "teacher"), load_model(out)
     assert DEPTH == "depth" and learned["blocks"] and len(learned["block_keep_probs"]) == 3
     assert pruned.config.num_blocks == len(learned["blocks"]) < 3  # a block went at this target
