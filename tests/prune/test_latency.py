@@ -121,6 +121,15 @@ def test_whole_blocks_are_timed_with_exact_mac_savings_and_predicted_with_their_
         LatencyTable.load(tmp_path / "bad.json")
     plot_latency_table(table, tmp_path / "t.png")
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # blocks of different widths are classes of their own: each removed alone, its own MACs
+    mixed = build("conformer", num_heads=[1, 2], ffn_dim=[8, 8, 8, 8], conv_channels=[8, 8])
+    mixed_table = measure_latency_table(mixed, round_to=1, seconds=SECONDS, runs=2, show_progress=False,
+                                        groups=["blocks.0.attn"], depth=("blocks", 2))
+    total = count_macs(mixed, x, lens)
+    saved = mixed_table.blocks["macs_saved"]
+    assert saved[0] != saved[1]
+    for i in range(2):
+        assert saved[i] == pytest.approx(total - count_macs(select_layers(mixed, [1 - i]), x, lens))
 
 
 def test_prediction_interpolates_and_sums_single_group_savings():
