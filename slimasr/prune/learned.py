@@ -52,7 +52,7 @@ import itertools
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 
 import torch
 from torch import Tensor
@@ -709,19 +709,28 @@ def learned_record(state: MaskState, cost: CostModel, keep: Mapping[str, list[in
 
 def learned_prune(model: AcousticModel, cfg: LearnedConfig, kind: str, fraction: float,
                  batches: list[dict], step_dir: Path, row: dict, log=None, seed: int = 0,
-                 table: LatencyTable | None = None, latency_share: float | None = None
-                 ) -> AcousticModel:
+                 table: LatencyTable | None = None, latency_share: float | None = None,
+                 meet_latency: Callable[[Callable[[float], dict]], dict] | None = None) -> AcousticModel:
     """``slimasr prune --criterion learned``: train masks (checkpoint folder ``step_dir/masks/``,
     resumed when there), binarize them, record them in ``row["learned"]``, plot the curves
     (``step_dir/learned.png``) and return the pruned mask-trained student (gates folded into its
-    weights). The gates and multipliers are not kept in the model."""
+    weights). The gates and multipliers are not kept in the model. With a latency target and
+    ``rank`` binarization, ``meet_latency(plan)`` chooses the keep-lists, ``plan(share)`` binarizing
+    the same gates to the latency share ``share`` (``slimasr prune`` times the plans and asks for
+    more while the measured time misses the goal: the table's prediction is optimistic when
+    many classes shrink at once)."""
     cost = CostModel.fit(model, kind, depth=depth_layers(model) if cfg.depth else None)
     latency = None
     if table is not None and latency_share is not None:
         latency = (LatencyCost(table, cost.sizes), latency_share)
     state, cost = train_masks(model, batches, cfg, fraction, cost, step_dir / MASKS_FILE, log, seed, latency)
-    keep = (binarize_widths(state.gates, cfg.widths) if cfg.widths
-            else binarize(state.gates, cost, fraction, cfg.binarize, latency))
+    def plan(share: float | None) -> dict[str, list[int]]:
+        limit = None if latency is None or share is None else (latency[0], share)
+        return (binarize_widths(state.gates, cfg.widths) if cfg.widths
+                else binarize(state.gates, cost, fraction, cfg.binarize, limit))
+
+    use_meet = meet_latency is not None and latency is not None and cfg.binarize == "rank"
+    keep = meet_latency(plan) if use_meet else plan(latency_share)
     small = pruned_student(state, keep)
     row["learned"] = learned_record(state, cost, keep, model_cost(small, kind), kind)
     if latency is not None:

@@ -56,6 +56,7 @@ from slimasr.io import (
 )
 from slimasr.models import AcousticModel, load_model, save_model
 from slimasr.models.io import read_model_config
+from slimasr.prune.gates import DEPTH
 from slimasr.prune.groups import layer_stack, prunable_groups
 from slimasr.prune.importance import magnitude_scores, score_model
 from slimasr.prune.latency import (
@@ -65,7 +66,7 @@ from slimasr.prune.latency import (
     plot_latency_table,
     relative_latency,
 )
-from slimasr.prune.learned import LearnedConfig, depth_layers, learned_prune
+from slimasr.prune.learned import LearnedConfig, apply_keep, depth_layers, learned_prune
 from slimasr.prune.plan import EPS, PruneTarget, model_cost, plan, plan_from_ratios
 from slimasr.prune.regularize import RegularizeConfig, norm_scale_scores, weak_units
 from slimasr.prune.sensitivity import plot_sensitivity, ratios_from_scan, save_scan, sensitivity_scan
@@ -548,8 +549,10 @@ def _learned(model: AcousticModel, cfg: PruneConfig, target: PruneTarget, calib:
         console.print(f"mask step {state.step}: expected {state.curves['expected_ratio'][-1]:.1%} "
                       f"of the {target.kind} (target {state.curves['target_ratio'][-1]:.1%})",
                       markup=False, highlight=False)
+    def meet(plan: Any) -> dict[str, list[int]]:  # the binarized gates, timed like every latency plan
+        return _meet_latency(model, target, table, lambda t: plan(t.latency_fraction), row, console)
     return learned_prune(model, cfg.learned, target.kind, target.fraction, calib, step_dir, row, log,
-                        cfg.seed, table, target.latency_fraction)
+                        cfg.seed, table, target.latency_fraction, meet if table is not None else None)
 
 
 def _choose(model: AcousticModel, cfg: PruneConfig, target: PruneTarget, calib: list[dict],
@@ -590,10 +593,11 @@ def _meet_latency(model: AcousticModel, target: PruneTarget, table: LatencyTable
     field_name = "fraction" if target.kind == "latency" else "latency_fraction"
     asked, attempts = target.latency_share, []
     keep = planned(target)
-    while True:
-        ratio = relative_latency(model, prune_model(model, keep), table.seconds, table.threads)
-        attempts.append({"asked": asked, "predicted_ratio": table.predict(
-            {n: len(v) for n, v in keep.items()}) / table.base_ms, "measured_ratio": ratio})
+    while True:  # keep[DEPTH]: the blocks learned depth gates kept
+        ratio = relative_latency(model, apply_keep(model, keep), table.seconds, table.threads)
+        widths = {n: len(v) for n, v in keep.items() if n != DEPTH}
+        attempts.append({"asked": asked, "predicted_ratio": table.predict(widths, keep.get(DEPTH)) / table.base_ms,
+                         "measured_ratio": ratio})
         console.print(f"latency plan {len(attempts)}: asked {asked:.1%} less time, measured "
                       f"{1.0 - ratio:.1%} less (goal {1.0 - goal:.1%})", markup=False, highlight=False)
         if ratio <= goal + LATENCY_TOLERANCE or len(attempts) == LATENCY_ATTEMPTS:

@@ -628,6 +628,9 @@ def test_cli_prunes_a_conformer_with_depth_gates_into_a_model_directory_that_rel
         table = LatencyTable.load(next(out.rglob("latency_table.json")))
         assert table.blocks is not None and len(table.blocks["saved_ms"]) == 3
         assert step["latency_ms_predicted"] == learned["latency_ms_predicted"] <= 0.7 * table.base_ms
+        attempts = step["latency_attempts"]  # the binarized plans were timed, as every latency plan
+        assert 1 <= len(attempts) <= 3 and attempts[0]["asked"] == pytest.approx(0.3)
+        assert all(a["asked"] >= attempts[0]["asked"] and a["measured_ratio"] > 0 for a in attempts)
         assert learned["latency_ms_predicted"] == pytest.approx(table.predict(
             learned["widths"], learned["blocks"]))
     teacher, pruned = load_model(tmp_path / "teacher"), load_model(out)
