@@ -6,8 +6,10 @@ sensitivity and Taylor pruning at the same targets and the same fine-tuning epoc
 
 Every point (criterion x target) is pruned with ``slimasr.prune.prune_model_dir`` (KD fine-tuning
 from the unpruned model), evaluated on the test split (greedy, and beam + LM with ``--lm``), and
-timed at batch 1 (3 s of audio, one thread) in round-robin with the unpruned model, so that
-speed-ups compare timings taken under the same conditions. Learned masks also train for
+timed at batch 1 (3 s of audio, one thread) against the unpruned model, paired (the two
+alternate; ``ROUNDS`` repeats over all the models; the median ratio and its range: ``paired_times``;
+before stop 50 every model was timed in turn and medians divided, which spread by up to 0.25x for
+models of the same architecture). Learned masks also train for
 ``--mask-steps`` steps before pruning (recorded); with ``--match-steps`` the other criteria get as
 many extra fine-tuning epochs as those steps hold audio (steps x ``learned.batch_seconds``, 30 s by
 default, over the audio of one training epoch), so every point sees the same audio in training.
@@ -17,7 +19,7 @@ Writes ``--results/<model>/learned.json``, ``learned.md`` (table) and ``learned.
 hard-coded: every number is measured. The peers of issue 20 (NVIDIA ModelOpt FastNAS, torchao's
 structured pruner) are not run here: they need their own environment (``bench/peers.py``). A model
 they made and fine-tuned joins the table with ``--extra NAME=DIR``: scored on the same test split and
-timed in the same round-robin as the points.
+timed in the same way as the points.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from slimasr.config import from_dict  # noqa: E402
 from slimasr.errors import run_script  # noqa: E402
 from slimasr.evaluate.cost import measure_latency  # noqa: E402
 from slimasr.models import load_model  # noqa: E402
+from slimasr.prune.latency import relative_latency  # noqa: E402
 from slimasr.prune.learned import LearnedConfig  # noqa: E402
 from slimasr.prune.run import PruneConfig, prune_model_dir  # noqa: E402
 
@@ -101,20 +104,37 @@ def extra_row(name: str, folder: Path, args: argparse.Namespace, ref_macs: float
             "finetune_epochs": epochs, "model_dir": str(folder), **scores}
 
 
-def round_robin(models: dict[str, Path]) -> dict[str, float]:
+def paired_times(models: dict[str, Path], reference: str = "unpruned") -> dict[str, dict]:
+    """Each model's batch-1 time against ``models[reference]``, paired: ``relative_latency``
+    (the two alternate in blocks of consecutive runs, so drifts of the machine cancel) repeated
+    ``ROUNDS`` times over all the models; per model the median ratio, its spread and the times.
+    Timing every model in turn and dividing medians did not hold: in one such table run three
+    models with the same architecture (ModelOpt's plan, three fine-tuning seeds) ran 1.38x, 1.53x
+    and 1.63x faster than the teacher; paired, 1.34-1.43x in three rounds each."""
     loaded = {k: load_model(v).eval() for k, v in models.items()}
-    times: dict[str, list[float]] = {k: [] for k in loaded}
+    ref = loaded[reference]
+    ratios: dict[str, list[float]] = {k: [] for k in loaded if k != reference}
     for _ in range(ROUNDS):
-        for k, m in loaded.items():
-            times[k].append(measure_latency(m, LATENCY_SECONDS, LATENCY_THREADS,
-                                            feat_dim=m.config.num_features)["latency_ms_p50"])
-    return {k: statistics.median(v) for k, v in times.items()}
+        for k in ratios:
+            ratios[k].append(relative_latency(ref, loaded[k], LATENCY_SECONDS, LATENCY_THREADS))
+    ref_ms = measure_latency(ref, LATENCY_SECONDS, LATENCY_THREADS, feat_dim=ref.config.num_features)["latency_ms_p50"]
+    out = {reference: {"latency_ms": ref_ms, "speedup": 1.0}}
+    for k, v in ratios.items():
+        mid = statistics.median(v)
+        out[k] = {"latency_ms": ref_ms * mid, "speedup": 1.0 / mid,
+                  "speedup_range": [1.0 / max(v), 1.0 / min(v)], "ratios": v}
+    return out
+
+
+def _range(row: dict) -> str:
+    lo_hi = row.get("speedup_range")
+    return f" ({lo_hi[0]:.2f}-{lo_hi[1]:.2f})" if lo_hi else ""
 
 
 def table(rows: list[dict], ref: dict) -> str:
     lm = "wer_lm" in ref
     head = "| criterion | MACs removed (target) | MACs ratio | training | WER greedy |" + (" WER beam+LM |" if lm else "") \
-        + " speed-up |\n|---|---|---|---|---|" + ("---|" if lm else "") + "---|\n"
+        + " speed-up (range) |\n|---|---|---|---|---|" + ("---|" if lm else "") + "---|\n"
     line = (f"| unpruned | - | 1.000 | - | {ref['wer_greedy']:.2f} |" + (f" {ref['wer_lm']:.2f} |" if lm else "")
             + " 1.00x |\n")
     for r in rows:
@@ -122,7 +142,7 @@ def table(rows: list[dict], ref: dict) -> str:
             f"{r['finetune_epochs']} KD epochs"
         target = "-" if r["target"] is None else f"{r['target']:.0%}"
         line += (f"| {r['criterion']} | {target} | {r['macs_ratio']:.3f} | {training} | {r['wer_greedy']:.2f} |"
-                 + (f" {r['wer_lm']:.2f} |" if lm else "") + f" {r['speedup']:.2f}x |\n")
+                 + (f" {r['wer_lm']:.2f} |" if lm else "") + f" {r['speedup']:.2f}x{_range(r)} |\n")
     return head + line
 
 
@@ -214,11 +234,10 @@ def main() -> None:
     for name, _, folder in (item.partition("=") for item in args.extra):
         rows.append(extra_row(name, Path(folder), args, ref["macs"]))
         models[f"{name}_None"] = Path(folder)
-    times = round_robin(models)
-    ref["latency_ms"] = times["unpruned"]
+    times = paired_times(models)
+    ref["latency_ms"] = times["unpruned"]["latency_ms"]
     for r in rows:
-        r["latency_ms"] = times[f"{r['criterion']}_{r['target']}"]
-        r["speedup"] = ref["latency_ms"] / r["latency_ms"]
+        r.update({k: v for k, v in times[f"{r['criterion']}_{r['target']}"].items()})
     folder = args.results / tag
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "learned.json").write_text(json.dumps({"reference": ref, "points": rows}, indent=1))
