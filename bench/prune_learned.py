@@ -237,7 +237,7 @@ def main() -> None:
     times = paired_times(models)
     ref["latency_ms"] = times["unpruned"]["latency_ms"]
     for r in rows:
-        r.update({k: v for k, v in times[f"{r['criterion']}_{r['target']}"].items()})
+        r.update(times[f"{r['criterion']}_{r['target']}"])
     folder = args.results / tag
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "learned.json").write_text(json.dumps({"reference": ref, "points": rows}, indent=1))

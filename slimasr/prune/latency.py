@@ -250,7 +250,7 @@ def _measure_blocks(model: AcousticModel, depth: tuple[str, int], classes: list[
     x, lens = example
     saved, macs = [0.0] * layers, [0.0] * layers
     for members in classes:
-        gone = members[: max(1, len(members) // 2)] if len(members) < layers else members[: layers // 2]
+        gone = members[: max(1, len(members) // 2)] if layers > 1 else []
         if not gone:  # one block in all: it cannot be removed
             advance()
             continue
