@@ -73,7 +73,7 @@ DEMO_KINDS = ["corpus", "model", "distill", "prune", "model", "export", "export"
 
 def test_bundled_recipes_parse():
     for name in ("demo", "demo_quick"):
-        exp, stages, _ = pipeline.load_pipeline(name)
+        exp, stages, *_ = pipeline.load_pipeline(name)
         assert [s.kind for s in stages] == DEMO_KINDS
         assert {s.threads for s in stages} == {1}
         assert stages[1].spec.shipped == "smarthome-crnn"
@@ -96,7 +96,7 @@ def test_demo_student_fits_a_quarter_of_the_teachers_macs():
     from slimasr.models.io import load_model
     from slimasr.shipped import pretrained
 
-    _, stages, _ = pipeline.load_pipeline("demo")
+    _, stages, *_ = pipeline.load_pipeline("demo")
     cut = dict(o.split("=", 1) for o in stages[2].spec.overrides if o.startswith("student."))
     teacher = load_model(pretrained("smarthome-crnn"))
     student = student_from_teacher(teacher, int(cut["student.layers"]), float(cut["student.width"]), 8,
@@ -109,12 +109,12 @@ def test_demo_recipes_budget_epochs_never_minutes():
     for name in ("demo", "demo_quick"):
         text = pipeline.find_recipe(name).read_text()
         assert "max_minutes" not in text
-    _, stages, _ = pipeline.load_pipeline("demo")
+    _, stages, *_ = pipeline.load_pipeline("demo")
     assert "train.epochs=10" in stages[2].spec.overrides and stages[3].spec.config["finetune_epochs"] == 3
 
 
 def test_train_models_turns_a_model_stage_into_its_train_stage():
-    _, stages, _ = pipeline.load_pipeline("demo", train_models=True)
+    _, stages, *_ = pipeline.load_pipeline("demo", train_models=True)
     teacher = stages[1]
     assert teacher.kind == "train" and teacher.key == "train:teacher" and teacher.threads == 1
     assert teacher.spec == pipeline.TrainStage(
@@ -271,7 +271,7 @@ def test_the_demo_trains_its_student_and_pruned_model_side_by_side():
     from slimasr.pipeline.jobs import depends, ready, runs_alone
 
     for name in ("demo", "demo_quick"):
-        _, stages, jobs = pipeline.load_pipeline(name)
+        _, stages, jobs, _ = pipeline.load_pipeline(name)
         assert jobs == 2
         names = [s.key for s in stages]
         beside = {(names[i], names[j]) for j in range(len(stages)) for i in range(j)
@@ -464,8 +464,10 @@ def test_the_evaluate_stage_never_reuses_results_of_other_data(evaluated):
     assert json.loads((exp / "teacher" / "metrics.json").read_text())["num_utterances"] == 2
 
 
-def test_a_model_that_learned_nothing_is_marked_and_the_run_exits_3(tmp_path, capsys, caplog):
-    """A pipeline whose teacher learned nothing used to print its table and exit 0."""
+def test_a_model_that_learned_nothing_stops_the_run_with_one_line_and_exit_3(tmp_path, capsys, caplog):
+    """A pipeline whose teacher learned nothing used to print its table of 100% rows and exit 0:
+    it stops after that stage (ran now, or found complete on the next run), saying what to change;
+    ``on_learned_nothing=warn`` runs every stage and warns at the end."""
     import logging
 
     from slimasr.cli import main
@@ -480,18 +482,30 @@ def test_a_model_that_learned_nothing_is_marked_and_the_run_exits_3(tmp_path, ca
         {"stage": "evaluate", "models": ["teacher"], "split": "dev", "intents": False},
         {"stage": "report", "models": ["teacher"]},
     ]}))
-    for _ in range(2):  # ran now, then skipped: the mark comes from the model's training.json
+    for _ in range(2):  # ran now, then found complete: the mark comes from the model's training.json
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             assert main(["run", str(recipe)]) == pipeline.LEARNED_NOTHING_EXIT == 3
-        warnings = [r.getMessage() for r in caplog.records if "learned nothing" in r.getMessage()]
-        assert warnings == ["warning: teacher learned nothing (at its best, every dev hypothesis "
-                            "was empty or dev WER >= 100%): its results measure an untrained model; "
-                            "train longer (train.epochs)"]
-        assert (tmp_path / "exp" / "report.md").is_file()  # the report is written first
-    assert "exit_code: 3" in capsys.readouterr().out
-    result = pipeline.run_pipeline(recipe)
+        lines = [r.getMessage() for r in caplog.records if "learned nothing" in r.getMessage()]
+        assert lines == ["stopped: teacher learned nothing (at its best, every dev hypothesis was empty "
+                         "or dev WER >= 100%), so the stages after it did not run and no report was "
+                         "written; give it more epochs: train.epochs and run again"]
+        assert not (tmp_path / "exp" / "report.md").exists()
+        assert not (tmp_path / "exp" / "teacher" / "metrics.json").exists()  # not evaluated
+    out = capsys.readouterr().out
+    assert "exit_code: 3" in out and "stopped_after: train:teacher" in out
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["run", str(recipe), "on_learned_nothing=warn"]) == 3
+    warnings = [r.getMessage() for r in caplog.records if "learned nothing" in r.getMessage()]
+    assert warnings == ["warning: teacher learned nothing (at its best, every dev hypothesis "
+                        "was empty or dev WER >= 100%): its results measure an untrained model; "
+                        "train longer (train.epochs)"]
+    assert (tmp_path / "exp" / "report.md").is_file()  # every stage ran, the report included
+    result = pipeline.run_pipeline(recipe, ["on_learned_nothing=warn"])
     assert result["learned_nothing"] == ["teacher"] and result["exit_code"] == 3
+    with pytest.raises(ConfigError, match="on_learned_nothing must be one of stop, warn"):
+        pipeline.load_pipeline(recipe, ["on_learned_nothing=ignore"])
 
 
 def test_the_evaluate_stage_with_an_lm_keeps_greedy_results_beside_beam_search(evaluated):

@@ -118,6 +118,10 @@ def export_model(model_dir: str | Path, out_dir: str | Path, config: ExportConfi
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     check_bundle_out(out_dir, model_dir, overwrite)  # before the lock: an input is never locked
     source = load_source(model_dir)
+    if (sparse := stored_sparse(source)) is not None:
+        log.info("%s: stored sparse (%.1f%% of its weight matrices' entries are zero); the bundle "
+                 "holds them as dense tensors, zeros included (docs/export.md)", model_dir,
+                 100 * sparse["zero_share"])
     cuts, manifest = scoring_cuts(source, config)
     if config.int8 and cuts is None:
         raise DataError(model_dir, "--int8 needs utterances to check WER on: its training data has "
@@ -231,6 +235,16 @@ def write_fp32(source: Source, tmp: Path, config: ExportConfig, real: list[torch
     return info
 
 
+def stored_sparse(source: Source) -> dict[str, Any] | None:
+    """bundle.json's ``source.sparse``: for a model saved in the compact sparse form, the share of
+    zeros among its weight matrices' entries, exported dense (None for a dense model)."""
+    if not source.config.get("sparse", False):
+        return None
+    matrices = [p for p in source.wrapper.model.parameters() if p.dim() > 1]
+    zeros = sum(int((p == 0).sum()) for p in matrices)
+    return {"zero_share": zeros / max(sum(p.numel() for p in matrices), 1), "exported": "dense"}
+
+
 def onnx_metadata(source: Source) -> dict[str, str]:
     """metadata_props of model.onnx. ``model_type``: sherpa-onnx's name for this I/O contract
     (lets it detect the model without being told)."""
@@ -258,7 +272,8 @@ def bundle_info(source: Source, config: ExportConfig) -> dict[str, Any]:
         "source": {"model_dir": str(source.path.resolve()), "architecture": model.arch,
                    "weights_sha256": file_sha256(source.path / WEIGHTS_FILE),
                    "params": sum(p.numel() for p in model.parameters()),
-                   "macs_per_second_audio": macs_per_second_audio(model, feat_dim, config.latency_seconds)},
+                   "macs_per_second_audio": macs_per_second_audio(model, feat_dim, config.latency_seconds),
+                   "sparse": stored_sparse(source)},
         "graph": {"inputs": {"x": ["N", "T", model.config.num_features], "x_lens": ["N"]},
                   "outputs": {"log_probs": ["N", "T_out", model.vocab_size], "log_probs_len": ["N"]},
                   "opset": config.opset, "cmvn_folded": frontend.cmvn is not None},

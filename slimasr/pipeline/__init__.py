@@ -7,7 +7,7 @@ A pipeline recipe names an experiment folder and its stages, in order::
     jobs: 1                              # stages that share no folder run this many at once
     stages:
       - {stage: corpus, name: data, synth: {hours: 1.5}}
-      - {stage: train, name: teacher, recipe: train_crnn_teacher.yaml, overrides: [train.max_minutes=6]}
+      - {stage: train, name: teacher, recipe: train_crnn_teacher.yaml, overrides: [train.epochs=36]}
       - {stage: evaluate, models: [teacher], split: test}
       - {stage: report, models: [teacher]}
 
@@ -29,6 +29,13 @@ of a model or corpus the stage reads. A stage writes (and, when it reruns, repla
 it created: ``EXPERIMENT/.pipeline-folders.json`` records which stage created which folder, and a
 stage whose folder already holds something else stops with a one-line error. The experiment
 folder is locked while a pipeline runs (``slimasr.io.output_lock``).
+
+A model stage that ends with a model that learned nothing (its training.json says so: at its
+best validation every dev hypothesis was empty or dev WER >= 100%) stops the pipeline there
+(``on_learned_nothing: stop``, the default): the stages running beside it are stopped (they
+resume on the next run), nothing after it runs, no report is written, and one line says which
+model and what to change; the exit status is ``LEARNED_NOTHING_EXIT``. ``on_learned_nothing:
+warn`` runs every stage and warns at the end (a smoke test whose tiny models cannot learn).
 """
 
 from __future__ import annotations
@@ -58,7 +65,8 @@ RESERVED_NAMES = {STATE_FILE, FOLDERS_FILE, LOCK_NAME, "pipeline", "logs", "time
 # report "pipeline" -> pipeline.json; logs, times.json: slimasr.pipeline.jobs
 FOLDER_STAGES = ("corpus", "model", "train", "distill", "prune", "export", "sherpa",
                  "stream")  # kinds that write EXPERIMENT/NAME
-PIPELINE_KEYS = ("experiment", "threads", "jobs", "stages")  # top-level keys of a pipeline recipe
+PIPELINE_KEYS = ("experiment", "threads", "jobs", "on_learned_nothing", "stages")  # top-level keys
+ON_LEARNED_NOTHING = ("stop", "warn")  # what a model that learned nothing does to the pipeline
 DEFAULT_THREADS = 1  # torch threads per stage (see the module doc)
 DEFAULT_JOBS = 1  # stages run at once (slimasr.pipeline.jobs)
 
@@ -167,6 +175,7 @@ class Pipeline(NamedTuple):
     experiment: Path  # EXPERIMENT: every stage writes below it
     stages: list[Stage]  # in the recipe's order
     jobs: int = DEFAULT_JOBS  # stages that share no folder run this many at once
+    on_learned_nothing: str = "stop"  # one of ON_LEARNED_NOTHING (see the module doc)
 
 
 def load_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = (),
@@ -190,6 +199,10 @@ def load_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = (
     jobs = data.get("jobs", DEFAULT_JOBS)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"{source}: jobs must be a whole number >= 1, got {jobs!r}")
+    on_nothing = data.get("on_learned_nothing", "stop")
+    if on_nothing not in ON_LEARNED_NOTHING:
+        raise ConfigError(f"{source}: on_learned_nothing must be one of {', '.join(ON_LEARNED_NOTHING)}, "
+                          f"got {on_nothing!r}")
     stages = []
     for i, raw in enumerate(data["stages"]):
         if not isinstance(raw, Mapping) or raw.get("stage") not in STAGES:
@@ -199,7 +212,7 @@ def load_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = (
         stages.append(trained_instead(Stage(kind, spec, base, threads), i) if train_models
                       else Stage(kind, spec, base, threads))
     check_stage_names(stages, source if base is not None else "pipeline recipe")
-    return Pipeline(Path(data["experiment"]), split_evaluate(stages), jobs)
+    return Pipeline(Path(data["experiment"]), split_evaluate(stages), jobs, on_nothing)
 
 
 def _threads(value: Any, source: Any) -> int | None:
@@ -293,11 +306,33 @@ def run_pipeline(source: str | Path | Mapping, overrides: list[str] | tuple = ()
     ``train_models``: train the models of model stages from scratch (``load_pipeline``)."""
     from slimasr.pipeline.jobs import run_stages
 
-    exp, stages, jobs = load_pipeline(source, overrides, train_models)
+    exp, stages, jobs, on_nothing = load_pipeline(source, overrides, train_models)
     exp = Path(experiment) if experiment is not None else exp
+    stop = (lambda stage: learned_nothing(stage, exp)) if on_nothing == "stop" else None
     with output_lock(exp, "run"):
-        outcome = run_stages(stages, exp, jobs)
-    return {"experiment": str(exp), "stages": outcome, **_learned_nothing(stages, exp)}
+        outcome, stopped = run_stages(stages, exp, jobs, stop)
+    result = {"experiment": str(exp), "stages": outcome}
+    if stopped is not None:
+        log.error("stopped: %s", _stopped_line(stopped))
+        return {**result, "stopped_after": stopped.key, "learned_nothing": [stopped.spec.name],
+                "exit_code": LEARNED_NOTHING_EXIT}
+    return {**result, **_learned_nothing(stages, exp)}
+
+
+def learned_nothing(stage: Stage, exp: Path) -> bool:
+    """Whether ``stage`` made a model whose training.json says it learned nothing."""
+    path = exp / str(getattr(stage.spec, "name", "")) / "training.json"
+    return stage.kind in MODEL_STAGES and path.is_file() and bool(read_json(path).get("learned_nothing"))
+
+
+_MORE_TRAINING = {"prune": "more fine-tuning: finetune_epochs in its config",
+                  "distill": "more epochs: train.epochs in its overrides"}
+
+
+def _stopped_line(stage: Stage) -> str:
+    return (f"{stage.spec.name} learned nothing (at its best, every dev hypothesis was empty or dev "
+            f"WER >= 100%), so the stages after it did not run and no report was written; give it "
+            f"{_MORE_TRAINING.get(stage.kind, 'more epochs: train.epochs')} and run again")
 
 
 def _learned_nothing(stages: list[Stage], exp: Path) -> dict:
@@ -305,8 +340,7 @@ def _learned_nothing(stages: list[Stage], exp: Path) -> dict:
     before), each named in a warning; with ``exit_code`` LEARNED_NOTHING_EXIT when there are any."""
     names = []
     for stage in stages:
-        path = exp / str(getattr(stage.spec, "name", "")) / "training.json"
-        if stage.kind in MODEL_STAGES and path.is_file() and read_json(path).get("learned_nothing"):
+        if learned_nothing(stage, exp):
             names.append(stage.spec.name)
             log.warning("warning: %s learned nothing (at its best, every dev hypothesis was empty "
                         "or dev WER >= 100%%): its results measure an untrained model; train "

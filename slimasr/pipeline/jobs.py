@@ -14,7 +14,9 @@ When two or more stages are ready, each runs in a process of its own (``spawn``)
 to ``EXPERIMENT/logs/KIND-NAME.log``; a board shows each running stage's latest line. A stage
 that is ready alone runs in this process, as with ``jobs: 1``. When one stage fails, the others
 are stopped (a training resumes from its last checkpoint on the next run) and its error is raised
-here: a user's mistake as its one-line message, anything else with the path of its log.
+here: a user's mistake as its one-line message, anything else with the path of its log. A
+``stop`` check, called on each stage as it ends (or is found complete), halts the run the same
+way when it says so: the others are stopped and nothing more starts.
 """
 
 from __future__ import annotations
@@ -117,31 +119,36 @@ class _Child:
     started: float
 
 
-def run_stages(stages: list, exp: Path, jobs: int) -> dict:
-    """Run every stage not already complete, up to ``jobs`` at a time; ``{key: "ran" | "skipped"}``
-    in the recipe's order."""
-    runner = _Runner(stages, exp, jobs)
+def run_stages(stages: list, exp: Path, jobs: int, stop: Callable[[Any], bool] | None = None
+               ) -> tuple[dict, Any]:
+    """Run every stage not already complete, up to ``jobs`` at a time. Returns ``{key: "ran" |
+    "skipped"}`` in the recipe's order, and the stage after which ``stop`` halted the run (None)."""
+    runner = _Runner(stages, exp, jobs, stop)
     try:
         with runner.board:
             runner.run()
     except BaseException:
         _stop(runner.running.values())
         raise
-    return {s.key: runner.outcome[s.key] for s in stages if s.key in runner.outcome}
+    _stop(runner.running.values())  # halted: what still runs resumes on the next run
+    return {s.key: runner.outcome[s.key] for s in stages if s.key in runner.outcome}, runner.halted
 
 
 class _Runner:
     """Which stages are open (not started), running (in processes of their own) and done."""
 
-    def __init__(self, stages: list, exp: Path, jobs: int):
+    def __init__(self, stages: list, exp: Path, jobs: int, stop: Callable[[Any], bool] | None = None):
         self.stages, self.exp, self.jobs = stages, exp, jobs
+        self.stop, self.halted = stop, None  # halted: the stage after which stop() said so
         self.alone = [runs_alone(s) for s in stages]
         self.open, self.running, self.checked, self.outcome = set(range(len(stages))), {}, set(), {}
         self.book, self.board = _Book(exp), _Board(show=jobs > 1 and sys.stdout.isatty())
 
     def run(self) -> None:
-        while self.open or self.running:
+        while (self.open or self.running) and self.halted is None:
             self.skip_complete()
+            if self.halted is not None:
+                return
             startable = [i for i in sorted(self.open) if self.ready(i)]
             if not startable and not self.running:
                 if self.open:  # cannot happen: the first open stage is always ready
@@ -166,6 +173,8 @@ class _Runner:
                 if self.book.complete(self.stages[i]):
                     self.open.discard(i)
                     self.outcome[self.stages[i].key] = "skipped"
+                    if self.ended(self.stages[i]):
+                        return
 
     def run_here(self, index: int) -> None:
         stage = self.stages[index]
@@ -174,6 +183,7 @@ class _Runner:
         _run_here(stage, self.exp)
         self.book.finish(stage, own_process=False)
         self.outcome[stage.key] = "ran"
+        self.ended(stage)
 
     def start(self, index: int) -> None:
         stage = self.stages[index]
@@ -187,6 +197,13 @@ class _Runner:
             _collect(stage, child, self.board)  # raises its error: the others are stopped
             self.book.finish(stage, own_process=True)
             self.outcome[stage.key] = "ran"
+            self.ended(stage)
+
+    def ended(self, stage: Any) -> bool:
+        """Whether the run halts after ``stage`` (the first such stage is kept in ``halted``)."""
+        if self.halted is None and self.stop is not None and self.stop(stage):
+            self.halted = stage
+        return self.halted is not None
 
 
 def _run_here(stage: Any, exp: Path) -> None:

@@ -9,10 +9,13 @@
 A gate multiplies its unit's features at the group's ``ActivationSite`` (``slimasr.prune.groups``):
 conv channels at their activation's output, DNN neurons at theirs, heads at the input of
 ``out_proj`` (their context), FFN units at the input of ``down`` (their activation), GLU channels
-at the input of ``pw_out``. RNN units are gated at the layer's *output* (both directions): the
-recurrence itself is not hooked, so a closed gate removes the unit from what the next layer reads
-but the unit still feeds its own layer's recurrence until surgery removes it (a first version; the
-fine-tuning after surgery absorbs the difference).
+at the input of ``pw_out``. RNN units are gated where their hidden state h leaves them: at the
+layer's output (both directions) and, through a parametrization ``W -> W * z`` on the columns of
+each direction's ``weight_hh`` (``torch.nn.utils.parametrize``; the fused LSTM/GRU kernel still
+runs, as for ``slimasr.prune.unstructured``'s masks), where h re-enters the recurrence. One z is
+drawn per forward of the layer and used at both places. A unit's h (and its LSTM cell c, which
+only reaches the rest of the model through h) then affects nothing else in proportion to z, and
+a closed gate gives exactly the outputs of the model with that unit removed.
 
 Hard concrete (beta 2/3, stretched to (-0.1, 1.1), clipped to [0, 1]): training samples
 ``z = clip(sigmoid((log u - log(1-u) + log_alpha) / beta) * 1.2 - 0.1)``; evaluation uses the
@@ -27,6 +30,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from torch.nn.utils import parametrize
 
 from slimasr.prune.groups import ActivationSite, Group
 
@@ -98,7 +103,8 @@ class ModelGates(nn.Module):
     def attach(self, model: nn.Module) -> list:
         """Forward (pre-)hooks on every group's site (and on every block for the depth gates);
         returns the handles (``remove()`` them)."""
-        handles = [_hook(model, group.activation, self, name) for name, group in self.groups.items()]
+        handles = [_rnn_hooks(model, group, self, name) if group.kind == "rnn_unit"
+                   else _hook(model, group.activation, self, name) for name, group in self.groups.items()]
         if self.depth is not None:
             prefix, layers = self.depth
             handles += [_block_hook(model.get_submodule(f"{prefix}.{i}"), self, i) for i in range(layers)]
@@ -109,9 +115,9 @@ def _key(name: str) -> str:
     return name.replace(".", "__")  # ModuleDict keys may not contain dots
 
 
-def feature_mask(z: Tensor, site: ActivationSite, features: int) -> Tensor:
+def feature_mask(z: Tensor, positions: Tensor, features: int) -> Tensor:
     """(features,) multiplier: unit j's value at its ``positions[j, :]``, 1 elsewhere."""
-    pos = site.positions.to(z.device)
+    pos = positions.to(z.device)
     vals = z[:, None].expand(-1, pos.shape[1]).reshape(-1)
     return torch.ones(features, dtype=z.dtype, device=z.device).index_put((pos.reshape(-1),), vals)
 
@@ -120,7 +126,7 @@ def _apply(x: Tensor, site: ActivationSite, z: Tensor) -> Tensor:
     dim = site.dim % x.dim()
     shape = [1] * x.dim()
     shape[dim] = x.shape[dim]
-    return x * feature_mask(z.to(x.dtype), site, x.shape[dim]).view(shape)
+    return x * feature_mask(z.to(x.dtype), site.positions, x.shape[dim]).view(shape)
 
 
 def _hook(model: nn.Module, site: ActivationSite, gates: ModelGates, name: str):
@@ -135,6 +141,67 @@ def _hook(model: nn.Module, site: ActivationSite, gates: ModelGates, name: str):
             return (_apply(out[0], site, gates.values(name)), *out[1:])
         return _apply(out, site, gates.values(name))
     return module.register_forward_hook(post)
+
+
+def recurrent_columns(group: Group) -> list:
+    """An RNN group's slices of its own directions' ``weight_hh`` columns (column j: unit j's h
+    re-entering the recurrence), where its gates act besides the output; [] for other groups."""
+    if group.kind != "rnn_unit":
+        return []
+    return [s for s in group.slices if s.dim == 1 and s.tensor.startswith(f"{group.activation.module}.")
+            and s.tensor.endswith(".weight_hh_l0")]
+
+
+class _RecurrentGate(nn.Module):
+    """The parametrization ``W -> W * z`` on the columns of a ``weight_hh`` (h re-entering the
+    recurrence); z: the layer's draw of this forward (``current["z"]``; none outside a forward)."""
+
+    def __init__(self, current: dict, positions: Tensor):
+        super().__init__()
+        self.current, self.positions = current, positions
+
+    def forward(self, weight: Tensor) -> Tensor:
+        z = self.current.get("z")
+        if z is None:
+            return weight
+        return weight * feature_mask(z.to(weight.dtype), self.positions, weight.shape[1])[None, :]
+
+
+class _RnnHandle:
+    """Removes an RNN group's hooks and recurrent parametrizations (the weights as they were)."""
+
+    def __init__(self, hooks: list, parametrized: list[tuple[nn.Module, str]]):
+        self.hooks, self.parametrized = hooks, parametrized
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        for module, attr in self.parametrized:
+            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+            module._init_flat_weights()  # the fused kernel reads the plain parameters again
+        self.hooks, self.parametrized = [], []
+
+
+def _rnn_hooks(model: nn.Module, group: Group, gates: ModelGates, name: str) -> _RnnHandle:
+    """An RNN group's gates: drawn once per forward of the layer (pre-hook), applied to its
+    output (post-hook) and to its directions' ``weight_hh`` columns (parametrizations)."""
+    site, current = group.activation, {}
+    layer = model.get_submodule(site.module)
+
+    def pre(_m, _args):
+        current["z"] = gates.values(name)
+
+    def post(_m, _args, out):
+        z = current.pop("z")
+        return (_apply(out[0], site, z), *out[1:]) if isinstance(out, tuple) else _apply(out, site, z)
+
+    parametrized = []
+    for s in recurrent_columns(group):
+        prefix, _, attr = s.tensor.rpartition(".")
+        module = model.get_submodule(prefix)
+        parametrize.register_parametrization(module, attr, _RecurrentGate(current, s.positions))
+        parametrized.append((module, attr))
+    return _RnnHandle([layer.register_forward_pre_hook(pre), layer.register_forward_hook(post)], parametrized)
 
 
 def _block_hook(block: nn.Module, gates: ModelGates, i: int):

@@ -64,11 +64,12 @@ from safetensors.torch import load_file, save_file
 
 from slimasr.io import atomic_dir, read_json, write_json_atomic
 from slimasr.models.common import AcousticModel
-from slimasr.prune.gates import DEPTH, ModelGates
+from slimasr.prune.gates import DEPTH, ModelGates, recurrent_columns
 from slimasr.prune.groups import Group, layer_stack, prunable_groups
 from slimasr.prune.latency import LatencyTable
 from slimasr.prune.plan import model_cost
 from slimasr.prune.surgery import prune_model, select_layers
+from slimasr.prune.unstructured import plain_name
 from slimasr.train.checkpoint import optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state
 
 GATE_OPEN = 0.5  # binarize "threshold": a unit stays when its deterministic gate exceeds this
@@ -418,21 +419,20 @@ def apply_keep(model: AcousticModel, keep: Mapping[str, list[int]]) -> AcousticM
 @torch.no_grad()
 def fold_gates_(model: AcousticModel, gates: ModelGates) -> None:
     """Multiply every group's deterministic gate values into the weights that read its units (the
-    consumer slices: next layer's columns, ``out_proj``/``down``/``pw_out`` columns), so that
-    ``model`` without hooks computes what it computed with the gates (in eval mode). Exact for
-    every site: each gate sits right before the linear layer (or conv) whose columns it scales
-    (dropout between them is the identity in eval mode)."""
+    consumer slices: next layer's columns, ``out_proj``/``down``/``pw_out`` columns, and an RNN
+    layer's own ``weight_hh`` columns), so that ``model`` without hooks computes what it computed
+    with the gates (in eval mode). Exact for every site: each gate sits right before the linear
+    layer (or conv) whose columns it scales (dropout between them is the identity in eval mode)."""
     params = dict(model.named_parameters())
     for name, group in gates.groups.items():
         z = gates.gate(name).deterministic()
-        for s in group.slices:
-            if s.consumer:
-                w = params[s.tensor]
-                scale = torch.ones(w.shape[s.dim], dtype=w.dtype)
-                scale[s.positions.reshape(-1)] = z[:, None].expand(-1, s.positions.shape[1]).reshape(-1).to(w.dtype)
-                shape = [1] * w.dim()
-                shape[s.dim] = -1
-                w.mul_(scale.view(shape))
+        for s in [*(s for s in group.slices if s.consumer), *recurrent_columns(group)]:
+            w = params[s.tensor]
+            scale = torch.ones(w.shape[s.dim], dtype=w.dtype)
+            scale[s.positions.reshape(-1)] = z[:, None].expand(-1, s.positions.shape[1]).reshape(-1).to(w.dtype)
+            shape = [1] * w.dim()
+            shape[s.dim] = -1
+            w.mul_(scale.view(shape))
 
 
 def pruned_student(state: MaskState, keep: Mapping[str, list[int]]) -> AcousticModel:
@@ -472,7 +472,7 @@ class MaskState:
     def save(self, folder: Path) -> None:
         """Write the state as ``folder/{tensors.safetensors,state.json}`` atomically (no pickle:
         tensors in safetensors, the rest in JSON, as training checkpoints are)."""
-        tensors = {**_prefixed("student", self.student.state_dict()),
+        tensors = {**_prefixed("student", {plain_name(k): v for k, v in self.student.state_dict().items()}),
                    **_prefixed("gates", self.gates.state_dict()),
                    "lambdas": self.lambdas.detach().clone()}
         if self.projector is not None:

@@ -171,6 +171,9 @@ class PruneConfig:
         if self.gradual and (self.method != "unstructured" or self.finetune_epochs == 0 or self.steps != 1):
             raise ConfigError("gradual: needs method unstructured, finetune_epochs > 0 and steps: 1 "
                               "(the schedule runs during the fine-tuning)")
+        if self.gradual and self.unstructured.criterion != "magnitude":
+            raise ConfigError(f"gradual: the schedule ranks weights by magnitude during training; "
+                              f"criterion {self.unstructured.criterion} is one-shot only (drop --gradual)")
         if self.remove_below is not None and (self.method != "structured" or self.ratios or self.steps != 1):
             raise ConfigError("remove_below: structured, one step, and not with ratios")
         if self.method == "unstructured" and (self.ratios or self.remove_layers or self.latency_table
@@ -712,7 +715,8 @@ def _sparsity_overrides(cfg: PruneConfig) -> list[str]:
     if cfg.method == "unstructured" and cfg.gradual:
         u = cfg.unstructured
         out += [f"sparsity.gradual.{k}={json.dumps(v)}" for k, v in (
-            ("final", u.sparsity), ("scope", u.scope), ("include", u.include), ("exclude", u.exclude))]
+            ("final", u.sparsity), ("scope", u.scope), ("include", u.include), ("exclude", u.exclude),
+            ("biases", u.biases))]
     elif cfg.method == "unstructured":
         out.append("sparsity.keep_masks=true")
     if cfg.regularize.kind != "none":

@@ -61,6 +61,7 @@ class GradualConfig:
     scope: Literal["layer", "global"] = "layer"  # s_t of every tensor, or of all together
     include: list[str] = field(default_factory=lambda: ["*"])  # state_dict name patterns pruned
     exclude: list[str] = field(default_factory=list)  # patterns kept dense
+    biases: bool = False  # also the biases of the selected layers
 
     def __post_init__(self) -> None:
         check_numbers("sparsity.gradual", self, fractions=("final", "initial", "end_share"),
@@ -104,7 +105,7 @@ class GradualPruner:
 
     def __init__(self, cfg: GradualConfig, model: nn.Module):
         self.cfg, self.model = cfg, model
-        self.names = select_tensors(model, cfg.include, cfg.exclude)
+        self.names = select_tensors(model, cfg.include, cfg.exclude, cfg.biases)
         if not self.names:
             raise ConfigError(f"sparsity.gradual.include: no prunable weight matches {cfg.include}")
         apply_masks_(model, {n: tensor_of(model, n).detach() != 0 for n in self.names})
@@ -123,7 +124,8 @@ class GradualPruner:
         target = cubic_sparsity(step, cfg.initial, cfg.final, cfg.start_step, span)
         before = self._masked()
         sparsify_(self.model, UnstructuredConfig(sparsity=target, scope=cfg.scope, include=cfg.include,
-                                                 exclude=cfg.exclude), optimizer=trainer.optimizer)
+                                                 exclude=cfg.exclude, biases=cfg.biases),
+                  optimizer=trainer.optimizer)
         self.last_target = target
         if self._masked() > before:  # the best validation so far was of a denser model
             trainer.state.best_wer, trainer.state.bad_epochs = None, 0

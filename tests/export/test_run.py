@@ -225,3 +225,37 @@ def test_bundle_records_the_source_models_macs(trained, bundle):
 
     source = json.loads((bundle / "bundle.json").read_text())["source"]
     assert source["macs_per_second_audio"] == macs_per_second_audio(load_model(trained), 80, 3.0) > 0
+
+
+def test_a_sparse_model_is_exported_dense_and_the_bundle_says_so(trained, bundle, tmp_path, caplog):
+    """A model saved in the compact sparse form: the bundle holds its zeros as dense tensors,
+    gives their share in source.sparse, and the export says so in one line."""
+    import logging
+
+    from slimasr.models import load_model, save_model
+    from slimasr.prune import UnstructuredConfig, sparsify_, squash_
+
+    sparse = tmp_path / "sparse"
+    shutil.copytree(trained, sparse)
+    model = load_model(trained)
+    sparsify_(model, UnstructuredConfig(sparsity=0.8, scope="global"))
+    squash_(model)
+    config = json.loads((trained / "config.json").read_text())
+    save_model(model, sparse, extra={k: v for k, v in config.items() if k not in
+                                     ("format", "format_version", "architecture", "vocab_size", "model", "sparse")},
+               compact=True)
+    assert json.loads((sparse / "config.json").read_text())["sparse"] is True
+    with caplog.at_level(logging.INFO):
+        info = export_run.export_model(sparse, tmp_path / "bundle", export_run.ExportConfig())
+    matrices = [p for p in model.parameters() if p.dim() > 1]
+    share = sum(int((p == 0).sum()) for p in matrices) / sum(p.numel() for p in matrices)
+    assert info["source"]["sparse"] == {"zero_share": share, "exported": "dense"} and share > 0.5
+    assert [r.getMessage() for r in caplog.records if "stored sparse" in r.getMessage()] == [
+        f"{sparse}: stored sparse ({100 * share:.1f}% of its weight matrices' entries are zero); the bundle "
+        "holds them as dense tensors, zeros included (docs/export.md)"]
+    graph = onnx.load(tmp_path / "bundle" / "model.onnx").graph
+    assert not graph.sparse_initializer  # dense initializers only
+    zeros = sum(int((numpy_helper.to_array(t) == 0).sum()) for t in graph.initializer)
+    assert zeros >= sum(int((p == 0).sum()) for p in matrices)  # the zeros are in the graph
+    assert json.loads((tmp_path / "bundle" / "bundle.json").read_text())["source"]["sparse"]["exported"] == "dense"
+    assert json.loads((bundle / "bundle.json").read_text())["source"]["sparse"] is None  # a dense model

@@ -87,19 +87,18 @@ def test_expected_cost_is_differentiable_in_the_keep_probabilities():
     assert float(e.detach()) < cost.full  # keep-probabilities below 1: fewer expected MACs
 
 
-@pytest.mark.parametrize("name", ["dnn", "crnn-lstm-bi", "conformer"])
+@pytest.mark.parametrize("name", ["dnn", "crnn-lstm-bi", "crnn-gru-uni", "conformer"])
 def test_a_closed_gate_removes_exactly_its_unit(name):
     """Gate j of a group at 0 and the others at 1 gives the outputs of the model with that unit
-    removed by surgery, when nothing reads the unit but the gated site (its outgoing weights are
-    zero for RNN units: the recurrence is not gated)."""
+    removed by surgery (RNN units: gated at the output and where h re-enters the recurrence),
+    and removing the gates leaves the model's weights and outputs as they were."""
     model = family(name)
     x, lens = torch.randn(2, 40, FEATS), torch.tensor([40, 31])
     for g in gateable_groups(model):
         m = family(name)
-        if g.kind == "rnn_unit":  # the unit must not feed the recurrence either
-            for s in g.slices:
-                if s.tensor.endswith("weight_hh_l0") and s.dim == 1:
-                    m.state_dict()[s.tensor][:, s.positions[1]] = 0.0
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        with torch.no_grad():
+            ungated = m(x, lens)[0]
         gates = ModelGates(gateable_groups(m))
         gates.mode = "fixed"
         gates.fixed = {k: torch.ones(v.size) for k, v in gates.groups.items()}
@@ -109,6 +108,9 @@ def test_a_closed_gate_removes_exactly_its_unit(name):
             gated = m(x, lens)[0]
         for h in handles:
             h.remove()
+        assert m.state_dict().keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+        with torch.no_grad():
+            assert torch.equal(m(x, lens)[0], ungated), g.name  # the fused kernel reads the plain weights again
         small = prune_model(m, {g.name: [j for j in range(g.size) if j != 1]})
         with torch.no_grad():
             torch.testing.assert_close(small(x, lens)[0], gated, atol=1e-5, rtol=1e-5, msg=g.name)
@@ -400,12 +402,12 @@ def test_latency_cost_is_the_tables_prediction_and_a_second_constraint_is_met():
     assert lat.at(widths) <= 6.0 and cost.at(widths) <= 0.8 * cost.full
 
 
-@pytest.mark.parametrize("name", ["dnn", "conformer", "crnn-gru-uni"])
+@pytest.mark.parametrize("name", ["dnn", "conformer", "crnn-gru-uni", "crnn-lstm-bi"])
 def test_folded_and_pruned_student_computes_what_the_gated_one_did(name):
     """Deterministic gates folded into the readers' columns, closed units removed: the outputs
-    of the gated student (eval mode). RNN units: only those whose recurrent columns are zero
-    (the recurrence is not gated). A group closed entirely is not exact: its sub-module goes
-    with the output bias the gates cannot close, so every group keeps a unit here."""
+    of the gated student (eval mode; RNN units gated in the recurrence too). A group closed
+    entirely is not exact: its sub-module goes with the output bias the gates cannot close, so
+    every group keeps a unit here."""
     from slimasr.prune.learned import new_state, pruned_student
 
     model = family(name)
@@ -417,12 +419,6 @@ def test_folded_and_pruned_student_computes_what_the_gated_one_did(name):
             la.copy_(torch.randn(la.shape, generator=gen) * 3)
             la[: max(group.min_size, 1)] = 5.0  # width 0 drops a sub-module with its output bias
     keep = binarize(state.gates, CostModel.fit(model), 0.5, "threshold")
-    with torch.no_grad():
-        for k, group in state.gates.groups.items():
-            closed = [j for j in range(group.size) if j not in keep[k]]
-            for s in group.slices:
-                if group.kind == "rnn_unit" and s.tensor.endswith("weight_hh_l0") and s.dim == 1:
-                    state.student.state_dict()[s.tensor][:, closed] = 0.0
     assert any(len(v) < state.gates.groups[k].size for k, v in keep.items())
     assert all(len(v) == int((state.gates.gate(k).deterministic() > 0.5).sum()) or
                len(v) == state.gates.groups[k].min_size for k, v in keep.items())

@@ -344,6 +344,7 @@ def test_units_a_penalty_emptied_are_removed_exactly_by_threshold(trained, tmp_p
 @pytest.mark.parametrize("extra, message", [
     (["--sparsity", "0.8"], "--sparsity and --gradual need --method unstructured"),
     (["--method", "unstructured", "--gradual", "--finetune-epochs", "0"], "gradual"),
+    (["--method", "unstructured", "--gradual", "--criterion", "gradient"], "criterion gradient is one-shot only"),
     (["--regularize", "l1"], "regularize.strength"),
     (["--reg-strength", "0.1"], "--reg-strength needs --regularize"),
     (["--method", "unstructured", "--criterion", "taylor"], "unstructured.criterion"),

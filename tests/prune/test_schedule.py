@@ -98,6 +98,21 @@ def test_gradual_pruner_follows_the_schedule_with_masks_that_only_grow():
     assert pruner.summary()["gradual"]["reached"] == 1 - sum(n - round(0.75 * n) for n in sizes) / sum(sizes)
 
 
+def test_the_gradual_pruner_takes_the_biases_only_when_asked():
+    names = GradualPruner(GradualConfig(final=0.5, include=["layers.*"]), dnn()).names
+    assert names == ["layers.0.weight", "layers.1.weight"]
+    model = dnn()
+    pruner = GradualPruner(GradualConfig(final=0.5, start_step=1, span_steps=1, include=["layers.*"],
+                                         biases=True), model)
+    assert pruner.names == ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"]
+    trainer = fake_trainer(model)
+    trainer.state.step = 2  # t0 + n dt: the final sparsity
+    pruner.after_step(trainer)
+    assert pruner.last_target == 0.5
+    for name in pruner.names:
+        assert int((tensor_of(model, name) == 0).sum()) == round(0.5 * tensor_of(model, name).numel()), name
+
+
 def test_without_a_span_the_schedule_ends_at_a_share_of_the_run():
     model = dnn()
     pruner = GradualPruner(GradualConfig(final=0.5, start_step=4, end_share=0.75), model)
