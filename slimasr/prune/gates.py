@@ -30,7 +30,6 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-
 from torch.nn.utils import parametrize
 
 from slimasr.prune.groups import ActivationSite, Group
