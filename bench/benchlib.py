@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: a model directory's test WER, greedy and beam + LM."""
+"""Shared by the benchmark scripts: a model directory's test WER, greedy and beam + LM, and a
+markdown table of models' WER / CER on named sets."""
 
 from __future__ import annotations
 
@@ -22,3 +23,16 @@ def test_wer(model_dir: Path, data: Path, lm: Path | None) -> dict:
                               show_progress=False)
         out["wer_lm"] = beam["wer"]
     return out
+
+
+def rates_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: one row per ``{"model": name, "sets": {set: {"wer", "cer"}}}`` record, one
+    column per set any record has ("–" where a model was not scored on it)."""
+    sets = list(dict.fromkeys(s for r in rows for s in r["sets"]))
+    lines = ["| model | " + " | ".join(f"{s} WER / CER" for s in sets) + " |",
+             "|---" * (len(sets) + 1) + "|"]
+    for r in rows:
+        cells = [f"{r['sets'][s]['wer']:.2f}% / {r['sets'][s]['cer']:.2f}%" if s in r["sets"] else "–"
+                 for s in sets]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return lines

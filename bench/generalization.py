@@ -17,12 +17,16 @@ not the smart-home domain: its CER is the headline there, its WER comes with tha
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from slimasr.config import from_dict
 from slimasr.errors import run_script
 from slimasr.evaluate.run import EvalConfig, evaluate_model
 from slimasr.io import read_json, write_json_atomic, write_text_atomic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import rates_table  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generalization"
 
@@ -50,14 +54,7 @@ def run(args: argparse.Namespace) -> None:
 
 def table(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    rows = [read_json(p) for p in sorted(out.glob("*.json"))]
-    sets = list(dict.fromkeys(s for r in rows for s in r["sets"]))
-    lines = ["| model | " + " | ".join(f"{s} WER / CER" for s in sets) + " |",
-             "|---" * (len(sets) + 1) + "|"]
-    for r in rows:
-        cells = [f"{r['sets'][s]['wer']:.2f}% / {r['sets'][s]['cer']:.2f}%" if s in r["sets"] else "–"
-                 for s in sets]
-        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    lines = rates_table([read_json(p) for p in sorted(out.glob("*.json"))])
     write_text_atomic(out / "generalization.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

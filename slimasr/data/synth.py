@@ -108,8 +108,8 @@ _CUT_CUSTOM = ("synthesizer", "voice", "speaker", "accent", "rate", "pitch", "pi
 class SynthConfig:
     """How much audio, which voices and how it is degraded. Every value is a default for the CLI.
 
-    The shares of the acoustic effects are modest first guesses: no WER measurement has set them
-    yet (docs/corpus.md).
+    The shares of the acoustic effects are measured (docs/corpus.md): room, far talker and
+    telephone buy robustness to those conditions for a few WER points on clean speech.
     """
 
     hours: float = 1.5  # hours of training audio (FINDINGS: 1.5 h trains a good model in minutes)
