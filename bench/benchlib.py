@@ -25,6 +25,11 @@ def test_wer(model_dir: Path, data: Path, lm: Path | None) -> dict:
     return out
 
 
+def name_pairs(specs: list[str]) -> dict[str, str]:
+    """``["NAME=VALUE", ...]`` (repeated ``--model`` / ``--set`` options) as a dict."""
+    return dict(spec.split("=", 1) for spec in specs)
+
+
 def rates_table(rows: list[dict]) -> list[str]:
     """Markdown lines: one row per ``{"model": name, "sets": {set: {"wer", "cer"}}}`` record, one
     column per set any record has ("–" where a model was not scored on it)."""

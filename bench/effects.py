@@ -33,14 +33,10 @@ from slimasr.evaluate.runners import TorchRunner
 from slimasr.io import read_json, write_json_atomic, write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import rates_table  # noqa: E402
+from benchlib import name_pairs, rates_table  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "effects"
 CONDITIONS = ("room", "microphone", "channel", "noise")  # cut.custom fields broken down
-
-
-def _pairs(specs: list[str]) -> dict[str, str]:
-    return dict(spec.split("=", 1) for spec in specs)
 
 
 def score_set(runner: TorchRunner, manifest: str) -> dict:
@@ -78,8 +74,8 @@ def _by_condition(stats: ErrorRateStats, condition_of: dict[str, dict]) -> dict:
 
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    sets = _pairs(args.set)
-    for name, model_dir in _pairs(args.model).items():
+    sets = name_pairs(args.set)
+    for name, model_dir in name_pairs(args.model).items():
         runner = TorchRunner(model_dir, torch.device("cpu"))
         record = {"model": name, "model_dir": model_dir,
                   "training": _training(Path(model_dir)), "sets": {}}

@@ -26,19 +26,15 @@ from slimasr.evaluate.run import EvalConfig, evaluate_model
 from slimasr.io import read_json, write_json_atomic, write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import rates_table  # noqa: E402
+from benchlib import name_pairs, rates_table  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generalization"
 
 
-def _pairs(specs: list[str]) -> dict[str, str]:
-    return dict(spec.split("=", 1) for spec in specs)
-
-
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    sets = _pairs(args.set)
-    for name, model_dir in _pairs(args.model).items():
+    sets = name_pairs(args.set)
+    for name, model_dir in name_pairs(args.model).items():
         record = {"model": name, "model_dir": model_dir, "sets": {}}
         for set_name, manifest in sets.items():
             # json_out: leave the model folder's own metrics.json (its test split) as it is
