@@ -24,6 +24,10 @@ the target ratio warmed up from 1 to ``1 - fraction``; the multipliers l1, l2 ar
 (Adam with ``maximize``), the weights and gates by descent. With a latency target beside it
 (``LatencyCost``: the measured table's prediction) each constraint has its own pair, and both
 become inequalities (``r - t`` clipped at 0): two equalities can contradict each other.
+``learned.constraint=at_most`` makes a lone cost target an inequality too: as an equality the
+multiplier l1, grown while the gates lag the warm-up, carries the cost past the target and then
+pulls it further down until l1 has unwound (measured on the CRNN at 50%: 0.37 of the MACs after
+300 steps); as an upper bound the term vanishes below the target and only the task loss acts.
 Binarized (``binarize``): by the deterministic gate (> 0.5), or ranked by keep-probability until
 the target is met exactly; ``pruned_student`` folds the gate values into the readers' columns
 and removes the other units from the mask-trained student.
@@ -81,6 +85,10 @@ class LearnedConfig:
     lr: float = 5e-4  # AdamW learning rate of the weights
     gate_lr: float = 0.05  # Adam learning rate of the gates' log_alpha
     lambda_lr: float = 0.05  # Adam (ascent) learning rate of the Lagrange multipliers
+    # the cost target as an equality (r = t, CoFi's form: the multipliers also push back up when
+    # r falls below t) or an inequality (r <= t: the term is 0 below the target, so only the task
+    # loss acts there); a latency target beside it makes both inequalities whatever this says
+    constraint: Literal["equal", "at_most"] = "equal"
     warmup_steps: int = 500  # the target cost ratio falls linearly from 1 to 1 - fraction over these
     init_keep: float = 0.9  # initial deterministic gate value of every unit
     ctc_weight: float = 0.5  # CTC on the transcripts
@@ -114,6 +122,8 @@ class LearnedConfig:
             raise ConfigError(f"learned.init_keep must be in (0, 1), got {self.init_keep}")
         if any(not isinstance(w, int) or isinstance(w, bool) for w in self.widths.values()):
             raise ConfigError(f"learned.widths: whole numbers of units per group, got {self.widths}")
+        if self.constraint not in ("equal", "at_most"):
+            raise ConfigError(f"learned.constraint must be 'equal' or 'at_most', got {self.constraint!r}")
         if self.binarize not in ("rank", "threshold"):
             raise ConfigError(f"learned.binarize must be 'rank' or 'threshold', got {self.binarize!r}")
 
@@ -626,8 +636,8 @@ def _train_step(state: MaskState, teacher: AcousticModel, batch: dict, cfg: Lear
         ratios.append(limit.expected(probs) / limit.full)
         targets.append(target_ratio(state.step + 1, fraction, cfg.warmup_steps))
         gap = ratios[-1] - targets[-1]
-        if len(constraints) == 2 and not cfg.widths:  # cost and latency: inequalities (two
-            gap = gap.clamp(min=0.0)  # equalities may conflict); one per group's width cannot
+        if _inequality(cfg, len(constraints)):
+            gap = gap.clamp(min=0.0)
         lagrangian = lagrangian + state.lambdas[2 * i] * gap + state.lambdas[2 * i + 1] * gap ** 2
     loss = task + lagrangian.float()
     for opt in (state.opt_w, state.opt_g, state.opt_l):
@@ -642,6 +652,13 @@ def _train_step(state: MaskState, teacher: AcousticModel, batch: dict, cfg: Lear
                 state.step, 1.0 - cost.at(cfg.widths) / cost.full, cfg.warmup_steps)]
     _record(state, ratios, targets, float(loss.detach()), float(task.detach()),
             None if hidden_term is None else float(hidden_term.detach()))
+
+
+def _inequality(cfg: LearnedConfig, constraints: int) -> bool:
+    """Whether the cost targets are upper bounds (r - t clipped at 0): always with a latency
+    target beside the MAC one (two equalities may conflict), with ``learned.constraint=at_most``
+    alone; never for ``learned.widths`` (each group is pulled to exactly its width)."""
+    return not cfg.widths and (constraints == 2 or cfg.constraint == "at_most")
 
 
 def _record(state: MaskState, ratios: list[Tensor], targets: list[float], loss: float, task: float,
