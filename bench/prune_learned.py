@@ -36,7 +36,7 @@ from lhotse import CutSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slimasr.config import from_dict  # noqa: E402
+from slimasr.config import from_dict, parse_overrides  # noqa: E402
 from slimasr.errors import run_script  # noqa: E402
 from slimasr.evaluate.cost import measure_latency  # noqa: E402
 from slimasr.models import load_model  # noqa: E402
@@ -209,8 +209,7 @@ def main() -> None:
                    help="PruneConfig settings for the other criteria, e.g. sensitivity_ratios=[0.25,0.5,0.75,0.9] "
                         "(the point's folder gets them as a suffix)")
     args = p.parse_args()
-    args.learned = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.learned)}
-    args.prune = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.prune)}
+    args.learned, args.prune = parse_overrides(args.learned), parse_overrides(args.prune)
     torch.set_num_threads(args.threads)
     tag = args.model.name
     rows, models = [], {"unpruned": args.model}

@@ -161,6 +161,21 @@ def test_lagrangian_brings_expected_macs_within_2_percent_of_the_target(hidden_w
     assert abs(cost.at({g: len(v) for g, v in keep.items()}) - model_cost(small, "macs")) < 0.5
 
 
+def test_an_upper_bound_target_is_tracked_from_the_warm_up_on_without_overshooting():
+    """learned.constraint=at_most: below the target the term vanishes, so the multiplier grown
+    while the gates lagged the warm-up cannot carry the cost far past it (the equality form
+    dips to about half the target on this run before it unwinds)."""
+    model = family("crnn-lstm-bi")
+    cfg = LearnedConfig(steps=300, warmup_steps=100, lr=1e-3, constraint="at_most")
+    state, cost = train_masks(model, batches(), cfg, fraction=0.5)
+    after_warmup = state.curves["expected_ratio"][100:]
+    assert min(after_warmup) >= 0.95 * 0.5, min(after_warmup)
+    assert abs(after_warmup[-1] - 0.5) <= 0.02 * 0.5, after_warmup[-1]
+    assert all(lam >= 0.0 for lam in state.curves["lambda1"])  # ascent on a gap clipped at 0
+    keep = binarize(state.gates, cost, 0.5)
+    assert model_cost(prune_model(model, keep), "macs") <= 0.5 * cost.full
+
+
 def test_given_widths_pull_each_groups_expected_width_and_binarize_to_exactly_them():
     """learned.widths: the gates learn which units at widths chosen elsewhere (one constraint per
     named group; the others keep every unit); a bad group or width is a one-line ConfigError."""
@@ -299,6 +314,8 @@ def test_learned_config_refuses_a_bad_hidden_loss():
         LearnedConfig(hidden_weight=-1.0)
     with pytest.raises(ConfigError, match="nothing to train on"):
         LearnedConfig(ctc_weight=0.0, kd_weight=0.0)
+    with pytest.raises(ConfigError, match="constraint"):
+        LearnedConfig(constraint="at_least")
 
 
 def test_cli_prunes_with_learned_masks_into_a_model_directory_that_reloads(tmp_path):
