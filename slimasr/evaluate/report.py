@@ -16,6 +16,7 @@ the models no other model beats on both) and against bytes on disk.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -167,42 +168,67 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
 
 
 def plot_report(rows: Sequence[dict], out_png: str | Path) -> None:
-    """WER against MACs, latency (with its Pareto front) and bytes: one labelled point per row."""
+    """WER against MACs, latency (with its Pareto front) and bytes: a point per row, each model in
+    its own colour in all three panels and named once in a legend under them (labels beside the
+    points overlap where models share a cost: a student and its int8 bundle have the same MACs);
+    PyTorch models are dots, exported graphs (onnxruntime) open squares around where they fall."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(6 * len(PANELS), 4), dpi=120)
+    styles = _styles(rows, plt.get_cmap("tab10"))
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(6 * len(PANELS), 4.6), dpi=120)
+    top = max([row["wer"] for row in rows if row["model"] in styles], default=100.0)
     for ax, (key, scale, label, title) in zip(axes, PANELS):
-        points = _points(rows, key, scale, ax)
+        points = _points(rows, key, scale, ax, styles)
         if key == "latency_ms_p50" and len(points) > 1:
             front = pareto_front(points)
             ax.plot(*zip(*front), "--", color="gray", lw=1, label="Pareto front")
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="lower right")
         ax.set_xlabel(label)
         ax.set_ylabel("WER (%)")
         ax.set_xlim(left=0)
-        ax.set_ylim(bottom=0)  # both from zero, so distances between models are not exaggerated
+        ax.set_ylim(0, top * 1.12 + 1)  # from zero, so distances between models are not exaggerated
         ax.set_title(f"Word error rate {title}")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    handles = [Line2D([], [], linestyle="", label=name, **_marker(color, marker, legend=True))
+               for name, (color, marker) in styles.items()]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * math.ceil(len(handles) / 4), 1, 1))  # room for the legend's rows
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
-def _points(rows: Sequence[dict], key: str, scale: float, ax) -> list[tuple[float, float]]:
-    """Scatter the rows that have ``key`` and a WER on ``ax``; return their points."""
+def _styles(rows: Sequence[dict], cmap) -> dict[str, tuple]:
+    """(colour, marker) per plotted model: colours in row order, squares for onnxruntime graphs."""
+    plotted = [row for row in rows
+               if row.get("wer") is not None and any(row.get(key) is not None for key, *_ in PANELS)]
+    return {row["model"]: (cmap(i % cmap.N), "s" if (row.get("runtime") or "").startswith("onnxruntime") else "o")
+            for i, row in enumerate(plotted)}
+
+
+def _points(rows: Sequence[dict], key: str, scale: float, ax, styles: dict[str, tuple]) -> list[tuple[float, float]]:
+    """Scatter the rows that have ``key`` and a WER on ``ax``, in their styles; return their points."""
     points = []
     for row in rows:
         x, y = row.get(key), row.get("wer")
         if x is None or y is None:
             continue
         points.append((x * scale, y))
-        ax.scatter([x * scale], [y], s=40)
-        ax.annotate(row["model"], (x * scale, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.plot([x * scale], [y], linestyle="", zorder=3, **_marker(*styles[row["model"]]))
     return points
+
+
+def _marker(color, marker: str, legend: bool = False) -> dict:
+    """Line2D marker keywords: a filled dot, or an open square large enough to show a dot inside."""
+    if marker == "o":
+        return {"marker": "o", "color": color, "markersize": 6.5}
+    return {"marker": "s", "markerfacecolor": "none", "markeredgecolor": color, "markeredgewidth": 1.6,
+            "markersize": 8 if legend else 11}
 
 
 def write_report(rows: Sequence[dict], out_prefix: str | Path) -> dict[str, Path]:

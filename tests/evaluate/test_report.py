@@ -59,6 +59,24 @@ def test_report_files_are_written(tmp_path):
     assert paths["md"].read_text().count("\n") == 3
 
 
+def test_each_plotted_model_has_its_own_colour_and_exported_graphs_are_squares(tmp_path):
+    from matplotlib import colormaps
+
+    from slimasr.evaluate.report import _styles, plot_report
+
+    rows = [{"model": "teacher", "wer": 30.0, "latency_ms_p50": 30.0, "runtime": "pytorch"},
+            {"model": "student", "wer": 39.0, "macs_per_second_audio": 4e7, "runtime": "pytorch"},
+            {"model": "student_onnx (int8)", "wer": 39.2, "model_bytes": 1e6, "runtime": "onnxruntime"},
+            {"model": "student_sherpa", "wer": 64.0, "runtime": "sherpa-onnx"}]  # no cost: not plotted
+    styles = _styles(rows, colormaps["tab10"])
+    assert list(styles) == ["teacher", "student", "student_onnx (int8)"]
+    assert len({color for color, _ in styles.values()}) == 3
+    assert [marker for _, marker in styles.values()] == ["o", "o", "s"]
+    plot_report(rows, tmp_path / "r.png")
+    plot_report(rows[-1:], tmp_path / "none.png")  # nothing to plot: empty panels, no legend
+    assert (tmp_path / "none.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_unevaluated_model_is_a_one_line_error(tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(DataError, match=r"metrics.json: no evaluation results"):
