@@ -23,7 +23,8 @@ or speed on this CPU, and when does only structure?
   initializers (microsoft/onnxruntime#5578, #31730).
 - ``group-lasso``: fine-tune with group lasso for ``--reg-epochs``, remove the smallest units down
   to ``--target-macs`` and fine-tune ``--finetune-epochs``; against sensitivity pruning to the same
-  MACs fine-tuned ``--reg-epochs + --finetune-epochs`` (the same total).
+  MACs fine-tuned ``--reg-epochs + --finetune-epochs`` (the same total); ``--baseline-only`` runs
+  that baseline alone.
 - ``storage``: the dense model and each ``--points`` model (a point of ``wer``) saved compactly with
   their weight matrices' values in fp32, fp16 and int8 (one scale per row;
   ``slimasr.prune.sparse_io``), each scored as stored: bytes on disk against WER.
@@ -249,6 +250,9 @@ def group_lasso(args: argparse.Namespace) -> None:
     metric += {None: "", "macs": "_targeted", "sensitivity": "_targeted_sens"}[args.targeted]
     metric += f"_w{args.reg_warmup}" if args.reg_warmup else ""  # the plain euclidean runs' names stand
     regularized = work / f"grouplasso{metric}_{args.strength}_e{args.reg_epochs}{kd}{seed}"
+    if args.baseline_only:  # the sensitivity baseline alone (--targeted sensitivity reads seed 0's widths)
+        print(json.dumps(_sensitivity_baseline(args, baseline, total, work)), flush=True)
+        return
     distill_model({}, args.data, regularized, overwrite=True, show_progress=False, overrides=[
         f"teacher.path={args.model}", "student.init=path", f"student.path={args.model}",
         f"train.epochs={args.reg_epochs}", *loss, f"train.seed={args.seed}",
@@ -259,17 +263,24 @@ def group_lasso(args: argparse.Namespace) -> None:
         *([f"train.num_threads={args.threads}"] if args.threads else [])])
     rows = {"group_lasso": _structured_point(args, regularized, "magnitude", args.finetune_epochs,
                                              work / f"group_lasso{metric}_{args.strength:g}_macs{_pct_int(args.target_macs)}_e{total}{kd}{seed}")}
-    if not baseline.is_file():
-        write_json_atomic(baseline, _structured_point(args, args.model, "sensitivity", total,
-                                                      work / f"sensitivity_macs{_pct_int(args.target_macs)}_e{total}{kd}{seed}"))
-    rows["sensitivity"] = read_json(baseline)
+    rows["sensitivity"] = _sensitivity_baseline(args, baseline, total, work)
     row = {"point": "group_lasso", "seed": args.seed, "strength": args.strength, "metric": args.metric, "targeted": args.targeted,
            "reg_warmup": args.reg_warmup, "reg_epochs": args.reg_epochs,
            "finetune_epochs": args.finetune_epochs, "target_macs": args.target_macs, "distill": args.distill,
            "seconds": round(time.perf_counter() - start, 1),
            "regularized": read_json(regularized / "training.json").get("regularize"), **rows}
-    write_json_atomic(results / f"group_lasso{metric}_s{args.strength:g}_e{args.reg_epochs}{kd}{seed}.json", row)
+    budget = f"_t{total}" if total != 4 else ""  # the 4-epoch points (stops 26-43) were named before the budget was
+    name = f"group_lasso{metric}_s{args.strength:g}_e{args.reg_epochs}{kd}{budget}{seed}"
+    write_json_atomic(results / f"{name}.json", row)
     print(json.dumps(row), flush=True)
+
+
+def _sensitivity_baseline(args: argparse.Namespace, path: Path, total: int, work: Path) -> dict:
+    """Sensitivity pruning to ``--target-macs`` fine-tuned ``total`` epochs, the row at ``path``:
+    run only where it is missing (it does not depend on the strength)."""
+    if not path.is_file():
+        write_json_atomic(path, _structured_point(args, args.model, "sensitivity", total, work / path.stem))
+    return read_json(path)
 
 
 def _target_overrides(args: argparse.Namespace, baseline: Path) -> list[str]:
@@ -514,6 +525,9 @@ def main() -> None:
                     help="group-lasso: shrink only the units the removal to --target-macs would take "
                          "(by norm), or those beyond the sensitivity baseline's widths")
     ap.add_argument("--reg-warmup", type=int, default=0, help="group-lasso: steps lambda ramps up over")
+    ap.add_argument("--baseline-only", action="store_true",
+                    help="group-lasso: only the sensitivity baseline of the budget and seed (run it for seed 0 "
+                         "before --targeted sensitivity, and for other seeds beside their group-lasso runs)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the fine-tuning runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--points", nargs="*", default=[], help="storage: points of wer (folders in --out/<model>)")
