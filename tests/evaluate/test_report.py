@@ -72,9 +72,9 @@ def test_each_plotted_model_has_its_own_colour_and_exported_graphs_are_squares(t
     assert list(styles) == ["teacher", "student", "student_onnx (int8)"]
     assert len({color for color, _ in styles.values()}) == 3
     assert [marker for _, marker in styles.values()] == ["o", "o", "s"]
-    plot_report(rows, tmp_path / "r.png")
-    plot_report(rows[-1:], tmp_path / "none.png")  # nothing to plot: empty panels, no legend
-    assert (tmp_path / "none.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name, plotted in (("r.png", rows), ("none.png", rows[-1:])):  # none: empty panels, no legend
+        plot_report(plotted, tmp_path / name)
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_unevaluated_model_is_a_one_line_error(tmp_path):
