@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import weakref
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,6 @@ from slimasr.config import from_dict
 from slimasr.models import load_model, save_model
 from slimasr.frontend import Frontend
 from slimasr.prune import group_by_name, model_cost, prunable_groups, select_layers
-from slimasr.evaluate.cost import count_macs
-from slimasr.prune import latency
 from slimasr.prune.latency import LatencyTable, measure_latency_table
 from slimasr.prune.run import PRUNE_JSON, PruneConfig, _batches, _mean_loss, prune_model_dir
 from slimasr.train import train_model
@@ -45,21 +42,6 @@ def deep(trained: tuple[Path, Path]) -> Path:
     recipe["model"]["config"]["rnn_hidden_sizes"] = [16, 16, 16]
     train_model(recipe, data, model_dir.parent / "deep", show_progress=False)
     return model_dir.parent / "deep"
-
-
-@pytest.fixture
-def mac_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every batch-1 timing of the latency table and of the plan's check reads the model's MACs
-    (1 ms per MMAC) instead of the clock: these tests check what the latency path plans and
-    records, and must not depend on how busy the machine is (measured: under two CPU-bound jobs
-    a 2-run table could call a 30% saving unreachable)."""
-    counted: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> ms (one input size)
-
-    def clock(model, x, lens, n):
-        if model not in counted:
-            counted[model] = count_macs(model, x, lens) / 1e6
-        return [counted[model]] * n
-    monkeypatch.setattr(latency, "_time", clock)
 
 
 def config(**fields: object) -> PruneConfig:
