@@ -619,7 +619,7 @@ def test_depth_gates_refuse_families_without_residual_blocks():
 @pytest.mark.parametrize("latency", [None, "0.3"])
 def test_cli_prunes_a_conformer_with_depth_gates_into_a_model_directory_that_reloads(tmp_path, latency, mac_clock):
     # mac_clock: the latency table and the plans' checks read MACs, not the clock. Timed for real, a
-    # tiny Conformer's blocks measured 0.0 ms of saving on a busy machine, and no plan met 30%.
+    # tiny Conformer's blocks once measured 0.0 ms of saving in CI, and no plan met 30%.
     from slimasr.prune.latency import LatencyTable
     from slimasr.prune.learned import DEPTH, apply_keep
     from slimasr.train import train_model
